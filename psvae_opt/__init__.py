@@ -1,0 +1,3 @@
+"""psvae-opt: hyperparameter search for partitioned-subspace VAEs of behavioural video."""
+
+__version__ = "0.1.0"

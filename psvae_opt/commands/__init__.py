@@ -1,0 +1,41 @@
+"""Command handlers of the CLI, one module per concern; ``psvae_opt.cli`` assembles them.
+
+Each module exposes ``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+STORAGE_HELP = "study database URL (default: $PSVAE_OPT_STORAGE, else sqlite:///psvae-opt.db here)"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its help line, how it adds its arguments, and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def add_config_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--config FILE`` and repeatable ``--set section.key=value``."""
+    p.add_argument("--config", required=required, metavar="FILE", help="study file (TOML), e.g. studies/demo.toml")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one study-file key, e.g. --set train.max_epochs=5 (repeatable)",
+    )
+
+
+def add_storage_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL", help=STORAGE_HELP)
+
+
+def load_config_from(args: argparse.Namespace):  # noqa: ANN201
+    """The study file of ``--config`` with the ``--set`` overrides applied."""
+    from psvae_opt.config import load_config
+
+    return load_config(args.config, args.overrides)

@@ -1,0 +1,316 @@
+"""Study files: TOML parsed into frozen dataclasses.
+
+A study file has one table per section (``[data]``, ``[model]``, ``[loss]``, ``[train]``,
+``[study]``, ``[stage1]``, ``[stage2]``); every key has a default, unknown keys and wrong
+types are refused with the key path named. ``--set section.key=value`` overrides are applied
+to the parsed tables before validation, so they obey the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from psvae_opt.errors import ConfigError
+
+KL_ESTIMATORS = ("mss", "mws")
+PRECISIONS = ("fp32", "bf16")
+SAMPLER_NAMES = ("grid", "tpe", "nsga2")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Names and places shared by both search stages."""
+
+    name: str = "psvae"
+    runs_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "study.name", "must not be empty")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which HDF5 file to train on and how to split its trials."""
+
+    path: str = "demo.h5"
+    split: str = "8;1;1;0"
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        parse_split(self.split)
+
+    @property
+    def split_counts(self) -> tuple[int, int, int, int]:
+        return parse_split(self.split)
+
+
+def parse_split(text: str) -> tuple[int, int, int, int]:
+    """Parse BehaveNet's "train;val;test;gap" trials-per-block string."""
+    parts = text.split(";")
+    try:
+        counts = tuple(int(p) for p in parts)
+    except ValueError:
+        counts = ()
+    if len(counts) != 4 or min(counts) < 0 or counts[0] < 1 or counts[1] < 1:
+        raise ConfigError(
+            f"data.split: {text!r} is not 'train;val;test;gap' trials per block with at least "
+            "one train and one validation trial (the default is '8;1;1;0')"
+        )
+    return counts  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The PS-VAE architecture (BehaveNet's by default)."""
+
+    n_unsup: int = 2
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    kernel_size: int = 5
+    strides: tuple[int, ...] = (2, 2, 2, 2, 5)
+    batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.n_unsup >= 0, "model.n_unsup", f"must be >= 0, got {self.n_unsup}")
+        _require(len(self.channels) > 0, "model.channels", "needs at least one layer")
+        _require(min(self.channels) > 0, "model.channels", "channel counts must be positive")
+        _require(
+            len(self.strides) == len(self.channels),
+            "model.strides",
+            f"has {len(self.strides)} entries but model.channels has {len(self.channels)}",
+        )
+        _require(min(self.strides) >= 1, "model.strides", "strides must be >= 1")
+        _require(self.kernel_size >= 1, "model.kernel_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the PS-VAE objective (DESIGN section 3)."""
+
+    alpha: float = 1000.0
+    beta: float = 1.0
+    anneal_epochs: int = 100
+    kl_estimator: str = "mss"
+
+    def __post_init__(self) -> None:
+        _require(self.alpha >= 0 and math.isfinite(self.alpha), "loss.alpha", "must be >= 0")
+        _require(self.beta >= 0 and math.isfinite(self.beta), "loss.beta", "must be >= 0")
+        _require(self.anneal_epochs >= 0, "loss.anneal_epochs", "must be >= 0 (0 = off)")
+        _require(
+            self.kl_estimator in KL_ESTIMATORS,
+            "loss.kl_estimator",
+            f"{self.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, seeds and the device."""
+
+    max_epochs: int = 200
+    batch_size: int = 128
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    patience: int = 0
+    model_seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = True
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _require(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
+        _require(self.batch_size >= 2, "train.batch_size", "must be >= 2")
+        _require(self.eval_batch_size >= 2, "train.eval_batch_size", "must be >= 2")
+        _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)")
+        _require(
+            self.precision in PRECISIONS,
+            "train.precision",
+            f"{self.precision!r} is not one of {', '.join(PRECISIONS)}",
+        )
+        device_ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        _require(device_ok, "train.device", f"{self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """The alpha search (DESIGN section 5)."""
+
+    alphas: tuple[float, ...] = (50.0, 100.0, 500.0, 1000.0)
+    n_unsup: tuple[int, ...] = (2,)
+    beta: float = 1.0
+    model_seed: int = 0
+    sampler: str = "grid"
+    n_trials: int = 16
+    alpha_min: float = 10.0
+    alpha_max: float = 5000.0
+
+    def __post_init__(self) -> None:
+        _require(len(self.alphas) > 0, "stage1.alphas", "needs at least one value")
+        _require(min(self.alphas) > 0, "stage1.alphas", "values must be > 0")
+        _require(len(self.n_unsup) > 0, "stage1.n_unsup", "needs at least one value")
+        _require(min(self.n_unsup) >= 0, "stage1.n_unsup", "values must be >= 0")
+        _require(
+            self.sampler in SAMPLER_NAMES,
+            "stage1.sampler",
+            f"{self.sampler!r} is not one of {', '.join(SAMPLER_NAMES)}",
+        )
+        _require(self.n_trials >= 1, "stage1.n_trials", "must be >= 1")
+        _require(
+            0 < self.alpha_min < self.alpha_max,
+            "stage1.alpha_min",
+            "must be > 0 and below stage1.alpha_max",
+        )
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    """The beta search with seed repeats (DESIGN section 5)."""
+
+    betas: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
+    seeds: int = 5
+
+    def __post_init__(self) -> None:
+        _require(len(self.betas) > 0, "stage2.betas", "needs at least one value")
+        _require(min(self.betas) >= 0, "stage2.betas", "values must be >= 0")
+        _require(self.seeds >= 1, "stage2.seeds", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole study file."""
+
+    study: StudyConfig = field(default_factory=StudyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+
+def _convert(value: Any, kind: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``kind`` and convert it (lists to tuples)."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, list):
+            return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        kind_name = f"a list of {item.__name__}"
+        raise ConfigError(f"{key}: expected {kind_name}, got {type(value).__name__} {value!r}")
+    raise ConfigError(
+        f"{key}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(known))})")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a table [{path}], got {value!r}")
+            kwargs[key] = _build(hints[key], value, path)
+        else:
+            kwargs[key] = _convert(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``; the value is read as TOML, else kept as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.max_epochs=5")
+    dotted, raw = text.split("=", 1)
+    keys = [k.strip() for k in dotted.split(".")]
+    if len(keys) != 2 or not all(keys):
+        raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. data.path")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return keys, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a study file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: study file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        sub = table.setdefault(section, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"--set {text!r}: {section} is not a table")
+        sub[key] = value
+    where = f"{path}: " if path is not None else ""
+    try:
+        return _build(Config, table, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_config(config: Config) -> str:
+    """Write a :class:`Config` as TOML that :func:`load_config` reads back unchanged."""
+    lines = []
+    for section in dataclasses.fields(config):
+        lines.append(f"[{section.name}]")
+        for key, value in dataclasses.asdict(getattr(config, section.name)).items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """Return ``config`` with some keys of some sections changed, validated again."""
+    changed = {
+        name: dataclasses.replace(getattr(config, name), **values)
+        for name, values in sections.items()
+    }
+    return dataclasses.replace(config, **changed)

@@ -1,0 +1,75 @@
+"""Search spaces of the two stages (DESIGN section 5): grids, adaptive samplers, names.
+
+Stage 1 searches alpha (and n_unsup) at beta = stage1.beta, model seed stage1.model_seed;
+stage 2 fixes alpha and n_unsup and runs every (beta, model seed) pair as its own trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+
+from psvae_opt.config import Config, replace
+
+STAGES = (1, 2)
+OBJECTIVES = {1: ("pixel_mse", "label_mse"), 2: ("zu_corr", "pixel_mse")}
+DIRECTIONS = {1: ("minimize", "minimize"), 2: ("minimize", "minimize")}
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    # every parameter of a grid trial is fixed when it is enqueued; the sampler never draws
+    "grid": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+}
+
+
+def study_name(config: Config, stage: int) -> str:
+    return f"{config.study.name}-stage{stage}"
+
+
+def stage1_grid(config: Config) -> list[dict[str, Any]]:
+    """alpha x n_unsup, the study file's lists."""
+    return [{"alpha": a, "n_unsup": n} for a in config.stage1.alphas for n in config.stage1.n_unsup]
+
+
+def stage2_grid(config: Config, seeds: int) -> list[dict[str, Any]]:
+    """beta x model seeds 0..seeds-1, one trial each."""
+    return [{"beta": b, "seed": s} for b in config.stage2.betas for s in range(seeds)]
+
+
+def suggest(trial: optuna.Trial, config: Config, stage: int, sampler: str, seeds: int) -> dict[str, Any]:
+    """The trial's parameters: fixed ones for grid points, drawn ones for adaptive search."""
+    if stage == 1:
+        s1 = config.stage1
+        if sampler == "grid":
+            alpha = trial.suggest_categorical("alpha", list(s1.alphas))
+        else:
+            alpha = trial.suggest_float("alpha", s1.alpha_min, s1.alpha_max, log=True)
+        return {"alpha": float(alpha), "n_unsup": int(trial.suggest_categorical("n_unsup", list(s1.n_unsup)))}
+    return {
+        "beta": float(trial.suggest_categorical("beta", list(config.stage2.betas))),
+        "seed": trial.suggest_int("seed", 0, seeds - 1),
+    }
+
+
+def trial_config(config: Config, stage: int, params: dict[str, Any], fixed: dict[str, Any]) -> Config:
+    """The study file with one trial's hyperparameters filled in.
+
+    Args:
+        params: the trial's parameters (stage 1: alpha, n_unsup; stage 2: beta, seed).
+        fixed: stage 2's alpha and n_unsup.
+    """
+    if stage == 1:
+        return replace(
+            config,
+            loss={"alpha": params["alpha"], "beta": config.stage1.beta},
+            model={"n_unsup": params["n_unsup"]},
+            train={"model_seed": config.stage1.model_seed},
+        )
+    return replace(
+        config,
+        loss={"alpha": fixed["alpha"], "beta": params["beta"]},
+        model={"n_unsup": fixed["n_unsup"]},
+        train={"model_seed": params["seed"]},
+    )

@@ -1,0 +1,460 @@
+"""Training and evaluation of one PS-VAE (DESIGN section 4).
+
+``fit`` is the only place where ``backward()`` and ``step()`` happen. It knows the model only
+through its interface (``forward``, ``encode``, ``decode``, ``predict_labels``) and writes a
+run folder:
+
+- ``config.toml``   the resolved study configuration (when given);
+- ``metrics.csv``   one row per epoch and split with every metric of :data:`METRIC_NAMES`;
+- ``best.pt``       the best checkpoint (lowest validation loss once annealing is complete),
+                    loadable with ``torch.load(..., weights_only=True)``;
+- ``last.pt``       the resume checkpoint, rewritten every epoch;
+- ``latents.npz``   latent means of every frame from the best checkpoint;
+- ``summary.json``  train/val/test metrics of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from psvae_opt import metrics
+from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
+from psvae_opt.data import SPLITS, Session
+from psvae_opt.errors import ConfigError, TrainingError
+from psvae_opt.losses import LossTerms, psvae_loss
+from psvae_opt.model import PSVAE, ModelOutput
+
+METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
+CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
+TRAIN_ROW_FRAMES = 512  # per-epoch training rows: a fixed subset (the final summary uses every frame)
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """A session's arrays on the training device, held once.
+
+    Attributes:
+        frames: (T, C, H, W) uint8.
+        labels: (T, L) float32; masks: (T, L) float32.
+        splits: split name -> (N_split,) int64 frame indices, on the device.
+    """
+
+    frames: Tensor
+    labels: Tensor
+    masks: Tensor
+    splits: dict[str, Tensor]
+
+    def batch(self, idx: Tensor, channels_last: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Frames scaled to [0, 1], labels and masks of the frames ``idx``."""
+        x = self.frames.index_select(0, idx).float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, idx), self.masks.index_select(0, idx)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    best_epoch: int
+    epochs_run: int
+    annealing_complete: bool
+    metrics: dict[str, dict[str, float]]
+    resumed_from: int = 0  # the epoch a resumed run started at (0: a fresh run)
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only).
+
+    glibc serves blocks above 32 MB (every large activation of a 128x128 batch) with a fresh
+    mmap, and the kernel zeroes new pages on first touch; at 1x128x128 on 2 CPU cores that
+    was about a fifth of a training step. With mmap off and trimming raised, freed
+    activations are reused. Call once per training process; returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but no CUDA GPU is visible; use auto or cpu")
+    return device
+
+
+def to_device(session: Session, split_frames: dict[str, np.ndarray], device: torch.device) -> DeviceData:
+    """Copy frames (as uint8), labels and split indices to ``device`` once."""
+    return DeviceData(
+        frames=torch.from_numpy(session.images).to(device),
+        labels=torch.from_numpy(session.labels).to(device),
+        masks=torch.from_numpy(session.masks).to(device),
+        splits={k: torch.from_numpy(v).to(device) for k, v in split_frames.items()},
+    )
+
+
+def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -> PSVAE:  # noqa: ANN001
+    """The PS-VAE a study file describes."""
+    return PSVAE(
+        frame_shape,
+        n_labels,
+        model_cfg.n_unsup,
+        channels=model_cfg.channels,
+        kernel_size=model_cfg.kernel_size,
+        strides=model_cfg.strides,
+        batch_norm=model_cfg.batch_norm,
+        seed=seed,
+    )
+
+
+def _autocast(device: torch.device, precision: str):  # noqa: ANN202
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _batches(n: int, size: int) -> list[tuple[int, int]]:
+    """Near-equal consecutive batches covering n items, none larger than ``size``."""
+    edges = np.linspace(0, n, -(-n // size) + 1).round().astype(int).tolist()
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@torch.no_grad()
+def evaluate(
+    model: PSVAE,
+    data: DeviceData,
+    idx: Tensor,
+    loss_cfg: LossConfig,
+    *,
+    epoch: float,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    seed: int = 0,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Every metric of :data:`METRIC_NAMES` on the frames ``idx``.
+
+    The loss terms use one posterior sample per frame (drawn from a generator seeded with
+    ``seed``, so evaluation is repeatable); pixel and label errors use the latent means.
+    The aggregate posterior of ICMI/TC/DWKL is over the ``len(idx)`` evaluated frames.
+
+    Returns:
+        (metrics, mu (N, K) latent means, y_hat (N, L) label predictions), arrays on the CPU.
+    """
+    model.eval()
+    device = data.frames.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(idx)
+    sums = dict.fromkeys(LossTerms._fields + ("pixel_mse",), 0.0)
+    mus, y_hats = [], []
+    for a, b in _batches(n, batch_size):
+        x, y, mask = data.batch(idx[a:b], channels_last)
+        with _autocast(device, precision):
+            mu, logvar = model.encode(x)
+            eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps
+            x_sample, x_mean = model.decode(z), model.decode(mu)
+            y_hat = model.predict_labels(mu[:, : model.n_labels])
+        out = ModelOutput(x_sample, y_hat, mu, logvar, z)
+        terms = psvae_loss(
+            x, y, mask, out, alpha=loss_cfg.alpha, beta=loss_cfg.beta, epoch=epoch,
+            anneal_epochs=loss_cfg.anneal_epochs, n_frames=n, estimator=loss_cfg.kl_estimator,
+        )
+        for key, value in zip(LossTerms._fields, terms):
+            sums[key] += float(value) * (b - a)
+        sums["pixel_mse"] += metrics.pixel_mse(x, x_mean.float()) * (b - a)
+        mus.append(mu.float().cpu())
+        y_hats.append(y_hat.float().cpu())
+    mu_all, y_hat_all = torch.cat(mus).numpy(), torch.cat(y_hats).numpy()
+    y_np, m_np = data.labels[idx].cpu().numpy(), data.masks[idx].cpu().numpy()
+    result = {k: sums[k] / n for k in ("loss", "kl_s", "icmi", "tc", "dwkl", "pixel_mse")}
+    result["label_mse"] = metrics.label_mse(y_np, y_hat_all, m_np)
+    result["label_r2"] = metrics.label_r2(y_np, y_hat_all, m_np)
+    result["zu_corr"] = metrics.zu_corr(mu_all[:, model.n_labels :])
+    return result, mu_all, y_hat_all
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    loss_cfg: LossConfig,
+    *,
+    epoch: float,
+    n_frames: int,
+    precision: str = "fp32",
+) -> Tensor:
+    """One optimizer step on a minibatch; returns the (detached) loss.
+
+    Args:
+        x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
+        n_frames: training frames N of the aggregate-posterior estimate.
+    """
+    with _autocast(x.device, precision):
+        out = model(x)
+    terms = psvae_loss(
+        x, y, mask, out, alpha=loss_cfg.alpha, beta=loss_cfg.beta, epoch=epoch,
+        anneal_epochs=loss_cfg.anneal_epochs, n_frames=n_frames, estimator=loss_cfg.kl_estimator,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    optimizer.step()
+    return terms.loss.detach()
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _append_rows(path: Path, rows: Iterable[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows({k: row[k] for k in CSV_COLUMNS} for row in rows)
+
+
+def _truncate_rows(path: Path, last_epoch: int) -> None:
+    """Drop metrics rows of epochs after ``last_epoch`` (a resumed run redoes them)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
+    path.unlink()
+    _append_rows(path, rows)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float | str]]:
+    """Rows of a run's ``metrics.csv`` with numbers parsed."""
+    with (Path(run_dir) / "metrics.csv").open(newline="") as fh:
+        return [
+            {k: (v if k == "split" else (int(v) if k == "epoch" else float(v))) for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
+
+
+class _Trainer:
+    """State of one run; ``fit`` drives it."""
+
+    def __init__(self, model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir):  # noqa: ANN001
+        self.loss_cfg, self.cfg, self.run_dir = loss_cfg, train_cfg, Path(run_dir)
+        self.device = resolve_device(train_cfg.device)
+        torch.backends.cudnn.deterministic = train_cfg.deterministic
+        torch.backends.cudnn.benchmark = not train_cfg.deterministic
+        self.data = to_device(session, split_frames, self.device)
+        self.model = build_model(model_cfg, session.frame_shape, session.n_labels, train_cfg.model_seed)
+        self.channels_last = train_cfg.channels_last
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=memory_format)
+        self.step_model = torch.compile(self.model) if train_cfg.compile else self.model
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay, amsgrad=True
+        )
+        self.batch_gen = torch.Generator().manual_seed(train_cfg.model_seed)
+        n_train = len(self.data.splits["train"])
+        if n_train < train_cfg.batch_size:
+            raise ConfigError(
+                f"train.batch_size = {train_cfg.batch_size} exceeds the {n_train} training frames; "
+                "lower train.batch_size"
+            )
+        pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
+        self.train_rows_idx = self.data.splits["train"][torch.from_numpy(np.sort(pick)).to(self.device)]
+        self.epoch, self.best_loss, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
+        torch.manual_seed(train_cfg.model_seed)
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_loss": float(self.best_loss),
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "batch_gen": self.batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
+        }
+
+    def resume(self) -> bool:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
+        self.best_epoch, self.bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
+        self.batch_gen.set_state(state["batch_gen"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        _truncate_rows(self.run_dir / "metrics.csv", self.epoch - 1)
+        return True
+
+    def train_epoch(self, should_stop: Callable[[], bool] | None = None) -> float:
+        """One pass over the training frames in random minibatches; returns the mean loss.
+
+        ``should_stop`` is polled before every batch; when it says stop, the partial epoch
+        is abandoned with :class:`KeyboardInterrupt` (``last.pt`` still holds the previous one).
+        """
+        self.model.train()
+        train_idx = self.data.splits["train"]
+        size = self.cfg.batch_size
+        perm = torch.randperm(len(train_idx), generator=self.batch_gen).to(self.device)
+        total = torch.zeros((), device=self.device)
+        n_batches = len(train_idx) // size  # drop the last partial batch: TC needs full ones
+        for b in range(n_batches):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt(f"stopped during epoch {self.epoch}; {self.run_dir / 'last.pt'} resumes it")
+            batch = self.data.batch(train_idx[perm[b * size : (b + 1) * size]], self.channels_last)
+            total += train_step(
+                self.step_model, self.optimizer, *batch, self.loss_cfg,
+                epoch=self.epoch, n_frames=len(train_idx), precision=self.cfg.precision,
+            )
+        mean = float(total) / max(n_batches, 1)
+        if not np.isfinite(mean):
+            raise TrainingError(
+                f"the training loss became {mean} at epoch {self.epoch} (alpha={self.loss_cfg.alpha}, "
+                f"beta={self.loss_cfg.beta}, lr={self.cfg.learning_rate}); lower train.learning_rate "
+                "or check the labels for extreme values"
+            )
+        return mean
+
+    def evaluate(self, idx: Tensor, epoch: float | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        return evaluate(
+            self.model, self.data, idx, self.loss_cfg,
+            epoch=self.epoch if epoch is None else epoch, batch_size=self.cfg.eval_batch_size,
+            precision=self.cfg.precision, channels_last=self.channels_last, seed=self.cfg.model_seed,
+        )
+
+    def annealed(self, epoch: int) -> bool:
+        return epoch >= self.loss_cfg.anneal_epochs
+
+    def end_epoch(self, val_loss: float) -> bool:
+        """Keep the best checkpoint; returns True when early stopping says stop."""
+        improved = self.annealed(self.epoch) and val_loss < self.best_loss
+        if improved or (self.best_epoch < 0 and self.epoch == self.cfg.max_epochs - 1):
+            # Before annealing ends no epoch qualifies; the last one is kept as a fallback.
+            self.best_loss = val_loss if improved else self.best_loss
+            self.best_epoch, self.bad_epochs = self.epoch, 0
+            _save_atomic({"model": self.model.state_dict(), "epoch": self.epoch}, self.run_dir / "best.pt")
+        elif self.annealed(self.epoch):
+            self.bad_epochs += 1
+        self.epoch += 1
+        _save_atomic(self.state(), self.run_dir / "last.pt")
+        return 0 < self.cfg.patience <= self.bad_epochs
+
+
+def fit(
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    session: Session,
+    split_frames: dict[str, np.ndarray],
+    run_dir: str | Path,
+    *,
+    config_text: str | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train one PS-VAE and write its run folder; resumes from ``last.pt`` when present.
+
+    Args:
+        split_frames: split name -> frame indices ("train" and "val" required).
+        on_epoch: called after each epoch with (epoch, {split: metrics}).
+        should_stop: polled before every batch and after every epoch; True stops the run
+            with :class:`KeyboardInterrupt`, leaving ``last.pt`` at the last finished epoch.
+    """
+    from tqdm import tqdm  # the progress bar is the only thing the trainer shows
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_text is not None:
+        (run_dir / "config.toml").write_text(config_text)
+    t = _Trainer(model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir)
+    t.resume()
+    resumed_from = t.epoch
+    start = time.perf_counter()
+    bar = tqdm(total=train_cfg.max_epochs, initial=t.epoch, desc=run_dir.name, unit="epoch", disable=not progress)
+    stopped_early = False
+    while t.epoch < train_cfg.max_epochs and not stopped_early:
+        epoch = t.epoch
+        t.train_epoch(should_stop)
+        rows = {"train": t.evaluate(t.train_rows_idx)[0], "val": t.evaluate(t.data.splits["val"])[0]}
+        _append_rows(run_dir / "metrics.csv", ({"epoch": epoch, "split": s, **m} for s, m in rows.items()))
+        stopped_early = t.end_epoch(rows["val"]["loss"])
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{rows['val']['loss']:.1f}", label_r2=f"{rows['val']['label_r2']:.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch, rows)
+        if should_stop is not None and should_stop():
+            bar.close()
+            raise KeyboardInterrupt(f"stopped after epoch {epoch}; {run_dir / 'last.pt'} resumes it")
+    bar.close()
+    return _finish(t, time.perf_counter() - start, resumed_from)
+
+
+def _finish(t: _Trainer, seconds: float, resumed_from: int) -> FitResult:
+    """Reload the best checkpoint, evaluate every split, write latents and the summary."""
+    best = torch.load(t.run_dir / "best.pt", map_location=t.device, weights_only=True)
+    t.model.load_state_dict(best["model"])
+    final_epoch = max(t.epoch - 1, int(best["epoch"]))
+    summary_metrics, n_frames = {}, len(t.data.frames)
+    mu = np.zeros((n_frames, t.model.n_latents), np.float32)
+    y_hat = np.zeros((n_frames, t.model.n_labels), np.float32)
+    split_of = np.full(n_frames, -1, np.int8)
+    for code, split in enumerate(SPLITS):
+        idx = t.data.splits.get(split)
+        if idx is None or len(idx) < 2:
+            continue
+        summary_metrics[split], mu_s, y_s = t.evaluate(idx, epoch=final_epoch)
+        where = idx.cpu().numpy()
+        mu[where], y_hat[where], split_of[where] = mu_s, y_s, code
+    rest = np.flatnonzero(split_of < 0)  # frames in no split (gap trials) still get latents
+    if len(rest):
+        _, mu[rest], y_hat[rest] = t.evaluate(torch.from_numpy(rest).to(t.device), epoch=final_epoch)
+    np.savez(t.run_dir / "latents.npz", mu=mu, y_hat=y_hat, split=split_of, n_labels=t.model.n_labels)
+    result = FitResult(
+        run_dir=t.run_dir,
+        best_epoch=int(best["epoch"]),
+        epochs_run=t.epoch,
+        annealing_complete=t.annealed(int(best["epoch"])),
+        metrics=summary_metrics,
+        resumed_from=resumed_from,
+    )
+    summary = {**asdict(result), "run_dir": str(t.run_dir), "seconds": seconds, "device": str(t.device)}
+    (t.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_labels: int, device="cpu") -> PSVAE:  # noqa: ANN001
+    """The best model of a run folder, in eval mode."""
+    model = build_model(model_cfg, frame_shape, n_labels, seed=0)
+    state = torch.load(Path(run_dir) / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

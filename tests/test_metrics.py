@@ -1,0 +1,67 @@
+"""Metrics against known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psvae_opt.metrics import label_mse, label_r2, label_r2_per_label, mutual_information_gap, pixel_mse, zu_corr
+
+
+def test_pixel_mse():
+    x = np.zeros((2, 1, 4, 4))
+    assert pixel_mse(x, x + 0.5) == pytest.approx(0.25)
+    assert pixel_mse(x, x) == 0.0
+
+
+def test_label_mse_counts_valid_entries_only():
+    y = np.zeros((2, 2))
+    y_hat = np.array([[1.0, 100.0], [3.0, 0.0]])
+    mask = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert label_mse(y, y_hat, mask) == pytest.approx((1 + 9 + 0) / 3)
+
+
+def test_label_r2_is_one_for_perfect_and_zero_for_the_mean():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((500, 3)) * [1.0, 2.0, 0.5]
+    mask = np.ones_like(y)
+    assert label_r2(y, y, mask) == pytest.approx(1.0)
+    assert label_r2(y, np.broadcast_to(y.mean(0), y.shape), mask) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_label_r2_weights_labels_by_variance_and_ignores_masked_entries():
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal((1000, 2)) * [1.0, 3.0]
+    y_hat = y.copy()
+    y_hat[:, 0] = 0.0  # label 0 predicted by a constant near its mean: R^2 about 0
+    mask = np.ones_like(y)
+    r2, var = label_r2_per_label(y, y_hat, mask)
+    assert r2[1] == pytest.approx(1.0) and r2[0] == pytest.approx(0.0, abs=0.01)
+    assert label_r2(y, y_hat, mask) == pytest.approx((var[0] * r2[0] + var[1] * r2[1]) / var.sum())
+    assert label_r2(y, y_hat, mask) == pytest.approx(0.9, abs=0.01)  # variances 1 and 9
+    y_hat[:10, 1] = 1e6
+    mask[:10, 1] = 0  # masked garbage predictions do not count
+    assert label_r2_per_label(y, y_hat, mask)[0][1] == pytest.approx(1.0)
+
+
+def test_zu_corr_known_answers():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(20_000)
+    assert zu_corr(np.stack([a, a], 1)) == pytest.approx(1.0)
+    assert zu_corr(np.stack([a, -2 * a + 3], 1)) == pytest.approx(1.0)
+    assert zu_corr(rng.standard_normal((20_000, 4))) < 0.02
+    # all pairs, not only the first two dims: (1 + 0 + 0) / 3 for (a, a, independent)
+    assert zu_corr(np.stack([a, a, rng.standard_normal(20_000)], 1)) == pytest.approx(1 / 3, abs=0.01)
+    assert zu_corr(np.stack([a, np.ones_like(a)], 1)) == 0.0  # a collapsed latent
+    assert np.isnan(zu_corr(a[:, None]))
+
+
+def test_mig_is_high_for_axis_aligned_latents_and_low_for_mixed_or_random_ones():
+    rng = np.random.default_rng(0)
+    factors = rng.uniform(size=(5000, 2))
+    assert mutual_information_gap(factors[:, ::-1] * 3 + 1, factors) > 0.9
+    assert mutual_information_gap(rng.uniform(size=(5000, 2)), factors) < 0.05
+    rotated = factors @ np.array([[1.0, 1.0], [1.0, -1.0]]) / np.sqrt(2)  # each latent mixes both
+    assert mutual_information_gap(rotated, factors) < 0.3
+    duplicated = np.stack([factors[:, 0], factors[:, 0]], 1)  # no gap for factor 0, none informs factor 1
+    assert mutual_information_gap(duplicated, factors) < 0.05

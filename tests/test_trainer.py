@@ -1,0 +1,129 @@
+"""Training one PS-VAE: the run folder, determinism, resuming, NaN, the best checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from psvae_opt.config import Config, dump_config, load_config
+from psvae_opt.data import load_session, split_frames, write_session
+from psvae_opt.errors import ConfigError, TrainingError
+from psvae_opt.trainer import CSV_COLUMNS, METRIC_NAMES, fit, load_checkpoint, read_metrics
+from tests.conftest import TINY_MODEL, random_frames
+
+
+def run_fit(cfg: Config, out: Path, **kwargs):  # noqa: ANN003, ANN201
+    session = load_session(cfg.data.path)
+    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
+    return fit(cfg.model, cfg.loss, cfg.train, session, frames, out, config_text=dump_config(cfg), progress=False, **kwargs)
+
+
+def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Config, tmp_path: Path):
+    result = run_fit(tiny_config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert load_config(run / "config.toml") == tiny_config
+    with (run / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(int(r["epoch"]), r["split"]) for r in rows] == [(e, s) for e in range(3) for s in ("train", "val")]
+    assert all(np.isfinite(float(r[m])) for r in rows for m in METRIC_NAMES)
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert set(state) == {"model", "epoch"} and "rotation" in state["model"]
+    latents = np.load(run / "latents.npz")
+    session = load_session(tiny_config.data.path)
+    assert latents["mu"].shape == (session.n_frames, session.n_labels + tiny_config.model.n_unsup)
+    assert set(np.unique(latents["split"])) == {0, 1, 2}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == result.best_epoch
+    assert set(summary["metrics"]) == {"train", "val", "test"}
+    assert set(summary["metrics"]["val"]) == set(METRIC_NAMES)
+
+
+def test_latents_are_the_means_of_the_best_checkpoint(tiny_config: Config, tmp_path: Path):
+    run_fit(tiny_config, tmp_path / "run")
+    session = load_session(tiny_config.data.path)
+    model = load_checkpoint(tmp_path / "run", tiny_config.model, session.frame_shape, session.n_labels)
+    with torch.no_grad():
+        mu, _ = model.encode(torch.from_numpy(session.images[:7]).float() / 255)
+    np.testing.assert_allclose(np.load(tmp_path / "run" / "latents.npz")["mu"][:7], mu.numpy(), atol=1e-4)
+
+
+def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
+    run_fit(tiny_config, tmp_path / "a")
+    run_fit(tiny_config, tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+    cfg = load_config(None, [f"data.path={tiny_config.data.path}", "data.split=3;1;1;0", *TINY_MODEL,
+                             "train.max_epochs=3", "train.batch_size=16", "loss.anneal_epochs=1",
+                             "train.learning_rate=1e-3", "train.model_seed=1"])
+    run_fit(cfg, tmp_path / "c")
+    assert (tmp_path / "a" / "metrics.csv").read_text() != (tmp_path / "c" / "metrics.csv").read_text()
+
+
+def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
+    full = run_fit(tiny_config, tmp_path / "full")
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(tiny_config, tmp_path / "cut", should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 0, 1, 1]
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
+    resumed_epochs = []
+    resumed = run_fit(tiny_config, tmp_path / "cut", on_epoch=lambda e, rows: resumed_epochs.append(e))
+    assert resumed_epochs == [2]  # only the missing epoch ran
+    assert (tmp_path / "full" / "metrics.csv").read_text() == (tmp_path / "cut" / "metrics.csv").read_text()
+    assert resumed.metrics == full.metrics
+
+
+def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path: Path):
+    cfg = load_config(None, [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=4",
+                             "train.batch_size=16", "loss.anneal_epochs=2", "train.learning_rate=1e-3"])
+    result = run_fit(cfg, tmp_path / "run")
+    assert result.best_epoch >= 2 and result.annealing_complete
+    val = {r["epoch"]: r["loss"] for r in read_metrics(tmp_path / "run") if r["split"] == "val"}
+    assert result.best_epoch == min((e for e in val if e >= 2), key=val.get)
+
+
+def test_a_run_too_short_to_anneal_keeps_its_last_epoch(tiny_h5: Path, tmp_path: Path):
+    cfg = load_config(None, [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=2",
+                             "train.batch_size=16", "loss.anneal_epochs=10"])
+    result = run_fit(cfg, tmp_path / "run")
+    assert result.best_epoch == 1 and not result.annealing_complete
+
+
+def test_a_nan_loss_stops_the_run_with_an_error(tmp_path: Path):
+    frames = [random_frames(20, seed=i) for i in range(5)]
+    huge = [np.full((20, 2), 1e20) for _ in range(5)]  # squares overflow float32
+    path = write_session(tmp_path / "huge.h5", frames, huge)
+    cfg = load_config(None, [f"data.path={path}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=2", "train.batch_size=16"])
+    with pytest.raises(TrainingError, match=r"the training loss became (nan|inf) at epoch 0"):
+        run_fit(cfg, tmp_path / "run")
+
+
+def test_batch_larger_than_the_training_set_is_refused(tiny_h5: Path, tmp_path: Path):
+    cfg = load_config(None, [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.batch_size=1000"])
+    with pytest.raises(ConfigError, match="train.batch_size = 1000 exceeds the 120 training frames"):
+        run_fit(cfg, tmp_path / "run")
+
+
+def test_cli_train_with_overrides(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+    study = tmp_path / "s.toml"
+    study.write_text('[data]\npath = "nowhere.h5"\nsplit = "3;1;1;0"\n[model]\nchannels = [4, 8, 8, 8, 8]\n'
+                     "[train]\nbatch_size = 16\nmax_epochs = 50\n[loss]\nanneal_epochs = 0\n")
+    r = cli("train", "--config", study, "--set", f"data.path={tiny_h5}", "--set", "train.max_epochs=2",
+            "--out", tmp_path / "run", "--no-progress")
+    assert r.code == 0, r.err
+    assert "best epoch" in r.out and "of 2" in r.out
+    assert max(row["epoch"] for row in read_metrics(tmp_path / "run")) == 1
+
+
+def test_cli_train_refuses_a_bad_key_in_one_line(tmp_path: Path, cli):  # noqa: ANN001
+    from tests.conftest import one_line_error
+
+    line = one_line_error(cli("train", "--config", tmp_path / "none.toml", "--out", tmp_path / "r"))
+    assert "study file not found" in line
+    line = one_line_error(cli("train", "--set", "train.epochs=3", "--config", "studies/demo.toml", "--out", tmp_path / "r"))
+    assert "train.epochs: unknown key" in line
