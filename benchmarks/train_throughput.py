@@ -24,8 +24,10 @@ import time
 import torch
 
 from psvae_opt.config import LossConfig
+from psvae_opt.devices import DeviceData, tune_cpu_allocator
 from psvae_opt.model import PSVAE, count_parameters
-from psvae_opt.trainer import DeviceData, train_step, tune_cpu_allocator
+from psvae_opt.trainer import train_step
+
 
 def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict:
     """Frames/s of ``train_step`` on random frames of 1 x size x size."""

@@ -12,7 +12,9 @@ import sys
 from typing import Sequence
 
 from psvae_opt.commands import Command
+from psvae_opt.commands import dashboard as dashboard_commands
 from psvae_opt.commands import data as data_commands
+from psvae_opt.commands import report as report_commands
 from psvae_opt.commands import search as search_commands
 from psvae_opt.commands import train as train_commands
 from psvae_opt.errors import PsvaeError
@@ -21,6 +23,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     **data_commands.COMMANDS,
     **train_commands.COMMANDS,
     **search_commands.COMMANDS,
+    **report_commands.COMMANDS,
+    **dashboard_commands.COMMANDS,
 }
 
 

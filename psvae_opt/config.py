@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from psvae_opt.errors import ConfigError
 
 KL_ESTIMATORS = ("mss", "mws")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLER_NAMES = ("grid", "tpe", "nsga2")
 
 
@@ -124,7 +124,7 @@ class TrainConfig:
     patience: int = 0
     model_seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 autocast on a GPU, fp32 on the CPU
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = True

@@ -15,8 +15,9 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from psvae_opt import space
+from psvae_opt.ratings import RATING_ATTRS, ratings_by_trial
+from psvae_opt.runs import METRIC_NAMES
 from psvae_opt.study import knee_index, pareto_front, seed_summary
-from psvae_opt.trainer import METRIC_NAMES
 
 ATTR_COLUMNS = tuple(f"val_{m}" for m in METRIC_NAMES) + ("train_zu_corr", "mig", "seed", "best_epoch")
 
@@ -33,6 +34,12 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """The Pareto front as rows, ordered by the first objective."""
     return [trial_row(t) for t in pareto_front(study)]
+
+
+def with_ratings(study: optuna.Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stage-2 rows with the human traversal ratings (:mod:`psvae_opt.ratings`; None where unrated)."""
+    rated = ratings_by_trial(study)
+    return [{**row, **{k: rated.get(row["trial"], {}).get(k) for k in RATING_ATTRS}} for row in rows]
 
 
 def pareto_plot_data(study: optuna.Study, stage: int) -> dict[str, Any]:
@@ -80,10 +87,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def export_stage(study: optuna.Study, stage: int, out_dir: str | Path) -> list[Path]:
-    """Write pareto.csv, pareto.json, pareto.html and, for stage 2, seeds_summary.csv."""
+    """Write pareto.csv, pareto.json, pareto.html and, for stage 2, seeds_summary.csv and ratings.csv.
+
+    Stage-2 rows carry the human traversal ratings; ratings.csv lists every complete trial.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = pareto_rows(study)
+    rows = pareto_rows(study) if stage == 1 else with_ratings(study, pareto_rows(study))
     written = [_write_csv(out / "pareto.csv", rows)]
     payload = {
         "study": study.study_name,
@@ -99,4 +109,6 @@ def export_stage(study: optuna.Study, stage: int, out_dir: str | Path) -> list[P
     written.append(out / "pareto.html")
     if stage == 2:
         written.append(_write_csv(out / "seeds_summary.csv", seed_summary(study)))
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        written.append(_write_csv(out / "ratings.csv", with_ratings(study, [trial_row(t) for t in complete])))
     return written

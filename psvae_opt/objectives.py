@@ -19,7 +19,8 @@ import optuna
 from psvae_opt import metrics, space
 from psvae_opt.config import Config, dump_config
 from psvae_opt.data import Session
-from psvae_opt.trainer import METRIC_NAMES, FitResult, fit
+from psvae_opt.runs import METRIC_NAMES
+from psvae_opt.trainer import FitResult, fit
 
 log = logging.getLogger(__name__)
 

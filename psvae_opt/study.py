@@ -17,8 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 from psvae_opt import space
 from psvae_opt.config import Config, dump_config
 from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.runs import METRIC_NAMES
 from psvae_opt.storage import describe
-from psvae_opt.trainer import METRIC_NAMES
 
 SUMMARY_METRICS = tuple(f"val_{m}" for m in METRIC_NAMES) + ("train_zu_corr", "mig")
 UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)

@@ -15,15 +15,11 @@ run folder:
 
 from __future__ import annotations
 
-import csv
-import ctypes
 import json
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,36 +28,13 @@ from torch import Tensor
 from psvae_opt import metrics
 from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
 from psvae_opt.data import SPLITS, Session
+from psvae_opt.devices import DeviceData, autocast, resolve_device, resolve_precision, to_device
 from psvae_opt.errors import ConfigError, TrainingError
 from psvae_opt.losses import LossTerms, psvae_loss
 from psvae_opt.model import PSVAE, ModelOutput
+from psvae_opt.runs import append_rows, save_atomic, truncate_rows
 
-METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
-CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
 TRAIN_ROW_FRAMES = 512  # per-epoch training rows: a fixed subset (the final summary uses every frame)
-
-
-@dataclass(frozen=True)
-class DeviceData:
-    """A session's arrays on the training device, held once.
-
-    Attributes:
-        frames: (T, C, H, W) uint8.
-        labels: (T, L) float32; masks: (T, L) float32.
-        splits: split name -> (N_split,) int64 frame indices, on the device.
-    """
-
-    frames: Tensor
-    labels: Tensor
-    masks: Tensor
-    splits: dict[str, Tensor]
-
-    def batch(self, idx: Tensor, channels_last: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """Frames scaled to [0, 1], labels and masks of the frames ``idx``."""
-        x = self.frames.index_select(0, idx).float().div_(255.0)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.labels.index_select(0, idx), self.masks.index_select(0, idx)
 
 
 @dataclass(frozen=True)
@@ -76,44 +49,6 @@ class FitResult:
     resumed_from: int = 0  # the epoch a resumed run started at (0: a fresh run)
 
 
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process instead of returning it to the kernel (glibc only).
-
-    glibc serves blocks above 32 MB (every large activation of a 128x128 batch) with a fresh
-    mmap, and the kernel zeroes new pages on first touch; at 1x128x128 on 2 CPU cores that
-    was about a fifth of a training step. With mmap off and trimming raised, freed
-    activations are reused. Call once per training process; returns whether it applied.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" is the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but no CUDA GPU is visible; use auto or cpu")
-    return device
-
-
-def to_device(session: Session, split_frames: dict[str, np.ndarray], device: torch.device) -> DeviceData:
-    """Copy frames (as uint8), labels and split indices to ``device`` once."""
-    return DeviceData(
-        frames=torch.from_numpy(session.images).to(device),
-        labels=torch.from_numpy(session.labels).to(device),
-        masks=torch.from_numpy(session.masks).to(device),
-        splits={k: torch.from_numpy(v).to(device) for k, v in split_frames.items()},
-    )
-
-
 def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -> PSVAE:  # noqa: ANN001
     """The PS-VAE a study file describes."""
     return PSVAE(
@@ -126,10 +61,6 @@ def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -
         batch_norm=model_cfg.batch_norm,
         seed=seed,
     )
-
-
-def _autocast(device: torch.device, precision: str):  # noqa: ANN202
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _batches(n: int, size: int) -> list[tuple[int, int]]:
@@ -168,7 +99,7 @@ def evaluate(
     mus, y_hats = [], []
     for a, b in _batches(n, batch_size):
         x, y, mask = data.batch(idx[a:b], channels_last)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             mu, logvar = model.encode(x)
             eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
             z = mu + torch.exp(0.5 * logvar) * eps
@@ -211,7 +142,7 @@ def train_step(
         x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
         n_frames: training frames N of the aggregate-posterior estimate.
     """
-    with _autocast(x.device, precision):
+    with autocast(x.device, precision):
         out = model(x)
     terms = psvae_loss(
         x, y, mask, out, alpha=loss_cfg.alpha, beta=loss_cfg.beta, epoch=epoch,
@@ -223,46 +154,13 @@ def train_step(
     return terms.loss.detach()
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _append_rows(path: Path, rows: Iterable[dict]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows({k: row[k] for k in CSV_COLUMNS} for row in rows)
-
-
-def _truncate_rows(path: Path, last_epoch: int) -> None:
-    """Drop metrics rows of epochs after ``last_epoch`` (a resumed run redoes them)."""
-    if not path.exists():
-        return
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
-    path.unlink()
-    _append_rows(path, rows)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, float | str]]:
-    """Rows of a run's ``metrics.csv`` with numbers parsed."""
-    with (Path(run_dir) / "metrics.csv").open(newline="") as fh:
-        return [
-            {k: (v if k == "split" else (int(v) if k == "epoch" else float(v))) for k, v in row.items()}
-            for row in csv.DictReader(fh)
-        ]
-
-
 class _Trainer:
     """State of one run; ``fit`` drives it."""
 
     def __init__(self, model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir):  # noqa: ANN001
         self.loss_cfg, self.cfg, self.run_dir = loss_cfg, train_cfg, Path(run_dir)
         self.device = resolve_device(train_cfg.device)
+        self.precision = resolve_precision(train_cfg.precision, self.device)
         torch.backends.cudnn.deterministic = train_cfg.deterministic
         torch.backends.cudnn.benchmark = not train_cfg.deterministic
         self.data = to_device(session, split_frames, self.device)
@@ -312,7 +210,7 @@ class _Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
-        _truncate_rows(self.run_dir / "metrics.csv", self.epoch - 1)
+        truncate_rows(self.run_dir / "metrics.csv", self.epoch - 1)
         return True
 
     def train_epoch(self, should_stop: Callable[[], bool] | None = None) -> float:
@@ -333,7 +231,7 @@ class _Trainer:
             batch = self.data.batch(train_idx[perm[b * size : (b + 1) * size]], self.channels_last)
             total += train_step(
                 self.step_model, self.optimizer, *batch, self.loss_cfg,
-                epoch=self.epoch, n_frames=len(train_idx), precision=self.cfg.precision,
+                epoch=self.epoch, n_frames=len(train_idx), precision=self.precision,
             )
         mean = float(total) / max(n_batches, 1)
         if not np.isfinite(mean):
@@ -348,7 +246,7 @@ class _Trainer:
         return evaluate(
             self.model, self.data, idx, self.loss_cfg,
             epoch=self.epoch if epoch is None else epoch, batch_size=self.cfg.eval_batch_size,
-            precision=self.cfg.precision, channels_last=self.channels_last, seed=self.cfg.model_seed,
+            precision=self.precision, channels_last=self.channels_last, seed=self.cfg.model_seed,
         )
 
     def annealed(self, epoch: int) -> bool:
@@ -361,11 +259,11 @@ class _Trainer:
             # Before annealing ends no epoch qualifies; the last one is kept as a fallback.
             self.best_loss = val_loss if improved else self.best_loss
             self.best_epoch, self.bad_epochs = self.epoch, 0
-            _save_atomic({"model": self.model.state_dict(), "epoch": self.epoch}, self.run_dir / "best.pt")
+            save_atomic({"model": self.model.state_dict(), "epoch": self.epoch}, self.run_dir / "best.pt")
         elif self.annealed(self.epoch):
             self.bad_epochs += 1
         self.epoch += 1
-        _save_atomic(self.state(), self.run_dir / "last.pt")
+        save_atomic(self.state(), self.run_dir / "last.pt")
         return 0 < self.cfg.patience <= self.bad_epochs
 
 
@@ -406,7 +304,7 @@ def fit(
         epoch = t.epoch
         t.train_epoch(should_stop)
         rows = {"train": t.evaluate(t.train_rows_idx)[0], "val": t.evaluate(t.data.splits["val"])[0]}
-        _append_rows(run_dir / "metrics.csv", ({"epoch": epoch, "split": s, **m} for s, m in rows.items()))
+        append_rows(run_dir / "metrics.csv", ({"epoch": epoch, "split": s, **m} for s, m in rows.items()))
         stopped_early = t.end_epoch(rows["val"]["loss"])
         bar.update(1)
         bar.set_postfix(val_loss=f"{rows['val']['loss']:.1f}", label_r2=f"{rows['val']['label_r2']:.3f}")

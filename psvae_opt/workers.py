@@ -181,9 +181,11 @@ def launch_local(
 
     procs = {i: start(i) for i in range(n_workers)}
     restarts, failures = 0, 0
+    progress = StageProgress(study)
     try:
         while procs:
             time.sleep(1.0)
+            progress.update()
             for i, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
@@ -202,7 +204,40 @@ def launch_local(
         for proc in procs.values():
             proc.wait()
         raise
+    finally:
+        progress.close()
     return failures
+
+
+class StageProgress:
+    """A progress bar of a stage's trials (complete of all), with the epochs of running ones."""
+
+    def __init__(self, study: optuna.Study, every: float = 5.0) -> None:
+        from tqdm import tqdm
+
+        self.study, self.every, self.last = study, every, 0.0
+        self.bar = tqdm(total=0, desc=study.study_name, unit="trial")
+
+    def update(self) -> None:
+        if time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        try:
+            trials = self.study.get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001 - progress is cosmetic; a database hiccup is not fatal
+            return
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        self.bar.total = done + len(running) + sum(t.state == TrialState.WAITING for t in trials)
+        self.bar.n = done
+        epochs = ", ".join(f"#{t.number} epoch {t.user_attrs.get('epochs_done', 0)}" for t in running)
+        self.bar.set_postfix_str(f"running: {epochs}" if running else "", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.last = 0.0
+        self.update()
+        self.bar.close()
 
 
 def check_gpus(gpus: str | None) -> list[str]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install psvae-opt into ./.venv (idempotent). Torch is pinned first so that pip never swaps
-# in a different build: on a machine with a GPU, pip's default torch wheel carries CUDA.
+# Install psvae-opt into ./.venv (idempotent); `install.sh test` adds the test tools.
+# Torch is pinned first so that pip never swaps in another build (pip's default torch wheel
+# for Linux carries CUDA, which is what a GPU machine wants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,5 +11,7 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q -c constraints.txt torch
 fi
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+target="."
+[ "${1:-}" = "test" ] && target=".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e "$target"
 .venv/bin/psvae-opt --version

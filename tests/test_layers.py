@@ -18,12 +18,15 @@ RANKS = {
     "metrics": 2,
     "model": 3,
     "losses": 4,
+    "runs": 4.5,
+    "devices": 4.5,
     "trainer": 5,
     "space": 6,
     "objectives": 7,
     "storage": 8,
     "study": 9,
     "workers": 10,
+    "ratings": 10,
     "export": 11,
     "plots": 11,
     "traversals": 11,
@@ -34,8 +37,9 @@ RANKS = {
 # Third-party packages confined to layers: package -> lowest rank allowed to import it.
 CONFINED = {
     "h5py": ("data",),
-    "optuna": ("space", "objectives", "storage", "study", "workers", "export", "plots", "traversals", "dashboard", "commands"),
+    "optuna": ("space", "objectives", "storage", "study", "workers", "ratings", "export", "plots", "traversals", "dashboard", "commands", "cli"),
     "plotly": ("export", "plots", "traversals", "dashboard", "commands"),
+    "optuna_dashboard": ("ratings", "dashboard", "commands"),
 }
 
 

@@ -13,7 +13,8 @@ import torch
 from psvae_opt.config import Config, dump_config, load_config
 from psvae_opt.data import load_session, split_frames, write_session
 from psvae_opt.errors import ConfigError, TrainingError
-from psvae_opt.trainer import CSV_COLUMNS, METRIC_NAMES, fit, load_checkpoint, read_metrics
+from psvae_opt.runs import CSV_COLUMNS, METRIC_NAMES, read_metrics
+from psvae_opt.trainer import fit, load_checkpoint
 from tests.conftest import TINY_MODEL, random_frames
 
 
@@ -66,14 +67,27 @@ def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
 
 def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
     full = run_fit(tiny_config, tmp_path / "full")
-    calls = []
-    with pytest.raises(KeyboardInterrupt):
-        run_fit(tiny_config, tmp_path / "cut", should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    done = []
+    with pytest.raises(KeyboardInterrupt):  # stopped right after epoch 1
+        run_fit(tiny_config, tmp_path / "cut", on_epoch=lambda e, rows: done.append(e), should_stop=lambda: len(done) >= 2)
     assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 0, 1, 1]
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
     resumed_epochs = []
     resumed = run_fit(tiny_config, tmp_path / "cut", on_epoch=lambda e, rows: resumed_epochs.append(e))
     assert resumed_epochs == [2]  # only the missing epoch ran
+    assert (tmp_path / "full" / "metrics.csv").read_text() == (tmp_path / "cut" / "metrics.csv").read_text()
+    assert resumed.metrics == full.metrics
+
+
+def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
+    full = run_fit(tiny_config, tmp_path / "full")
+    polls = []
+    with pytest.raises(KeyboardInterrupt, match="stopped during epoch 1"):  # 7 batches an epoch
+        run_fit(tiny_config, tmp_path / "cut", should_stop=lambda: polls.append(1) or len(polls) > 7 + 1 + 3)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 0]
+    resumed = run_fit(tiny_config, tmp_path / "cut")
+    assert resumed.resumed_from == 1
     assert (tmp_path / "full" / "metrics.csv").read_text() == (tmp_path / "cut" / "metrics.csv").read_text()
     assert resumed.metrics == full.metrics
 

@@ -17,7 +17,9 @@ import optuna
 
 from psvae_opt import space
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.commands.dashboard import open_rating_study, save_search_summary, trial_uploader
 from psvae_opt.config import SAMPLER_NAMES, Config
+from psvae_opt.dashboard import record_artifact_dir
 from psvae_opt.data import load_session, split_frames
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.export import export_stage
@@ -111,7 +113,9 @@ def _run_stage(stage: int):  # noqa: ANN202
         else:
             fixed = _stage2_settings(args, cfg, storage)
             study = create_stage(storage, cfg, 2, fixed=fixed)
+            open_rating_study(storage, study)  # the traversal rating form (psvae_opt.ratings)
             queued = enqueue_points(study, space.stage2_grid(cfg, fixed["seeds"]))
+        record_artifact_dir(study, cfg)
         print(f"study {study.study_name} in {describe(url)}: {queued} trials queued; {counts(study)}")
         failures = 0
         if args.workers:
@@ -130,6 +134,7 @@ def _run_stage(stage: int):  # noqa: ANN202
 
 def _report_stage(study: optuna.Study, stage: int, failures: int) -> int:
     rec = recommend_stage1(study) if stage == 1 else recommend_stage2(study)
+    save_search_summary(study, stage)
     state = counts(study)
     _print_front(study, stage)
     if rec is None:
@@ -181,8 +186,8 @@ def _wait_for_study(storage, cfg: Config, stage: int, seconds: float) -> optuna.
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from psvae_opt.devices import tune_cpu_allocator
     from psvae_opt.objectives import TrialContext
-    from psvae_opt.trainer import tune_cpu_allocator
 
     cfg = load_config_from(args)
     tune_cpu_allocator()
@@ -199,6 +204,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             cfg, stage, session, frames, sampler=attrs.get("sampler", "grid"), seeds=attrs.get("seeds", 1),
             fixed={k: attrs[k] for k in ("alpha", "n_unsup") if k in attrs}, progress=args.progress,
         )
+        ctx.on_finish = trial_uploader(study, session, cfg)
         total += run_worker(study, ctx, stop)
     print(f"worker {os.getpid()}: {total} trials completed")
     return 0
@@ -216,6 +222,7 @@ def _run_export(args: argparse.Namespace) -> int:
     study = load_stage(open_storage(args.storage, heartbeat=False), cfg, args.stage)
     if not pareto_front(study):
         raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
+    save_search_summary(study, args.stage)  # for stages whose workers ran elsewhere
     for path in export_stage(study, args.stage, args.out):
         print(path)
     return 0

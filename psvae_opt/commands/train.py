@@ -7,7 +7,6 @@ import argparse
 from psvae_opt.commands import Command, add_config_arguments, load_config_from
 
 
-
 def _add_train(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumed if it holds last.pt)")
@@ -17,7 +16,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from psvae_opt.config import dump_config
     from psvae_opt.data import load_session, split_frames
-    from psvae_opt.trainer import fit, tune_cpu_allocator
+    from psvae_opt.devices import tune_cpu_allocator
+    from psvae_opt.trainer import fit
 
     cfg = load_config_from(args)
     tune_cpu_allocator()

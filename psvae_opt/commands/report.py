@@ -1,0 +1,198 @@
+"""`psvae-opt report summary|curves|labels|traversal|movie`: the guide's diagnostics, as files.
+
+Charts are interactive HTML (plotly), frames PNG and MP4. The same writers make the
+diagnostics every trial uploads to the dashboard (:func:`render_trial_diagnostics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import optuna
+import plotly.graph_objects as go
+
+from psvae_opt import plots, space, traversals
+from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.data import SPLITS, Session
+from psvae_opt.errors import ConfigError, DataError
+
+DEFAULT_OUT = "psvae-opt-out"
+MOVIE_BASES, MOVIE_STEPS, GRID_STEPS = 3, 30, 7
+
+
+def write_html(fig: go.Figure, path: Path, plotlyjs: bool | str = True) -> Path:
+    """A figure as HTML: self-contained (``plotlyjs=True``) or loading plotly.js from its CDN ("cdn")."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True)
+    return path
+
+
+def write_summary(study: optuna.Study, stage: int, path: Path) -> Path:
+    fig = plots.search_summary_figure(plots.search_summary_data(study, stage), f"{study.study_name}: search summary")
+    return write_html(fig, path)
+
+
+def write_curves(run_dir: Path, path: Path, splits: Sequence[str] = plots.CURVE_SPLITS, plotlyjs: bool | str = True) -> Path:
+    curves = [plots.training_curves_data(run_dir, s) for s in splits]
+    return write_html(plots.training_curves_figure(curves, f"{run_dir.name}: training curves ({', '.join(splits)})"), path, plotlyjs)
+
+
+def write_labels(
+    run_dir: Path, session: Session, path: Path, trials: Sequence[int] | None = None,
+    labels: Sequence[int] | None = None, split: str = "val", plotlyjs: bool | str = True,
+) -> Path:
+    """Label traces of ``trials`` (default: the first two trials of ``split``)."""
+    latents = _latents(run_dir)
+    if not trials:
+        trials = plots.split_trials(latents["split"], session.trial_starts, SPLITS.index(split))[:2] or [0]
+    data = plots.label_traces_data(
+        session.labels, session.masks, latents["y_hat"], session.trial_starts, list(trials),
+        list(labels) if labels else list(range(session.n_labels)), session.label_names,
+    )
+    return write_html(plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
+
+
+def _latents(run_dir: Path) -> dict[str, np.ndarray]:
+    if not (run_dir / "latents.npz").exists():
+        raise DataError(f"{run_dir}: no latents.npz; the run has not finished (or the folder is wrong)")
+    return dict(np.load(run_dir / "latents.npz"))
+
+
+def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, device: str = "cpu") -> list[Path]:
+    """What a finished trial uploads: curves.html, labels.html, traversal.png, traversal.mp4.
+
+    Kept cheap next to training: labels over at most two validation trials, one traversal
+    grid of 7 steps, a movie of 3 base frames with 30 steps per sweep. The HTML loads
+    plotly.js from its CDN (a self-contained file would be 4 MB per chart).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = traversals.load_run(run_dir, session, device)
+    return [
+        write_curves(run_dir, out_dir / "curves.html", plotlyjs="cdn"),
+        write_labels(run_dir, session, out_dir / "labels.html", plotlyjs="cdn"),
+        traversals.write_traversal_png(run, session, out_dir / "traversal.png", n_steps=GRID_STEPS),
+        traversals.write_traversal_movie(run, session, out_dir / "traversal.mp4", n_steps=MOVIE_STEPS),
+    ]
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas, e.g. 3,4") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    add_storage_argument(p)
+    p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
+    p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
+    p.add_argument("--split", choices=plots.CURVE_SPLITS, default="val",
+                   help="split of the curves, of the default label trials and base frames (default val)")
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/STUDY)")
+
+
+def _add_labels(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--trials", type=_int_list, metavar="LIST", help="session trial indices, e.g. 3,4 (default: two of --split)")
+    p.add_argument("--labels", metavar="LIST", help="label names or indices, e.g. paw_front_x,2 (default: all)")
+
+
+def _add_traversal(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--frame", type=int, metavar="N", help="base frame index in the session (default: one of --split)")
+    p.add_argument("--steps", type=int, default=GRID_STEPS, help=f"steps per sweep (default {GRID_STEPS})")
+
+
+def _add_movie(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--frames", type=_int_list, metavar="LIST", help=f"base frame indices (default: {MOVIE_BASES} of --split)")
+    p.add_argument("--steps", type=int, default=MOVIE_STEPS, help=f"frames from lower to upper (default {MOVIE_STEPS})")
+    p.add_argument("--fps", type=int, default=20, help="frames per second (default 20)")
+
+
+def _study(args: argparse.Namespace):  # noqa: ANN202
+    from psvae_opt.storage import open_storage
+    from psvae_opt.study import load_stage
+
+    cfg = load_config_from(args)
+    study = load_stage(open_storage(args.storage, heartbeat=False), cfg, args.stage)
+    out = Path(args.out or Path(DEFAULT_OUT) / study.study_name)
+    return cfg, study, out
+
+
+def _trial(study: optuna.Study, number: int | None) -> tuple[int, Path]:
+    """The trial's number and run folder (default: the stage's recommendation)."""
+    if number is None:
+        rec = study.user_attrs.get("recommendation")
+        if not rec:
+            raise ConfigError(f"study {study.study_name!r} has no recommendation yet; give --trial N")
+        number = int(rec["trial"])
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or "run_dir" not in trial.user_attrs:
+        raise ConfigError(f"--trial {number}: study {study.study_name!r} has no such trial with a run folder")
+    return number, Path(trial.user_attrs["run_dir"])
+
+
+def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
+    if not text:
+        return None
+    out = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        if item.isdigit():
+            out.append(int(item))
+        elif item in names:
+            out.append(list(names).index(item))
+        else:
+            raise ConfigError(f"--labels: {item!r} is not a label; the labels are {', '.join(names)}")
+    return out
+
+
+def _run_report(kind: str):  # noqa: ANN202
+    def run(args: argparse.Namespace) -> int:
+        from psvae_opt.data import load_session
+        from psvae_opt.devices import resolve_device
+
+        cfg, study, out = _study(args)
+        if kind == "summary":
+            print(write_summary(study, args.stage, out / "summary.html"))
+            return 0
+        number, run_dir = _trial(study, args.trial)
+        stem = out / f"trial_{number:04d}"
+        if kind == "curves":
+            print(write_curves(run_dir, Path(f"{stem}_curves_{args.split}.html"), [args.split]))
+            return 0
+        session = load_session(cfg.data.path)
+        if kind == "labels":
+            labels = _label_indices(args.labels, session.label_names)
+            print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
+            return 0
+        run_ = traversals.load_run(run_dir, session, resolve_device(cfg.train.device))
+        code = SPLITS.index(args.split)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "traversal":
+            frame = args.frame if args.frame is not None else traversals.default_base_frames(run_.split, 1, code)[0]
+            print(traversals.write_traversal_png(run_, session, Path(f"{stem}_traversal.png"), frame, args.steps))
+        else:
+            frames = args.frames or traversals.default_base_frames(run_.split, MOVIE_BASES, code)
+            print(traversals.write_traversal_movie(run_, session, Path(f"{stem}_traversal.mp4"), frames, args.steps, args.fps))
+        return 0
+
+    return run
+
+
+COMMANDS = {
+    "report": {
+        "summary": Command("search summary of a stage: metrics vs alpha / beta (HTML)", _add_common, _run_report("summary")),
+        "curves": Command("training curves of a trial (HTML)", _add_common, _run_report("curves")),
+        "labels": Command("true and predicted label traces of a trial (HTML)", _add_labels, _run_report("labels")),
+        "traversal": Command("latent traversals from a base frame (PNG)", _add_traversal, _run_report("traversal")),
+        "movie": Command("traversal movie of a few base frames (MP4)", _add_movie, _run_report("movie")),
+    }
+}

@@ -1,0 +1,92 @@
+"""optuna-dashboard's side of a search: the artifact store, uploads, study figures, the server.
+
+Both stages upload to one :class:`~optuna.artifacts.FileSystemArtifactStore`, by default
+``<study.runs_dir>/artifacts`` (absolute), recorded on each stage's study as the user
+attribute ``artifact_dir`` when the launcher creates it, so that workers and
+``psvae-opt dashboard`` anywhere find it. The store keeps one file per artifact, named by
+its id; the file name and MIME type are the trial's (or study's) system attribute
+``artifacts:<id>``. With workers on several machines the folder must be shared (NFS or
+similar) and mounted at the same path everywhere, or each machine sets
+``$PSVAE_OPT_ARTIFACTS`` to where it mounts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import plotly.graph_objects as go
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from psvae_opt.config import Config
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_ATTR = "artifact_dir"
+ARTIFACT_ENV = "PSVAE_OPT_ARTIFACTS"
+
+
+def default_artifact_dir(config: Config) -> Path:
+    """``<study.runs_dir>/artifacts``, absolute."""
+    return Path(config.study.runs_dir).resolve() / "artifacts"
+
+
+def record_artifact_dir(study: optuna.Study, config: Config) -> Path:
+    """Record where the study's artifacts go (once: a resumed study keeps its folder); returns it."""
+    if ARTIFACT_ATTR not in study.user_attrs:
+        study.set_user_attr(ARTIFACT_ATTR, str(Path(os.environ.get(ARTIFACT_ENV) or default_artifact_dir(config)).resolve()))
+    return Path(study.user_attrs[ARTIFACT_ATTR])
+
+
+def artifact_dir(studies: Sequence[optuna.Study], config: Config) -> Path:
+    """The artifact folder: ``$PSVAE_OPT_ARTIFACTS``, else the first one recorded on ``studies``, else the default."""
+    if os.environ.get(ARTIFACT_ENV):
+        return Path(os.environ[ARTIFACT_ENV]).resolve()
+    recorded = [s.user_attrs[ARTIFACT_ATTR] for s in studies if ARTIFACT_ATTR in s.user_attrs]
+    if len(set(recorded)) > 1:
+        log.warning("the studies record different artifact folders %s; serving %s", sorted(set(recorded)), recorded[0])
+    return Path(recorded[0]) if recorded else default_artifact_dir(config)
+
+
+def open_store(folder: str | Path) -> FileSystemArtifactStore:
+    """The artifact store in ``folder`` (created if missing)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+def upload_files(trial: optuna.Trial, store: FileSystemArtifactStore, paths: Sequence[Path]) -> list[str]:
+    """Upload files to a RUNNING trial (optuna refuses finished ones); returns the artifact ids."""
+    return [upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial) for p in paths]
+
+
+def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.artifacts.ArtifactMeta]:
+    """The artifacts of a trial (file name, MIME type, id)."""
+    return optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)  # noqa: SLF001
+
+
+def save_figure(study: optuna.Study, figure: go.Figure, graph_id: str) -> None:
+    """Save a plotly figure on the study (optuna-dashboard shows it on the study page); same id = replaced."""
+    from optuna_dashboard import save_plotly_graph_object
+
+    save_plotly_graph_object(study, figure, graph_object_id=graph_id)
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise OSError now if ``host:port`` cannot be listened on (the server would say so only after its banner)."""
+    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        probe.bind(address)
+
+
+def serve(storage: optuna.storages.BaseStorage, folder: Path, host: str, port: int) -> None:
+    """Run optuna-dashboard on ``host:port`` with the artifact store in ``folder``; blocks."""
+    from optuna_dashboard import run_server
+
+    check_address(host, port)
+    run_server(storage, host=host, port=port, artifact_store=open_store(folder))

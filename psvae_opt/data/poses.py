@@ -1,0 +1,269 @@
+"""Pose files of the common trackers, read into one array layout.
+
+Formats (``POSE_FORMATS``, detected from the file's content, never from its name):
+
+- ``dlc-csv``: DeepLabCut and Lightning Pose CSV files: header rows ``scorer``, (``individuals``,)
+  ``bodyparts``, ``coords`` (``x``, ``y``, ``likelihood``; hand labels have no likelihood), then
+  one row per frame; the leading index column(s) hold the frame number or the image path.
+- ``dlc-h5``: the same table as DeepLabCut's pandas-HDF5 ``.h5`` file (see ``pandas_h5``).
+- ``sleap-analysis``: SLEAP's analysis HDF5 export: ``tracks`` (tracks, 2, nodes, frames) as
+  written for MATLAB (or in the order its ``dims`` attribute names), ``node_names`` and
+  ``track_occupancy`` (frames, tracks); points of unoccupied frames and NaN points are missing.
+
+Multi-animal files (DeepLabCut's ``individuals`` level, SLEAP tracks) give one animal, chosen
+by ``track``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import h5py
+import numpy as np
+
+from psvae_opt.data.pandas_h5 import frame_keys, read_frame
+from psvae_opt.errors import DataError
+
+HEADER_ROWS = ("scorer", "individuals", "bodyparts", "coords")
+COORDS = ("x", "y", "likelihood")
+
+
+@dataclass(frozen=True)
+class Poses:
+    """One animal's keypoints on every frame of a pose file.
+
+    Attributes:
+        path: the pose file.
+        format: its key in ``POSE_FORMATS``.
+        keypoints: K keypoint names, in file order.
+        xy: (T, K, 2) float64 pixel coordinates (x, y) in the source frames; NaN = missing.
+        likelihood: (T, K) float64 confidence, or None when the file has none.
+        row_names: T row names (frame numbers, or image paths of hand-labeled frames).
+    """
+
+    path: Path
+    format: str
+    keypoints: tuple[str, ...]
+    xy: np.ndarray
+    likelihood: np.ndarray | None
+    row_names: tuple[str, ...] = ()
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.xy.shape[0])
+
+    def first(self, n: int) -> "Poses":
+        """The first ``n`` frames."""
+        lik = None if self.likelihood is None else self.likelihood[:n]
+        return replace(self, xy=self.xy[:n], likelihood=lik, row_names=self.row_names[:n])
+
+    def select(self, names: Sequence[str]) -> "Poses":
+        """Only the named keypoints, in the order given."""
+        unknown = [n for n in names if n not in self.keypoints]
+        if unknown:
+            raise DataError(
+                f"{self.path}: no keypoint {', '.join(map(repr, unknown))} in this file "
+                f"(it has: {', '.join(self.keypoints)}); fix --keypoints"
+            )
+        idx = [self.keypoints.index(n) for n in names]
+        lik = None if self.likelihood is None else self.likelihood[:, idx]
+        return replace(self, keypoints=tuple(names), xy=self.xy[:, idx], likelihood=lik)
+
+
+@dataclass(frozen=True)
+class PoseFormat:
+    """One pose-file format: what it is, how to recognise it, how to read it."""
+
+    description: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, int], Poses]
+
+
+# -- tables of (level values) columns: the DeepLabCut layout, from CSV or HDF5 ---------------
+
+
+def _pick_track(path: Path, columns: list[tuple[str, ...]], track: int) -> list[bool]:
+    """Which columns belong to animal ``track`` (every column when there is one animal)."""
+    multi = len(columns[0]) >= 4  # scorer, individuals, bodyparts, coords
+    animals = list(dict.fromkeys(c[-3] for c in columns)) if multi else ["one animal"]
+    if not 0 <= track < len(animals):
+        raise DataError(
+            f"{path}: --track {track} but the file has {len(animals)} animal(s) "
+            f"({', '.join(animals)}); choose --track 0..{len(animals) - 1}"
+        )
+    return [c[-3] == animals[track] for c in columns] if multi else [True] * len(columns)
+
+
+def poses_from_table(
+    path: Path, fmt: str, columns: list[tuple[str, ...]], values: np.ndarray, rows: Sequence[str], track: int
+) -> Poses:
+    """Poses from DeepLabCut's columns: (scorer, [individual,] bodypart, coord) per column.
+
+    Args:
+        columns: one level tuple per column of ``values``.
+        values: (T, n_columns) float64; NaN = missing.
+    """
+    keep = _pick_track(path, columns, track)
+    cols = [(c[-2], c[-1], j) for j, (c, k) in enumerate(zip(columns, keep)) if k and c[-1] in COORDS]
+    keypoints = tuple(dict.fromkeys(part for part, _, _ in cols))
+    if not keypoints:
+        raise DataError(f"{path}: no x/y columns in the `coords` header; give a DeepLabCut-style pose table")
+    where = {(part, coord): j for part, coord, j in cols}
+    for part in keypoints:
+        if (part, "x") not in where or (part, "y") not in where:
+            raise DataError(f"{path}: keypoint {part} lacks an x or a y column; give both coordinates")
+    x = values[:, [where[(p, "x")] for p in keypoints]]
+    y = values[:, [where[(p, "y")] for p in keypoints]]
+    xy = np.stack([x, y], axis=-1)  # (T, K, 2)
+    has_lik = all((p, "likelihood") in where for p in keypoints)
+    lik = values[:, [where[(p, "likelihood")] for p in keypoints]] if has_lik else None
+    return Poses(path, fmt, keypoints, xy, lik, tuple(rows))
+
+
+def _head_rows(path: Path, n: int = 4) -> list[list[str]]:
+    """The first ``n`` CSV rows, or [] when the start of the file is not text."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16).decode("utf-8")  # a header fits; a binary file fails here
+        return list(csv.reader(head.splitlines()[:n]))
+    except (UnicodeDecodeError, csv.Error, OSError):
+        return []
+
+
+def _is_dlc_csv(path: Path) -> bool:
+    rows = _head_rows(path)
+    firsts = [r[0].strip() if r else "" for r in rows]
+    return bool(firsts) and firsts[0] == "scorer" and "coords" in firsts
+
+
+def _float(cell: str) -> float:
+    return float(cell) if cell.strip() else np.nan
+
+
+def _read_dlc_csv(path: Path, track: int) -> Poses:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    n_head = next(i for i, r in enumerate(rows) if r and r[0].strip() == "coords") + 1
+    header = rows[:n_head]
+    coords = header[-1]
+    # hand labels of newer DeepLabCut versions have 3 index columns (labeled-data, video, image)
+    n_index = next((j for j, c in enumerate(coords) if c.strip() in COORDS), len(coords))
+    columns = [tuple(h[j].strip() for h in header) for j in range(n_index, len(coords))]
+    if not columns:
+        raise DataError(f"{path}: the `coords` header row names no x, y or likelihood column")
+    values, names = [], []
+    for line, row in enumerate(rows[n_head:], start=n_head + 1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(coords):
+            raise DataError(
+                f"{path}: line {line} has {len(row)} cells but the header has {len(coords)}; repair the file"
+            )
+        try:
+            values.append([_float(c) for c in row[n_index:]])
+        except ValueError:
+            raise DataError(f"{path}: line {line} holds a value that is not a number; repair the file") from None
+        names.append("/".join(c.strip() for c in row[:n_index] if c.strip()))
+    if not values:
+        raise DataError(f"{path}: the pose table has a header but no rows")
+    return poses_from_table(path, "dlc-csv", columns, np.array(values, dtype=np.float64), names, track)
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        return path.is_file() and h5py.is_hdf5(path)
+    except OSError:
+        return False
+
+
+def _is_dlc_h5(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return bool(frame_keys(f))
+
+
+def _read_dlc_h5(path: Path, track: int) -> Poses:
+    frame = read_frame(path)
+    if len(frame.columns[0]) < 3:
+        raise DataError(
+            f"{path}: the DataFrame has {len(frame.columns[0])} column level(s); DeepLabCut's have "
+            "scorer, [individuals,] bodyparts, coords"
+        )
+    return poses_from_table(path, "dlc-h5", list(frame.columns), frame.values, frame.index, track)
+
+
+# -- SLEAP analysis HDF5 -----------------------------------------------------------------------
+
+SLEAP_DIMS = ("track", "xy", "node", "frame")  # the order SLEAP's MATLAB-style export stores
+
+
+def _is_sleap(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return all(isinstance(f.get(k), h5py.Dataset) for k in ("tracks", "node_names", "track_occupancy"))
+
+
+def _dims(dataset: h5py.Dataset, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = dataset.attrs.get("dims")
+    if raw is None:
+        return default
+    return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+
+
+def _read_sleap(path: Path, track: int) -> Poses:
+    with h5py.File(path, "r") as f:
+        tracks, occ = f["tracks"], f["track_occupancy"]
+        dims = _dims(tracks, SLEAP_DIMS)
+        if sorted(dims) != sorted(SLEAP_DIMS) or tracks.ndim != 4:
+            raise DataError(f"{path}: `tracks` has shape {tracks.shape}, expected (tracks, 2, nodes, frames)")
+        xy = np.transpose(tracks[()], [dims.index(d) for d in ("frame", "track", "node", "xy")]).astype(np.float64)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["node_names"][()]]
+        occupied = np.asarray(occ[()])
+        if _dims(occ, ("frame", "track")) == ("track", "frame"):
+            occupied = occupied.T
+    n_frames, n_tracks, n_nodes, n_xy = xy.shape
+    if n_xy != 2 or n_nodes != len(names) or occupied.shape != (n_frames, n_tracks):
+        raise DataError(
+            f"{path}: `tracks` {xy.shape} (frames, tracks, nodes, xy), `node_names` ({len(names)}) "
+            f"and `track_occupancy` {occupied.shape} do not agree; export the analysis file again"
+        )
+    if not 0 <= track < n_tracks:
+        raise DataError(
+            f"{path}: --track {track} but the file has {n_tracks} track(s); choose --track 0..{n_tracks - 1}"
+        )
+    points = xy[:, track].copy()  # (T, K, 2)
+    points[occupied[:, track] == 0] = np.nan  # an unoccupied frame has no instance of this animal
+    return Poses(path, "sleap-analysis", tuple(names), points, None, tuple(str(i) for i in range(n_frames)))
+
+
+POSE_FORMATS: dict[str, PoseFormat] = {
+    "dlc-csv": PoseFormat(
+        "DeepLabCut / Lightning Pose CSV (header rows scorer, bodyparts, coords)", _is_dlc_csv, _read_dlc_csv
+    ),
+    "dlc-h5": PoseFormat("DeepLabCut .h5 (pandas HDF5, fixed or table format)", _is_dlc_h5, _read_dlc_h5),
+    "sleap-analysis": PoseFormat("SLEAP analysis HDF5 (tracks, node_names, track_occupancy)", _is_sleap, _read_sleap),
+}
+
+
+def detect_format(path: str | Path) -> str:
+    """The key of the first format in ``POSE_FORMATS`` that recognises the file's content."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: labels file not found; check --labels")
+    for name, fmt in POSE_FORMATS.items():
+        if fmt.detect(path):
+            return name
+    known = "; ".join(f.description for f in POSE_FORMATS.values())
+    raise DataError(f"{path}: not a pose file of a known format (known: {known}); export the labels in one of them")
+
+
+def read_poses(path: str | Path, track: int = 0) -> Poses:
+    """Read a pose file of any format in ``POSE_FORMATS``; ``track`` picks one animal."""
+    path = Path(path)
+    return POSE_FORMATS[detect_format(path)].read(path, track)

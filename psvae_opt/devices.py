@@ -1,0 +1,90 @@
+"""Where training runs: the device, its precision, frames held on it, the CPU allocator."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from psvae_opt.data import Session
+from psvae_opt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """A session's arrays on the training device, held once.
+
+    Attributes:
+        frames: (T, C, H, W) uint8.
+        labels: (T, L) float32; masks: (T, L) float32.
+        splits: split name -> (N_split,) int64 frame indices, on the device.
+    """
+
+    frames: Tensor
+    labels: Tensor
+    masks: Tensor
+    splits: dict[str, Tensor]
+
+    def batch(self, idx: Tensor, channels_last: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Frames scaled to [0, 1], labels and masks of the frames ``idx``."""
+        x = self.frames.index_select(0, idx).float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, idx), self.masks.index_select(0, idx)
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the kernel (glibc only).
+
+    glibc serves blocks above 32 MB (every large activation of a 128x128 batch) with a fresh
+    mmap, and the kernel zeroes new pages on first touch; at 1x128x128 on 2 CPU cores that
+    was about a fifth of a training step. With mmap off and trimming raised, freed
+    activations are reused. Call once per training process; returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but no CUDA GPU is visible; use auto or cpu")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" is bf16 autocast on a GPU that has it, else fp32.
+
+    On the 2-core AVX512-BF16 CPU this was written on, oneDNN's bf16 convolutions ran slower
+    than fp32 ones, so the CPU keeps fp32 unless asked.
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def to_device(session: Session, split_frames: dict[str, np.ndarray], device: torch.device) -> DeviceData:
+    """Copy frames (as uint8), labels and split indices to ``device`` once."""
+    return DeviceData(
+        frames=torch.from_numpy(session.images).to(device),
+        labels=torch.from_numpy(session.labels).to(device),
+        masks=torch.from_numpy(session.masks).to(device),
+        splits={k: torch.from_numpy(v).to(device) for k, v in split_frames.items()},
+    )
+
+
+def autocast(device: torch.device, precision: str):  # noqa: ANN202
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

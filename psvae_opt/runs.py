@@ -1,0 +1,50 @@
+"""The files of a run folder and their formats (written by the trainer, read by reports).
+
+- ``metrics.csv``: one row per epoch and split, columns :data:`CSV_COLUMNS`;
+- ``best.pt`` / ``last.pt``: checkpoints, written atomically (a kill never leaves half a file).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
+CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def append_rows(path: Path, rows: Iterable[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows({k: row[k] for k in CSV_COLUMNS} for row in rows)
+
+
+def truncate_rows(path: Path, last_epoch: int) -> None:
+    """Drop metrics rows of epochs after ``last_epoch`` (a resumed run redoes them)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
+    path.unlink()
+    append_rows(path, rows)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float | str]]:
+    """Rows of a run's ``metrics.csv`` with numbers parsed."""
+    with (Path(run_dir) / "metrics.csv").open(newline="") as fh:
+        return [
+            {k: (v if k == "split" else (int(v) if k == "epoch" else float(v))) for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]

@@ -1,0 +1,207 @@
+"""The dashboard side: artifact store, uploads, study figures, rating twins, exports, `report`.
+
+Browser checks of the served dashboard are in tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import av
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+
+from psvae_opt import dashboard, ratings
+from psvae_opt.commands.dashboard import save_search_summary, trial_uploader
+from psvae_opt.config import load_config
+from psvae_opt.export import export_stage
+from psvae_opt.storage import open_storage
+from tests.conftest import one_line_error
+from tests.test_search import study_file
+
+DISTS = {"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0, 1)}
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> optuna.storages.RDBStorage:
+    return open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
+
+
+def stage2(storage, name: str = "t-stage2") -> optuna.Study:  # noqa: ANN001
+    study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"])
+    study.set_user_attr("stage", 2)
+    study.set_user_attr("n_unsup", 3)
+    return study
+
+
+def running_trial(study: optuna.Study, beta: float, seed: int, **attrs) -> optuna.Trial:  # noqa: ANN003
+    study.enqueue_trial({"beta": beta, "seed": seed})  # as the stage-2 grid is queued
+    trial = study.ask()
+    trial.suggest_categorical("beta", [1.0, 5.0])
+    trial.suggest_int("seed", 0, 1)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def test_the_rating_form_is_registered_once_with_three_user_attribute_widgets(storage):  # noqa: ANN001
+    rating = ratings.open_rating_study(storage, stage2(storage), n_unsup=3)
+    form = storage.get_study_system_attrs(rating._study_id)[ratings.FORM_KEY]  # noqa: SLF001
+    assert rating.study_name == "t-stage2-rating" and form["output_type"] == "user_attr"
+    assert [w["user_attr_key"] for w in form["widgets"]] == list(ratings.RATING_ATTRS)
+    slider, choice, note = form["widgets"]
+    assert (slider["type"], slider["min"], slider["max"], slider["step"]) == ("slider", 0, 3, 1)
+    assert [lab["label"] for lab in slider["labels"]] == ["0", "1", "2", "3"]
+    assert choice["choices"] == ["yes", "partly", "no"] and choice["values"] == [1.0, 0.5, 0.0]
+    assert note["type"] == "text" and note["optional"] is True
+    again = ratings.open_rating_study(storage, optuna.load_study(study_name="t-stage2", storage=storage), n_unsup=3)
+    assert again._study_id == rating._study_id  # noqa: SLF001
+
+
+def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, tmp_path: Path):  # noqa: ANN001
+    study = stage2(storage)
+    rating = ratings.open_rating_study(storage, study, n_unsup=3)
+    store = dashboard.open_store(tmp_path / "artifacts")
+    files = []
+    for name in ("traversal.png", "traversal.mp4"):
+        files.append(tmp_path / name)
+        files[-1].write_bytes(name.encode() * 10)
+    numbers = []
+    for beta, seed in [(1.0, 0), (5.0, 1)]:
+        trial = running_trial(study, beta, seed, train_zu_corr=0.1 * (seed + 1), val_pixel_mse=0.01, run_dir=f"r{seed}")
+        numbers.append(ratings.add_twin(rating, trial, files, store))
+        assert ratings.add_twin(rating, trial, files, store) == numbers[-1]  # once only
+        study.tell(trial, [0.1 * (seed + 1), 0.01 / (seed + 1)])  # both on the front
+    twins = rating.get_trials()
+    assert [t.state for t in twins] == [TrialState.RUNNING] * 2  # open: the form stays editable
+    assert [t.params for t in twins] == [{"beta": 1.0, "seed": 0}, {"beta": 5.0, "seed": 1}]
+    assert [t.user_attrs[ratings.TWIN_OF] for t in twins] == [0, 1]
+    assert twins[1].user_attrs["train_zu_corr"] == pytest.approx(0.2) and twins[1].user_attrs["run_dir"] == "r1"
+    metas = optuna.artifacts.get_all_artifact_meta(twins[0], storage=storage)
+    assert sorted((m.filename, m.mimetype) for m in metas) == [("traversal.mp4", "video/mp4"), ("traversal.png", "image/png")]
+    stored = {m.filename: (tmp_path / "artifacts" / m.artifact_id).read_bytes() for m in metas}
+    assert stored["traversal.png"] == files[0].read_bytes()
+    assert ratings.ratings_by_trial(study) == {}
+    # what the dashboard's form posts: the twin's user attributes
+    storage.set_trial_user_attr(twins[1]._trial_id, ratings.SINGLE_FEATURE, 2)  # noqa: SLF001
+    storage.set_trial_user_attr(twins[1]._trial_id, ratings.NOTE, "z_u0 jaw, z_u1 chest")  # noqa: SLF001
+    assert ratings.ratings_by_trial(study) == {1: {ratings.SINGLE_FEATURE: 2, ratings.NOTE: "z_u0 jaw, z_u1 chest"}}
+    export_stage(study, 2, tmp_path / "export")
+    with (tmp_path / "export" / "ratings.csv").open() as fh:
+        rows = {int(r["trial"]): r for r in csv.DictReader(fh)}
+    assert rows[1][ratings.SINGLE_FEATURE] == "2" and rows[1][ratings.NOTE] == "z_u0 jaw, z_u1 chest"
+    assert rows[0][ratings.SINGLE_FEATURE] == "" and rows[1][ratings.SUPERVISED_CLEAN] == ""
+    front = json.loads((tmp_path / "export" / "pareto.json").read_text())["pareto_front"]
+    assert [r["trial"] for r in front] == [0, 1] and front[1][ratings.NOTE] == "z_u0 jaw, z_u1 chest"
+    assert front[0][ratings.SINGLE_FEATURE] is None
+
+
+def test_stage1_exports_carry_no_rating_columns(storage, tmp_path: Path):  # noqa: ANN001
+    study = optuna.create_study(storage=storage, study_name="t-stage1", directions=["minimize", "minimize"])
+    study.add_trial(create_trial(params={"alpha": 50.0, "n_unsup": 2}, values=[0.1, 0.2],
+                                 distributions={"alpha": CategoricalDistribution([50.0]), "n_unsup": CategoricalDistribution([2])}))
+    export_stage(study, 1, tmp_path)
+    with (tmp_path / "pareto.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert not [c for c in header if c.startswith("rating_")] and not (tmp_path / "ratings.csv").exists()
+
+
+def test_the_artifact_folder_is_recorded_once_and_found_again(storage, tmp_path: Path, monkeypatch):  # noqa: ANN001
+    monkeypatch.delenv(dashboard.ARTIFACT_ENV, raising=False)
+    study = stage2(storage)
+    cfg = load_config(None, [f"study.runs_dir={tmp_path / 'runs'}"])
+    assert dashboard.record_artifact_dir(study, cfg) == tmp_path / "runs" / "artifacts"
+    other = load_config(None, [f"study.runs_dir={tmp_path / 'elsewhere'}"])
+    assert dashboard.record_artifact_dir(study, other) == tmp_path / "runs" / "artifacts"  # a resumed study keeps it
+    assert dashboard.artifact_dir([study], other) == tmp_path / "runs" / "artifacts"
+    assert dashboard.artifact_dir([], other) == tmp_path / "elsewhere" / "artifacts"
+    monkeypatch.setenv(dashboard.ARTIFACT_ENV, str(tmp_path / "mounted"))
+    assert dashboard.artifact_dir([study], cfg) == tmp_path / "mounted"
+
+
+def test_the_search_summary_is_saved_on_the_study(storage):  # noqa: ANN001
+    study = stage2(storage)
+    for seed in (0, 1):
+        study.add_trial(create_trial(params={"beta": 1.0, "seed": seed}, distributions=DISTS, values=[0.5, 0.1],
+                                     user_attrs={"val_pixel_mse": 0.1 + seed, "train_zu_corr": 0.5}))
+    save_search_summary(study, 2)
+    attrs = storage.get_study_system_attrs(study._study_id)  # noqa: SLF001
+    key = "dashboard:plot_data:search-summary-stage2:"
+    figure = json.loads("".join(attrs[f"{key}{i}"] for i in range(len([k for k in attrs if k.startswith(key)]))))
+    pixel = next(t for t in figure["data"] if t["yaxis"] == "y")  # first panel: val_pixel_mse
+    assert pixel["x"] == [1.0] and pixel["y"] == [pytest.approx(0.6)] and pixel["error_y"]["array"] == [pytest.approx(0.70710678)]
+
+
+def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Path, caplog, tiny_h5: Path):  # noqa: ANN001
+    from psvae_opt.data import load_session
+    from psvae_opt.trainer import FitResult
+
+    study = stage2(storage)
+    cfg = load_config(None, [f"study.runs_dir={tmp_path}"])
+    trial = running_trial(study, 1.0, 0)
+    result = FitResult(run_dir=tmp_path / "missing", best_epoch=0, epochs_run=1, annealing_complete=True, metrics={})
+    with caplog.at_level(logging.WARNING):
+        trial_uploader(study, load_session(tiny_h5), cfg)(trial, cfg, result)
+    assert "trial 0: diagnostics not uploaded" in caplog.text
+    assert study.trials[0].state == TrialState.RUNNING and "diagnostics_seconds" not in study.trials[0].user_attrs
+    assert optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=storage) == []
+
+
+@pytest.mark.slow
+def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = study_file(tmp_path, tiny_h5, betas=(1.0,))
+    r = cli("stage2", "--config", config, "--storage", url, "--workers", "1", "--seeds", "2", "--alpha", "100")
+    assert r.code == 0, r.err
+    storage = open_storage(url, heartbeat=False)
+    study = optuna.load_study(study_name="t-stage2", storage=storage)
+    assert study.user_attrs["artifact_dir"] == str(tmp_path / "runs" / "artifacts")
+    for t in study.trials:
+        metas = optuna.artifacts.get_all_artifact_meta(t, storage=storage)
+        assert sorted(m.filename for m in metas) == ["curves.html", "labels.html", "traversal.mp4", "traversal.png"]
+        assert 0 < t.user_attrs["diagnostics_seconds"] < 60
+        png = next(m for m in metas if m.filename == "traversal.png")
+        stored = tmp_path / "runs" / "artifacts" / png.artifact_id
+        assert stored.read_bytes() == (Path(t.user_attrs["run_dir"]) / "diagnostics" / "traversal.png").read_bytes()
+    twins = optuna.load_study(study_name="t-stage2-rating", storage=storage).trials
+    assert sorted(t.user_attrs["stage2_trial"] for t in twins) == [0, 1]
+    assert any(k.startswith("dashboard:plot_data:search-summary-stage2:") for k in storage.get_study_system_attrs(study._study_id))  # noqa: SLF001
+    out = tmp_path / "report"
+    common = ("--config", config, "--storage", url, "--stage", "2", "--out", out)
+    assert cli("report", "summary", *common).code == 0
+    assert "train_zu_corr" in (out / "summary.html").read_text()
+    rec = study.user_attrs["recommendation"]["trial"]
+    assert cli("report", "curves", *common, "--split", "train").code == 0
+    assert (out / f"trial_{rec:04d}_curves_train.html").exists()
+    assert cli("report", "labels", *common, "--trial", "1", "--trials", "2", "--labels", "paw_front_x,3").code == 0
+    html = (out / "trial_0001_labels.html").read_text()
+    assert "paw_front_x (R" in html and "paw_hind_y (R" in html and "paw_hind_x (R" not in html
+    assert cli("report", "traversal", *common, "--trial", "0", "--frame", "5", "--steps", "3").code == 0
+    assert Image.open(out / "trial_0000_traversal.png").size[1] == 14 + 6 * (4 * 32 + 2)
+    assert cli("report", "movie", *common, "--trial", "0", "--frames", "1,2", "--steps", "4", "--fps", "10").code == 0
+    with av.open(str(out / "trial_0000_traversal.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 2 * 7 + 10
+    assert "--trial 7: study 't-stage2' has no such trial" in one_line_error(cli("report", "curves", *common, "--trial", "7"))
+    assert "'paw' is not a label" in one_line_error(cli("report", "labels", *common, "--labels", "paw"))
+
+
+def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(tmp_path: Path, tiny_h5: Path, cli):  # noqa: ANN001
+    import socket
+
+    from psvae_opt.cli import build_parser
+
+    args = build_parser().parse_args(["dashboard", "--config", "study.toml"])
+    assert (args.host, args.port) == ("127.0.0.1", 8080)
+    config = study_file(tmp_path, tiny_h5)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("dashboard", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--port", port)
+    assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(r)

@@ -1,0 +1,73 @@
+"""The GPU code paths (bf16 autocast, channels-last, torch.compile, CUDA devices): their CPU
+equivalents run everywhere; the `gpu` tests run where CUDA is available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from psvae_opt.config import Config, replace
+from psvae_opt.devices import resolve_device
+from psvae_opt.errors import ConfigError
+from psvae_opt.model import PSVAE
+from psvae_opt.runs import read_metrics
+from tests.test_trainer import run_fit
+
+
+def test_channels_last_computes_the_same_model():
+    torch.manual_seed(0)
+    model = PSVAE((1, 64, 64), 4, 2, channels=(8, 8, 16, 16, 16))
+    x = torch.rand(5, 1, 64, 64)
+    plain = model(x, sample=False)
+    model.to(memory_format=torch.channels_last)
+    fast = model(x.contiguous(memory_format=torch.channels_last), sample=False)
+    assert torch.allclose(plain.x_hat, fast.x_hat, atol=1e-5)
+    assert torch.allclose(plain.mu, fast.mu, atol=1e-5)
+
+
+def test_bf16_autocast_trains_with_float32_master_weights(tiny_config: Config, tmp_path: Path):
+    cfg = replace(tiny_config, train={"precision": "bf16"})
+    result = run_fit(cfg, tmp_path / "bf16")
+    assert all(np.isfinite(v) for m in result.metrics.values() for v in m.values())
+    state = torch.load(tmp_path / "bf16" / "best.pt", weights_only=True)["model"]
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
+    fp32 = run_fit(tiny_config, tmp_path / "fp32")
+    # reduced precision changes the numbers a little, not the picture
+    assert result.metrics["val"]["pixel_mse"] == pytest.approx(fp32.metrics["val"]["pixel_mse"], rel=0.1)
+
+
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="train.device = 'cuda' but no CUDA GPU is visible"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.gpu
+def test_training_on_the_gpu_with_bf16_channels_last_and_compile(tiny_config: Config, tmp_path: Path):
+    cfg = replace(tiny_config, train={"device": "cuda", "precision": "bf16", "compile": True})
+    result = run_fit(cfg, tmp_path / "gpu")
+    assert all(np.isfinite(v) for m in result.metrics.values() for v in m.values())
+    assert len(read_metrics(tmp_path / "gpu")) == 2 * cfg.train.max_epochs
+
+
+@pytest.mark.gpu
+def test_same_seeds_same_numbers_on_the_gpu(tiny_config: Config, tmp_path: Path):
+    cfg = replace(tiny_config, train={"device": "cuda"})
+    run_fit(cfg, tmp_path / "a")
+    run_fit(cfg, tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+
+
+def test_auto_precision_is_bf16_on_gpus_and_fp32_on_the_cpu():
+    from psvae_opt.devices import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        assert resolve_precision("auto", torch.device("cuda")) == "bf16"
