@@ -26,7 +26,7 @@ import torch
 from psvae_opt.config import LossConfig
 from psvae_opt.devices import DeviceData, tune_cpu_allocator
 from psvae_opt.model import PSVAE, count_parameters
-from psvae_opt.trainer import train_step
+from psvae_opt.trainer import build_optimizer, train_step
 
 
 def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict:
@@ -38,7 +38,7 @@ def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, amsgrad=True)
+    optimizer = build_optimizer(model, learning_rate=1e-4)
     n_pool = 8 * args.batch_size
     data = DeviceData(
         frames=torch.randint(0, 256, (n_pool, 1, size, size), dtype=torch.uint8, device=device),

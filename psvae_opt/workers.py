@@ -215,8 +215,9 @@ class StageProgress:
     def __init__(self, study: optuna.Study, every: float = 5.0) -> None:
         from tqdm import tqdm
 
-        self.study, self.every, self.last = study, every, 0.0
-        self.bar = tqdm(total=0, desc=study.study_name, unit="trial")
+        self.study, self.every, self.last, self.logged = study, every, 0.0, -1
+        # on a terminal a live bar; in a log file one line per finished trial instead
+        self.bar = tqdm(total=0, desc=study.study_name, unit="trial", disable=not sys.stderr.isatty())
 
     def update(self) -> None:
         if time.monotonic() - self.last < self.every:
@@ -233,6 +234,9 @@ class StageProgress:
         epochs = ", ".join(f"#{t.number} epoch {t.user_attrs.get('epochs_done', 0)}" for t in running)
         self.bar.set_postfix_str(f"running: {epochs}" if running else "", refresh=False)
         self.bar.refresh()
+        if self.bar.disable and done != self.logged:
+            self.logged = done
+            log.info("%s: %d of %d trials complete", self.study.study_name, done, self.bar.total)
 
     def close(self) -> None:
         self.last = 0.0
