@@ -68,8 +68,10 @@ def pareto_figure(data: dict[str, Any], title: str) -> go.Figure:
                     marker={"color": "lightgray", "size": 9}, text=[h for h, o in zip(hover, on) if not o])
     order = np.argsort(values[on, 0])
     front_hover = [h for h, o in zip(hover, on) if o]
-    fig.add_scatter(x=values[on, 0][order], y=values[on, 1][order], mode="lines+markers", name="Pareto front",
-                    marker={"size": 11}, text=[front_hover[i] for i in order])
+    front_labels = [lab for lab, o in zip(data["labels"], on) if o]
+    fig.add_scatter(x=values[on, 0][order], y=values[on, 1][order], mode="lines+markers+text", name="Pareto front",
+                    marker={"size": 11}, hovertext=[front_hover[i] for i in order],
+                    text=[front_labels[i] for i in order], textposition="top center", cliponaxis=False)
     if data["knee"] is not None:
         fig.add_scatter(x=[data["knee"][0]], y=[data["knee"][1]], mode="markers", name="recommended (knee)",
                         marker={"symbol": "star", "size": 18, "color": "crimson"})
