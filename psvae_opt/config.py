@@ -49,6 +49,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         parse_split(self.split)
+        _require(self.data_seed >= 0, "data.data_seed", "must be >= 0")
 
     @property
     def split_counts(self) -> tuple[int, int, int, int]:
@@ -137,6 +138,7 @@ class TrainConfig:
         _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(self.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)")
+        _require(self.model_seed >= 0, "train.model_seed", "must be >= 0")
         _require(
             self.precision in PRECISIONS,
             "train.precision",
@@ -164,6 +166,7 @@ class Stage1Config:
         _require(min(self.alphas) > 0, "stage1.alphas", "values must be > 0")
         _require(len(self.n_unsup) > 0, "stage1.n_unsup", "needs at least one value")
         _require(min(self.n_unsup) >= 0, "stage1.n_unsup", "values must be >= 0")
+        _require(self.model_seed >= 0, "stage1.model_seed", "must be >= 0")
         _require(
             self.sampler in SAMPLER_NAMES,
             "stage1.sampler",

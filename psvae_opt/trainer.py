@@ -92,7 +92,10 @@ def evaluate(
 
     The loss terms use one posterior sample per frame (drawn from a generator seeded with
     ``seed``, so evaluation is repeatable); pixel and label errors use the latent means.
-    The aggregate posterior of ICMI/TC/DWKL is over the ``len(idx)`` evaluated frames.
+    The aggregate posterior of ICMI/TC/DWKL is over the ``len(idx)`` evaluated frames; when
+    they take several batches, each batch is a random draw from all of them (a seeded
+    permutation), as the minibatch estimator assumes: consecutive frames of one trial have
+    overlapping posteriors and would inflate TC and DWKL.
 
     Returns:
         (metrics, mu (N, K) latent means, y_hat (N, L) label predictions), arrays on the CPU.
@@ -101,10 +104,14 @@ def evaluate(
     device = data.frames.device
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(idx)
+    batches = _batches(n, batch_size)
+    order = torch.arange(n, device=idx.device)
+    if len(batches) > 1:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(idx.device)
     sums = dict.fromkeys(LossTerms._fields + ("pixel_mse",), 0.0)
     mus, y_hats = [], []
-    for a, b in _batches(n, batch_size):
-        x, y, mask = data.batch(idx[a:b], channels_last)
+    for a, b in batches:
+        x, y, mask = data.batch(idx[order[a:b]], channels_last)
         with autocast(device, precision):
             mu, logvar = model.encode(x)
             eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
@@ -121,7 +128,8 @@ def evaluate(
         sums["pixel_mse"] += metrics.pixel_mse(x, x_mean.float()) * (b - a)
         mus.append(mu.float().cpu())
         y_hats.append(y_hat.float().cpu())
-    mu_all, y_hat_all = torch.cat(mus).numpy(), torch.cat(y_hats).numpy()
+    back = torch.argsort(order).cpu()  # rows in the order of idx again
+    mu_all, y_hat_all = torch.cat(mus)[back].numpy(), torch.cat(y_hats)[back].numpy()
     y_np, m_np = data.labels[idx].cpu().numpy(), data.masks[idx].cpu().numpy()
     result = {k: sums[k] / n for k in ("loss", "kl_s", "icmi", "tc", "dwkl", "pixel_mse")}
     result["label_mse"] = metrics.label_mse(y_np, y_hat_all, m_np)
@@ -186,6 +194,12 @@ class _Trainer:
         pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
         self.train_rows_idx = self.data.splits["train"][torch.from_numpy(np.sort(pick)).to(self.device)]
         self.epoch, self.best_loss, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
+        self.fingerprint = json.dumps({
+            "model": asdict(model_cfg), "loss": asdict(loss_cfg),
+            "train": {k: getattr(train_cfg, k) for k in ("batch_size", "learning_rate", "weight_decay", "model_seed")},
+            "data": {"frames": len(self.data.frames), "frame_shape": list(session.frame_shape),
+                     "labels": list(session.label_names), **{k: len(v) for k, v in self.data.splits.items()}},
+        }, sort_keys=True)
         torch.manual_seed(train_cfg.model_seed)
 
     def state(self) -> dict:
@@ -199,6 +213,7 @@ class _Trainer:
             "batch_gen": self.batch_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
+            "fingerprint": self.fingerprint,
         }
 
     def resume(self) -> bool:
@@ -206,6 +221,7 @@ class _Trainer:
         if not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
+        self._check_same_run(state.get("fingerprint"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
@@ -216,6 +232,18 @@ class _Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         truncate_rows(self.run_dir / "metrics.csv", self.epoch - 1)
         return True
+
+    def _check_same_run(self, stored: str | None) -> None:
+        """Refuse to resume a run of another model, loss, optimisation or data."""
+        if stored is None or stored == self.fingerprint:
+            return
+        old, new = json.loads(stored), json.loads(self.fingerprint)
+        differ = [f"{section}.{key}" for section in new for key in sorted(set(old.get(section, {})) | set(new[section]))
+                  if old.get(section, {}).get(key) != new[section].get(key)]
+        raise TrainingError(
+            f"{self.run_dir} holds a run of another configuration ({', '.join(differ)} differ); "
+            "give a new --out folder, or remove that one to start again"
+        )
 
     def train_epoch(self, should_stop: Callable[[], bool] | None = None) -> float:
         """One pass over the training frames in random minibatches; returns the mean loss.
@@ -303,11 +331,17 @@ def fit(
     resumed_from = t.epoch
     start = time.perf_counter()
     bar = tqdm(total=train_cfg.max_epochs, initial=t.epoch, desc=run_dir.name, unit="epoch", disable=not progress)
-    stopped_early = False
+    stopped_early = 0 < train_cfg.patience <= t.bad_epochs  # a resumed run that had stopped early
     while t.epoch < train_cfg.max_epochs and not stopped_early:
         epoch = t.epoch
         t.train_epoch(should_stop)
         rows = {"train": t.evaluate(t.train_rows_idx)[0], "val": t.evaluate(t.data.splits["val"])[0]}
+        if not np.isfinite(rows["val"]["loss"]):
+            raise TrainingError(
+                f"the validation loss became {rows['val']['loss']} at epoch {epoch} while the training loss "
+                f"was finite (alpha={loss_cfg.alpha}, beta={loss_cfg.beta}); check the validation trials' "
+                "frames and labels, or lower train.learning_rate"
+            )
         append_rows(run_dir / "metrics.csv", ({"epoch": epoch, "split": s, **m} for s, m in rows.items()))
         stopped_early = t.end_epoch(rows["val"]["loss"])
         bar.update(1)

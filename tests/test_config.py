@@ -62,6 +62,9 @@ def test_unknown_section_is_refused(tmp_path: Path):
         ("loss.kl_estimator=\"exact\"", r"loss.kl_estimator: 'exact' is not one of mss, mws"),
         ("data.split=\"8;1\"", r"data.split: '8;1' is not 'train;val;test;gap'"),
         ("stage1.sampler=\"random\"", r"stage1.sampler: 'random' is not one of grid, tpe, nsga2"),
+        ("train.model_seed=-1", r"train.model_seed: must be >= 0"),
+        ("data.data_seed=-2", r"data.data_seed: must be >= 0"),
+        ("stage1.model_seed=-1", r"stage1.model_seed: must be >= 0"),
     ],
 )
 def test_wrong_values_are_refused_with_their_path(override: str, message: str):

@@ -35,10 +35,13 @@ def test_the_data_seed_changes_the_assignment_but_not_the_sizes():
 
 
 def test_gap_trials_belong_to_no_split_and_leftovers_train():
-    s = split_trials(23, (3, 1, 1, 1), seed=3)  # blocks of 8: 2 blocks, 7 leftover trials
+    # blocks of 8: 2 blocks, 7 leftover trials; seed 3 puts 6 before the grid and 1 after it:
+    # "ttttt-ttt-T-v-ttt-v-T-t": the last leading one is a gap before the first chunk
+    s = split_trials(23, (3, 1, 1, 1), seed=3)
     used = np.concatenate(list(s.values()))
-    assert len(used) == len(set(used.tolist())) == 23 - 2 * 3
-    assert len(s["val"]) == len(s["test"]) == 2 and len(s["train"]) == 2 * 3 + 7
+    assert len(used) == len(set(used.tolist())) == 23 - 2 * 3 - 1
+    assert len(s["val"]) == len(s["test"]) == 2 and len(s["train"]) == 2 * 3 + 6
+    assert 5 not in used and {0, 1, 2, 3, 4, 22} <= set(s["train"].tolist())
 
 
 def test_too_few_trials_is_a_clear_error():
@@ -51,3 +54,17 @@ def test_frames_follow_their_trials():
     np.testing.assert_array_equal(frame_indices(starts, np.array([0, 2])), [0, 1, 2, 3, 4, 5, 6, 7])
     frames = split_frames(starts, (1, 1, 1, 0), seed=0)
     assert sum(len(v) for v in frames.values()) == 10
+
+
+@pytest.mark.parametrize("counts", [(8, 1, 1, 1), (3, 1, 1, 2), (8, 1, 1, 0)])
+def test_no_two_splits_touch_when_a_gap_is_asked_for(counts):  # noqa: ANN001
+    for n_trials in (23, 47, 61):
+        for seed in range(25):
+            where = np.full(n_trials, "-")
+            for name, idx in split_trials(n_trials, counts, seed).items():
+                where[idx] = {"train": "t", "val": "v", "test": "T"}[name]
+            touching = [i for i in range(n_trials - 1) if "-" not in where[i : i + 2] and where[i] != where[i + 1]]
+            if counts[3]:
+                assert touching == [], f"{n_trials} trials, seed {seed}: {''.join(where)}"
+            else:
+                assert (where != "-").all()  # no gap asked for: every trial is used

@@ -141,3 +141,59 @@ def test_cli_train_refuses_a_bad_key_in_one_line(tmp_path: Path, cli):  # noqa: 
     assert "study file not found" in line
     line = one_line_error(cli("train", "--set", "train.epochs=3", "--config", "studies/demo.toml", "--out", tmp_path / "r"))
     assert "train.epochs: unknown key" in line
+
+
+def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
+    """Consecutive frames of a trial have overlapping posteriors: evaluated in consecutive
+    chunks, ICMI would collapse and TC/DWKL inflate. Chunked evaluation must match one
+    batch over every frame (where the estimate is exact) and keep the frames' order."""
+    from psvae_opt.config import LossConfig
+    from psvae_opt.devices import DeviceData
+    from psvae_opt.model import PSVAE
+    from psvae_opt.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = PSVAE((1, 16, 16), n_labels=2, n_unsup=2, channels=(4, 8), strides=(2, 2))
+    with torch.no_grad():  # narrow posteriors, well separated means: a large ICMI
+        model.to_logvar.bias.fill_(-6.0)
+        model.to_logvar.weight.mul_(0.01)
+        model.to_mean.weight.mul_(20.0)
+    distinct = torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8)
+    frames = distinct.repeat_interleave(32, dim=0)  # 16 "trials" of 32 identical frames
+    n = len(frames)
+    data = DeviceData(frames=frames, labels=torch.randn(n, 2), masks=torch.ones(n, 2), splits={})
+    idx = torch.arange(n)
+    loss_cfg = LossConfig(alpha=1.0, beta=1.0, anneal_epochs=0)
+    whole, mu_whole, _ = evaluate(model, data, idx, loss_cfg, epoch=1, batch_size=n)
+    chunked, mu_chunked, _ = evaluate(model, data, idx, loss_cfg, epoch=1, batch_size=32)
+    assert whole["icmi"] > 1.5  # log 16 = 2.77 at most: the 16 posteriors are told apart
+    assert chunked["icmi"] == pytest.approx(whole["icmi"], abs=0.35)
+    assert chunked["tc"] == pytest.approx(whole["tc"], abs=0.35)
+    assert chunked["dwkl"] == pytest.approx(whole["dwkl"], abs=0.35)
+    np.testing.assert_allclose(mu_chunked, mu_whole, rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Config, tmp_path: Path):
+    run_fit(tiny_config, tmp_path / "run")
+    other = load_config(None, [f"data.path={tiny_config.data.path}", "data.split=3;1;1;0", *TINY_MODEL,
+                               "train.max_epochs=4", "train.batch_size=16", "loss.anneal_epochs=1",
+                               "train.learning_rate=1e-3", "loss.beta=5"])
+    before = (tmp_path / "run" / "metrics.csv").read_text()
+    with pytest.raises(TrainingError, match=r"holds a run of another configuration \(loss.beta differ\)"):
+        run_fit(other, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.csv").read_text() == before  # nothing touched
+    longer = load_config(None, [f"data.path={tiny_config.data.path}", "data.split=3;1;1;0", *TINY_MODEL,
+                                "train.max_epochs=4", "train.batch_size=16", "loss.anneal_epochs=1",
+                                "train.learning_rate=1e-3"])
+    assert run_fit(longer, tmp_path / "run").resumed_from == 3  # more epochs of the same run: resumed
+
+
+def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_path: Path):
+    # lr 0.5 diverges the validation loss after the first annealed epoch: patience 1 stops it
+    args = [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=8",
+            "train.batch_size=16", "loss.anneal_epochs=0", "train.learning_rate=3e-2", "train.patience=1"]
+    first = run_fit(load_config(None, args), tmp_path / "run")
+    assert first.epochs_run < 8
+    again = []
+    second = run_fit(load_config(None, args), tmp_path / "run", on_epoch=lambda e, rows: again.append(e))
+    assert again == [] and second.epochs_run == first.epochs_run and second.best_epoch == first.best_epoch

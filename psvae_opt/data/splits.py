@@ -4,7 +4,8 @@ BehaveNet's blocked scheme: consecutive trials are grouped in blocks of
 ``train + val + test + 3 * gap`` trials; inside a block the train, validation and test trials
 are each one contiguous chunk, separated by ``gap`` unused trials, so neighbouring frames
 rarely straddle two splits. The data seed shifts the block grid and shuffles the order of
-the three chunks inside each block; trials outside the grid go to training.
+the three chunks inside each block; trials outside the grid go to training (with a
+gap before the grid's first chunk as well).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def split_trials(
     rng = np.random.default_rng(seed)
     offset = int(rng.integers(0, n_trials - n_blocks * block + 1))
     out: dict[str, list[int]] = {name: [] for name in SPLITS}
-    out["train"] += list(range(0, offset)) + list(range(offset + n_blocks * block, n_trials))
+    # leftovers train: those after the grid follow the last block's gap; those before it
+    # keep ``gap`` unused trials next to the first block's first chunk
+    out["train"] += list(range(0, max(offset - gap, 0))) + list(range(offset + n_blocks * block, n_trials))
     sizes = dict(zip(SPLITS, (n_train, n_val, n_test)))
     for b in range(n_blocks):
         cursor = offset + b * block
