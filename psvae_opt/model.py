@@ -242,8 +242,13 @@ class PSVAE(nn.Module):
         return z_s * self.label_scale + self.label_bias
 
     def forward(self, x: Tensor, sample: bool = True) -> ModelOutput:
-        """Encode, sample z = mu + exp(logvar / 2) * eps (or take z = mu), decode."""
+        """Encode, sample z = mu + exp(logvar / 2) * eps (or take z = mu), decode.
+
+        The latents stay fp32 under bf16 autocast: z - mu must be exactly sigma * eps for the
+        posterior densities of the loss (a bf16 z shifts them when sigma is small).
+        """
         mu, logvar = self.encode(x)
+        mu, logvar = mu.float(), logvar.float()
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
         y_hat = self.predict_labels(mu[:, : self.n_labels])
         return ModelOutput(self.decode(z), y_hat, mu, logvar, z)

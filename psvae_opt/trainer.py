@@ -114,6 +114,7 @@ def evaluate(
         x, y, mask = data.batch(idx[order[a:b]], channels_last)
         with autocast(device, precision):
             mu, logvar = model.encode(x)
+            mu, logvar = mu.float(), logvar.float()  # fp32 latents, as in PSVAE.forward
             eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
             z = mu + torch.exp(0.5 * logvar) * eps
             x_sample, x_mean = model.decode(z), model.decode(mu)

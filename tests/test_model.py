@@ -134,3 +134,19 @@ def test_batch_norm_is_a_configuration_of_the_same_module():
     model = PSVAE((1, 32, 32), 2, 2, channels=(4, 4, 4, 4, 4), batch_norm=True)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 5 + 4
     assert model(torch.rand(3, 1, 32, 32)).x_hat.shape == (3, 1, 32, 32)
+
+
+def test_latents_stay_fp32_under_bf16_autocast():
+    """z - mu must be sigma * eps to full precision for the loss's posterior densities."""
+    torch.manual_seed(0)
+    model = PSVAE((1, 32, 32), n_labels=2, n_unsup=2, channels=(4, 8), strides=(2, 2))
+    with torch.no_grad():
+        model.to_logvar.bias.fill_(-10.0)  # sigma ~ 0.007: bf16 would round z - mu to 0 or 2^-k steps
+    x = torch.rand(8, 1, 32, 32)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.mu.dtype == out.logvar.dtype == out.z.dtype == torch.float32
+    torch.manual_seed(1)
+    eps = torch.randn_like(out.mu)
+    torch.testing.assert_close(out.z - out.mu, torch.exp(0.5 * out.logvar) * eps, rtol=1e-4, atol=1e-7)
