@@ -1,10 +1,14 @@
-"""Where training runs: the device, its precision, frames held on it, the CPU allocator."""
+"""Where training runs: the device (and which GPU a worker takes), its precision, frames held
+on it, the CPU allocator."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -53,6 +57,43 @@ def tune_cpu_allocator() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from <malloc.h>
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+GPU_LOCKS_ENV = "PSVAE_OPT_GPU_LOCKS"
+DEFAULT_GPU_LOCKS = "/tmp/psvae-opt-gpu-locks"
+
+
+def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) -> tuple[int, IO[str]]:
+    """Pick a GPU for this process: the first one no other worker of this machine holds.
+
+    Workers that all see every GPU (``docker compose --scale worker=N`` cannot give replicas
+    different devices) take slot 0 of GPU 0, 1, ... in turn, then slot 1 of each, so N
+    workers spread evenly. A slot is a lock file held (``flock``) for the life of the
+    process: a worker that dies frees its GPU. ``lock_dir`` (default
+    ``$PSVAE_OPT_GPU_LOCKS``, else /tmp/psvae-opt-gpu-locks) must be shared by the workers
+    of one machine and by no other machine.
+
+    Returns:
+        (GPU index, the open lock file: keep it open while the GPU is in use).
+    """
+    import fcntl
+
+    if n_gpus < 1:
+        raise ConfigError("--gpu auto: no CUDA GPU is visible to this worker")
+    folder = Path(lock_dir or os.environ.get(GPU_LOCKS_ENV) or DEFAULT_GPU_LOCKS)
+    folder.mkdir(parents=True, exist_ok=True)
+    for slot in range(slots):
+        for gpu in range(n_gpus):
+            fh = (folder / f"gpu{gpu}.slot{slot}.lock").open("w")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            return gpu, fh
+    raise ConfigError(f"--gpu auto: all {slots} slots of the {n_gpus} GPUs are held (lock files in {folder})")
 
 
 def resolve_device(name: str) -> torch.device:

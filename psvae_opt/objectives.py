@@ -25,12 +25,20 @@ from psvae_opt.trainer import FitResult, fit
 log = logging.getLogger(__name__)
 
 
+def set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """User attributes of a trial (workers replace this by a version that retries)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
 @dataclass
 class TrialContext:
     """What every trial of a worker shares: the study file, the data (loaded once), the stage.
 
     Attributes:
         fixed: stage 2's alpha and n_unsup (from the study).
+        study_key: the study's ``run_key`` attribute, a level of the run folders.
+        write_attrs: how user attributes are written (workers retry through database outages).
         should_stop: polled during training; True stops the trial (it is re-queued).
         on_finish: called with (trial, config, fit result) to upload diagnostics.
     """
@@ -45,6 +53,8 @@ class TrialContext:
     should_stop: Callable[[], bool] = lambda: False
     on_finish: Callable[[optuna.Trial, Config, FitResult], None] | None = None
     progress: bool = False
+    study_key: str | None = None
+    write_attrs: Callable[[optuna.Trial, dict[str, Any]], None] = set_attrs
 
 
 def original_number(trial: optuna.trial.FrozenTrial) -> int:
@@ -52,9 +62,15 @@ def original_number(trial: optuna.trial.FrozenTrial) -> int:
     return int(trial.system_attrs.get("failed_trial", trial.number))
 
 
-def run_dir_of(config: Config, stage: int, number: int) -> Path:
-    """Run folder of a trial: retries of a trial share it, so they resume its checkpoint."""
-    return Path(config.study.runs_dir).resolve() / space.study_name(config, stage) / f"trial_{number:04d}"
+def run_dir_of(config: Config, stage: int, number: int, study_key: str | None = None) -> Path:
+    """Run folder of a trial: retries of a trial share it, so they resume its checkpoint.
+
+    ``study_key`` (the study's creation time, :func:`psvae_opt.study.create_stage`) keeps
+    the trials of a study apart from those of an earlier study of the same name, say one
+    in another database or started again after its database was deleted.
+    """
+    folder = Path(config.study.runs_dir).resolve() / space.study_name(config, stage)
+    return (folder / study_key if study_key else folder) / f"trial_{number:04d}"
 
 
 def trial_attributes(result: FitResult, seed: int, mig: float | None) -> dict[str, Any]:
@@ -100,13 +116,12 @@ def objective(trial: optuna.Trial, ctx: TrialContext, first_number: int) -> tupl
     """
     params = space.suggest(trial, ctx.config, ctx.stage, ctx.sampler, ctx.seeds)
     config = space.trial_config(ctx.config, ctx.stage, params, ctx.fixed)
-    run_dir = run_dir_of(ctx.config, ctx.stage, first_number)
+    run_dir = run_dir_of(ctx.config, ctx.stage, first_number, ctx.study_key)
     text = dump_config(config)
-    trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("config", text)
-    trial.set_user_attr("seed", config.train.model_seed)
-    if first_number != trial.number:
-        trial.set_user_attr("retry_of", first_number)
+    attrs: dict[str, Any] = {"run_dir": str(run_dir), "config": text, "seed": config.train.model_seed}
+    if first_number != trial.number:  # a retry: the failed attempt's error was copied along
+        attrs.update(retry_of=first_number, error=None)
+    ctx.write_attrs(trial, attrs)
     log.info("trial %d: %s -> %s", trial.number, params, run_dir)
 
     def progress(epoch: int, rows: dict[str, dict[str, float]]) -> None:
@@ -120,8 +135,7 @@ def objective(trial: optuna.Trial, ctx: TrialContext, first_number: int) -> tupl
         config_text=text, progress=ctx.progress, on_epoch=progress, should_stop=ctx.should_stop,
     )
     mig = unsupervised_mig(ctx.session, result, ctx.session.n_labels)
-    for key, value in trial_attributes(result, config.train.model_seed, mig).items():
-        trial.set_user_attr(key, value)
+    ctx.write_attrs(trial, trial_attributes(result, config.train.model_seed, mig))
     if ctx.on_finish is not None:
         ctx.on_finish(trial, config, result)
     values = _objective_values(ctx.stage, result)

@@ -1,12 +1,13 @@
 """The studies of both stages: creation, the trial queue, Pareto fronts and recommendations.
 
 Study user attributes hold what the stage was run with (``stage``, ``sampler``; stage 2's
-``alpha``, ``n_unsup``, ``seeds``) and, once trials finish, its ``recommendation`` (and for
-stage 2 the per-beta ``seed_summary``).
+``alpha``, ``n_unsup``, ``seeds``), the ``run_key`` level of its run folders and, once trials
+finish, its ``recommendation`` (and for stage 2 the per-beta ``seed_summary``).
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any
 
@@ -48,6 +49,9 @@ def create_stage(
         for key, value in wanted.items():
             study.set_user_attr(key, value)
         study.set_user_attr("study_file", dump_config(config))
+        # the run folders' own level: a study of the same name started later (or in another
+        # database) trains in new folders instead of resuming this one's checkpoints
+        study.set_user_attr("run_key", datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     return study
 
 

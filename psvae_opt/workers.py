@@ -11,6 +11,7 @@ command a remote machine runs.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
-from psvae_opt.errors import ConfigError, PsvaeError
+from psvae_opt.errors import ConfigError, PsvaeError, StorageError
 from psvae_opt.objectives import TrialContext, objective, original_number
-from psvae_opt.storage import MAX_RETRIES, heartbeat_interval, with_retries
+from psvae_opt.storage import MAX_RETRIES, TRANSIENT, heartbeat_interval, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class Heartbeat:
                 log.warning("heartbeat of trial id %d failed: %s", self.trial_id, str(exc).splitlines()[0])
 
     def __enter__(self) -> "Heartbeat":
-        self.storage.record_heartbeat(self.trial_id)
+        with_retries(lambda: self.storage.record_heartbeat(self.trial_id), what="stamping a trial")
         self.thread.start()
         return self
 
@@ -80,15 +82,44 @@ class Heartbeat:
 
 
 def pop_waiting(study: optuna.Study) -> int | None:
-    """Atomically take one WAITING trial (compare-and-set to RUNNING); None when none is left."""
+    """Atomically take one WAITING trial (compare-and-set to RUNNING) and stamp its first
+    heartbeat at once, so that it is never RUNNING unwatched; None when none is left."""
     storage, study_id = study._storage, study._study_id  # noqa: SLF001 - optuna exposes no public pop
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
-                return trial._trial_id  # noqa: SLF001
+                trial_id = trial._trial_id  # noqa: SLF001
+                with_retries(lambda t=trial_id: storage.record_heartbeat(t), what="stamping a trial")
+                return trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def requeue_unwatched(study: optuna.Study, older_than: float) -> list[int]:
+    """Re-queue RUNNING trials that never got a heartbeat (their worker died between taking
+    them and the first stamp) once they started more than ``older_than`` seconds ago.
+
+    Optuna's stale-trial check skips trials without a heartbeat, so without this such a
+    trial would stay RUNNING forever and its stage would never end.
+    """
+    storage = study._storage  # noqa: SLF001
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    engine = getattr(storage, "_backend", storage).engine  # optuna wraps the RDBStorage in a cache
+    with engine.connect() as conn:
+        stamped = {row[0] for row in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
+    now = datetime.datetime.now()  # datetime_start is the worker's local time: run workers with TZ=UTC
+    orphans = [
+        t._trial_id for t in running  # noqa: SLF001
+        if t._trial_id not in stamped and t.datetime_start is not None  # noqa: SLF001
+        and (now - t.datetime_start).total_seconds() > older_than
+    ]
+    for trial_id in orphans:
+        log.warning("trial id %d has been RUNNING without a heartbeat for over %.0f s: re-queued", trial_id, older_than)
+        requeue(study, trial_id, "its worker died before the first heartbeat; re-queued")
+    return orphans
 
 
 def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
@@ -103,10 +134,27 @@ def _unfinished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 
+def _all_done(study: optuna.Study) -> bool:
+    """No trial waiting or running, seen twice a second apart: a re-queue writes the FAIL and
+    the retry's WAITING copy in two transactions, and a worker looking in between would
+    leave the copy with no one to run it."""
+    if with_retries(lambda: _unfinished(study), what="counting trials"):
+        return False
+    time.sleep(1.0)
+    return with_retries(lambda: _unfinished(study), what="counting trials") == 0
+
+
+def _set_attrs_retrying(trial: optuna.Trial, attrs: dict) -> None:
+    """User attributes, written through a database outage (a restart loses nothing)."""
+    for key, value in attrs.items():
+        with_retries(lambda k=key, v=value: trial.set_user_attr(k, v), what=f"recording {key} of trial {trial.number}")
+
+
 def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFlag, interval: float) -> TrialState:
     """Train one popped trial under a heartbeat and record how it ended."""
     lost = threading.Event()
     ctx.should_stop = lambda: stop() or lost.is_set()
+    ctx.write_attrs = _set_attrs_retrying
     storage = study._storage  # noqa: SLF001
     trial = with_retries(lambda: optuna.Trial(study, trial_id), what="opening a trial")
     first = original_number(with_retries(lambda: storage.get_trial(trial_id), what="reading a trial"))
@@ -118,6 +166,10 @@ def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFla
                 return TrialState.FAIL  # another worker already failed and re-queued it
             with_retries(lambda: requeue(study, trial_id, "stopped by a signal; re-queued"), what="re-queueing a trial")
             log.info("trial %d re-queued; its retry resumes from the last epoch", trial.number)
+            return TrialState.FAIL
+        except TRANSIENT + (StorageError,) as exc:  # the database, not the trial, failed: run it again
+            log.error("trial %d lost the database (%s); re-queueing it", trial.number, str(exc).splitlines()[0])
+            with_retries(lambda: requeue(study, trial_id, "the database was unreachable; re-queued"), what="re-queueing a trial")
             return TrialState.FAIL
         except Exception as exc:  # noqa: BLE001 - the trial fails, the worker goes on
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PsvaeError) else str(exc)
@@ -142,9 +194,10 @@ def run_worker(study: optuna.Study, ctx: TrialContext, stop: StopFlag | None = N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with_retries(lambda: optuna.storages.fail_stale_trials(study), what="checking for dead workers")
+        with_retries(lambda: requeue_unwatched(study, older_than=3 * interval), what="checking for dead workers")
         trial_id = with_retries(lambda: pop_waiting(study), what="taking a queued trial")
         if trial_id is None:
-            if with_retries(lambda: _unfinished(study), what="counting trials") == 0:
+            if _all_done(study):
                 break
             stop.event.wait(min(interval, 5))  # others are running: wait in case one dies
             continue
@@ -182,6 +235,7 @@ def launch_local(
     procs = {i: start(i) for i in range(n_workers)}
     restarts, failures = 0, 0
     progress = StageProgress(study)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` of the launcher stops its workers too
     try:
         while procs:
             time.sleep(1.0)
@@ -205,8 +259,13 @@ def launch_local(
             proc.wait()
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         progress.close()
     return failures
+
+
+def _interrupt(signum: int, _frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 class StageProgress:

@@ -49,14 +49,18 @@ def _psvae_commands(service: dict) -> list[list[str]]:
 def test_every_service_command_is_a_valid_psvae_opt_command(compose: dict):
     parser = build_parser()
     commands = {name: _psvae_commands(s) for name, s in compose["services"].items() if name != "postgres"}
-    assert [c[0] for c in commands["init"]] == ["stage1", "stage2", "export", "export"]
+    assert [c[0] for c in commands["init"]] == ["data", "stage1", "stage2", "export", "export"]
     assert commands["worker"][0][:1] == ["worker"] and commands["dashboard"][0][:1] == ["dashboard"]
     for name, cmds in commands.items():
         for argv in cmds:
             args = parser.parse_args(argv)  # exits (fails the test) on an unknown option
             assert callable(args.run), (name, argv)
-    init = parser.parse_args(commands["init"][0])
+    synth = parser.parse_args(commands["init"][0])
+    assert synth.if_missing and synth.out == "demo/demo.h5"  # the demo study's data.path, written once
+    init = parser.parse_args(commands["init"][1])
     assert (init.workers, init.wait) == (0, True)  # creates and queues; the workers train
+    worker = parser.parse_args(commands["worker"][0])
+    assert worker.gpu == "auto" and worker.stage == [1, 2]
 
 
 def test_services_are_wired_for_a_gpu_server(compose: dict):
@@ -70,7 +74,11 @@ def test_services_are_wired_for_a_gpu_server(compose: dict):
             host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
             assert host_ip == "127.0.0.1", (name, port)
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # every replica sees every GPU (compose cannot hand replicas different ones); --gpu auto
+    # spreads them, through lock files on a folder all workers of the host share
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert services["worker"]["environment"]["PSVAE_OPT_GPU_LOCKS"].startswith("/work/demo/")
+    assert any(str(v).endswith(":/work/demo") or "/work/demo" in str(v) for v in services["worker"]["volumes"])
     assert "ports" not in services["worker"]  # workers scale: nothing to collide on
     for name in ("init", "worker", "dashboard"):
         url = services[name]["environment"]["PSVAE_OPT_STORAGE"]

@@ -377,3 +377,13 @@ def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, c
     assert min(r2.values()) > 0.2, r2
     assert all(0 < t.user_attrs["val_pixel_mse"] < 0.05 for t in trials)
     assert "recommended alpha = " in r.out
+
+
+def test_an_output_path_that_is_a_folder_is_refused(small: dict, cli):  # noqa: ANN001
+    small["out"].parent.mkdir(parents=True, exist_ok=True)
+    folder = small["out"].parent / "sessions"
+    folder.mkdir()
+    small["out"] = folder
+    line = one_line_error(_import(cli, small))
+    assert f"--out {folder} is a folder; give the path of the .h5 file to write" in line
+    assert list(folder.iterdir()) == []

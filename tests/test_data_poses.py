@@ -212,3 +212,27 @@ def test_ragged_and_non_numeric_rows_are_refused_with_the_line(tmp_path: Path):
     path.write_text("\n".join(lines[:5] + ["1,2,abc,0.9"] + lines[6:]) + "\n")
     with pytest.raises(DataError, match=r"line 6 holds a value that is not a number"):
         read_poses(path)
+
+
+def test_csv_saved_with_a_byte_order_mark_or_long_non_ascii_paths(tmp_path: Path):
+    """Excel writes a BOM before `scorer`; a UTF-8 character may straddle the 64 KiB header read."""
+    values = np.arange(12, dtype=float).reshape(2, 6)
+    plain = write_dlc_csv(tmp_path / "plain.csv", ["nose", "paw"], values)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert detect_format(bom) == detect_format(plain)
+    np.testing.assert_array_equal(read_poses(bom).xy, read_poses(plain).xy)
+    rows = 2200  # ~110 KB of image paths with umlauts; padded until one "ä" crosses byte 65536
+    for pad in range(4):
+        long = write_dlc_csv(
+            tmp_path / "umlaut.csv", ["nose", "paw"], np.ones((rows, 4)), coords=("x", "y"),
+            index=["x" * pad + f"labeled-data/Mäüs_äöü_{i:05d}/img{i:05d}.png" for i in range(rows)],
+        )
+        try:
+            long.read_bytes()[: 1 << 16].decode("utf-8")
+        except UnicodeDecodeError:
+            break
+    else:
+        raise AssertionError("no padding put a character across byte 65536")
+    poses = read_poses(long)
+    assert poses.n_frames == rows and poses.keypoints == ("nose", "paw")

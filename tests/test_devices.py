@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from psvae_opt.config import Config, replace
-from psvae_opt.devices import resolve_device
+from psvae_opt.devices import claim_gpu, resolve_device
 from psvae_opt.errors import ConfigError
 from psvae_opt.model import PSVAE
 from psvae_opt.runs import read_metrics
@@ -71,3 +71,34 @@ def test_auto_precision_is_bf16_on_gpus_and_fp32_on_the_cpu():
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+
+
+def test_workers_that_see_every_gpu_take_different_ones(tmp_path: Path):
+    """--gpu auto: each live worker holds one GPU slot; a dead worker's slot is free again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from psvae_opt.devices import claim_gpu; "
+        f"gpu, lock = claim_gpu(2, {str(tmp_path)!r}); print(gpu, flush=True); sys.stdin.read()"
+    )
+
+    def start() -> tuple[subprocess.Popen, int]:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return proc, int(proc.stdout.readline())
+
+    workers = [start() for _ in range(3)]
+    assert [gpu for _, gpu in workers] == [0, 1, 0]  # slot 0 of each GPU, then slot 1 of GPU 0
+    assert (tmp_path / "gpu0.slot1.lock").exists()
+    workers[1][0].kill()  # the worker on GPU 1 dies: its lock goes with it
+    workers[1][0].wait()
+    replacement = start()
+    assert replacement[1] == 1
+    for proc, _ in [*workers, replacement]:
+        proc.kill()
+        proc.wait()
+
+
+def test_gpu_auto_without_a_gpu_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+        claim_gpu(0, tmp_path)

@@ -65,6 +65,18 @@ def wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 120) -> int:
     raise AssertionError(f"{run_dir} never reached epoch {epoch}")
 
 
+def run_folder(tmp_path: Path, number: int = 0, timeout: float = 120) -> Path:
+    """The run folder of trial ``number`` of stage 1, once its worker has made it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list((tmp_path / "runs" / "t-stage1").glob(f"*/trial_{number:04d}"))
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no run folder of trial {number} under {tmp_path / 'runs'}")
+
+
 def assert_each_point_complete_once(study: optuna.Study, points: list[tuple]) -> None:
     complete = [tuple(t.params[k] for k in ("alpha", "n_unsup")) for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert sorted(complete) == sorted(points)
@@ -116,7 +128,8 @@ def test_a_killed_worker_trial_is_retried_and_resumes_from_its_epoch(
     config = study_file(tmp_path, tiny_h5, epochs=40, alphas=(100.0,), n_unsup=(2, 3))
     assert cli("stage1", "--config", config, "--storage", storage_url, "--workers", "0").code == 0
     victim = worker(config, storage_url)
-    run0 = tmp_path / "runs" / "t-stage1" / "trial_0000"
+    run0 = run_folder(tmp_path)
+    assert run0.parent.name == load(storage_url, "t-stage1").user_attrs["run_key"]
     wait_for_epoch(run0, 3)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -141,7 +154,7 @@ def test_sigterm_requeues_the_running_trial(tiny_h5: Path, tmp_path: Path, cli):
     config = study_file(tmp_path, tiny_h5, epochs=200, alphas=(100.0,), n_unsup=(2,))
     assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
     proc = worker(config, url)
-    run0 = tmp_path / "runs" / "t-stage1" / "trial_0000"
+    run0 = run_folder(tmp_path)
     wait_for_epoch(run0, 2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
@@ -164,7 +177,7 @@ def test_workers_carry_on_through_a_postgres_restart(postgres, tiny_h5: Path, tm
         [sys.executable, "-m", "psvae_opt.cli", "stage1", "--config", str(config), "--storage", url, "--workers", "2"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    wait_for_epoch(tmp_path / "runs" / "t-stage1" / "trial_0000", 3)
+    wait_for_epoch(run_folder(tmp_path), 3)
     postgres.restart(down_seconds=2.0)
     output, _ = stage.communicate(timeout=300)
     assert stage.returncode == 0, output
@@ -227,6 +240,41 @@ def test_adaptive_stage1_runs_its_trial_budget(tiny_h5: Path, tmp_path: Path, cl
     assert len(alphas) == 4 and len(set(alphas)) == 4 and all(10 <= a <= 5000 for a in alphas)
 
 
+def test_a_study_started_again_trains_in_new_run_folders(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+    """Same study name and runs_dir, a new database: the old trials' checkpoints are not reused."""
+    config = study_file(tmp_path, tiny_h5, epochs=2, alphas=(100.0,), n_unsup=(2,))
+    runs = []
+    for db in ("a.db", "b.db"):
+        url = f"sqlite:///{tmp_path / db}"
+        assert cli("stage1", "--config", config, "--storage", url, "--workers", "1").code == 0
+        (trial,) = load(url, "t-stage1").trials
+        assert trial.user_attrs["resumed_from_epoch"] == 0 and trial.user_attrs["epochs"] == 2
+        runs.append(Path(trial.user_attrs["run_dir"]))
+    assert runs[0] != runs[1] and runs[0].name == runs[1].name == "trial_0000"
+    assert (runs[0] / "best.pt").exists() and (runs[1] / "best.pt").exists()
+
+
+def test_a_trial_running_without_a_heartbeat_is_requeued(storage_url: str):
+    """A worker that died between taking a trial and its first heartbeat: optuna's stale
+    check skips such trials, psvae-opt re-queues them once they are old enough."""
+    from psvae_opt.workers import pop_waiting, requeue_unwatched
+
+    study = optuna.create_study(study_name="orphans", storage=open_storage(storage_url, heartbeat=False))
+    for x in range(2):
+        study.enqueue_trial({"x": x})
+    watched = pop_waiting(study)  # stamps its first heartbeat
+    storage = study._storage
+    orphan = next(t._trial_id for t in study.trials if t._trial_id != watched)
+    assert storage.set_trial_state_values(orphan, state=TrialState.RUNNING)  # taken, never stamped
+    assert requeue_unwatched(study, older_than=3600) == []  # too young
+    assert requeue_unwatched(study, older_than=0) == [orphan]
+    states = {t._trial_id: t.state for t in study.get_trials()}
+    assert states[watched] == TrialState.RUNNING and states[orphan] == TrialState.FAIL
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    orphan_number = storage.get_trial(orphan).number
+    assert retry.system_attrs["failed_trial"] == orphan_number and retry.params == {}
+
+
 def _pop_all(url: str, name: str, out: str) -> None:  # runs in a child process
     from psvae_opt.workers import pop_waiting
 
@@ -280,6 +328,11 @@ def test_stage2_without_alpha_and_other_bad_requests(tiny_h5: Path, tmp_path: Pa
     bad.write_text("[stage1]\nalphas = [50.0]\nlr = 3\n")
     assert "stage1.lr: unknown key" in one_line_error(cli("stage1", "--config", bad, "--storage", url))
     assert "--gpus 'a,b'" in one_line_error(cli("stage1", "--config", config, "--storage", url, "--gpus", "a,b"))
+    if not torch.cuda.is_available():
+        assert "--gpu auto: no CUDA GPU is visible" in one_line_error(
+            cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "auto")
+        )
+    assert "--gpu 'x'" in one_line_error(cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "x"))
 
 
 def test_a_missing_data_file_is_refused_before_workers_start(tmp_path: Path, cli):  # noqa: ANN001

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from psvae_opt.commands import Command
@@ -24,10 +25,14 @@ def _run_data_check(args: argparse.Namespace) -> int:
 
     from psvae_opt.config import parse_split
     from psvae_opt.data import frame_indices, load_session, split_trials
+    from psvae_opt.errors import DataError
     from psvae_opt.model import check_frame_shape
 
     s = load_session(args.file)
-    check_frame_shape(s.frame_shape, kernel_size=5)
+    try:
+        check_frame_shape(s.frame_shape, kernel_size=5)
+    except DataError as exc:
+        raise DataError(f"{s.path}: images/{s.trial_names[0]}: {exc}") from None
     lengths = np.diff(s.trial_starts)
     print(f"file          {s.path}")
     print(f"trials        {s.n_trials} ({lengths.min()}-{lengths.max()} frames each)")
@@ -42,9 +47,13 @@ def _run_data_check(args: argparse.Namespace) -> int:
     print(f"z-scored      {'yes' if zscored else 'NO'} (label means {means.min():.2f}..{means.max():.2f}, stds {stds.min():.2f}..{stds.max():.2f})")
     if s.factors is not None:
         print(f"factors       {', '.join(s.factor_names)}")
-    splits = split_trials(s.n_trials, parse_split(args.split), 0)
-    sizes = ", ".join(f"{k} {len(v)} trials / {len(frame_indices(s.trial_starts, v))} frames" for k, v in splits.items())
-    print(f"split {args.split}  {sizes}")
+    try:
+        splits = split_trials(s.n_trials, parse_split(args.split), 0)
+    except DataError as exc:  # the file is fine; training it needs another split (or more trials)
+        print(f"split {args.split}  warning: {exc}")
+    else:
+        sizes = ", ".join(f"{k} {len(v)} trials / {len(frame_indices(s.trial_starts, v))} frames" for k, v in splits.items())
+        print(f"split {args.split}  {sizes}")
     if not zscored:
         log.warning("labels are not z-scored: psvae-opt expects z-scored labels (DESIGN section 1)")
     return 0
@@ -52,16 +61,20 @@ def _run_data_check(args: argparse.Namespace) -> int:
 
 def _add_data_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="HDF5 file to write")
-    p.add_argument("--size", type=int, default=64, help="frame size in pixels (64 or 128; default 64)")
+    p.add_argument("--size", type=int, default=64, help="frame size in pixels: 32, 64, 128, 192 or 256 (default 64)")
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--frames", type=int, default=100, help="frames per trial")
     p.add_argument("--views", type=int, default=1, help="1 (side) or 2 (side + bottom, as channels)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--if-missing", action="store_true", help="do nothing when OUT already exists")
 
 
 def _run_data_synth(args: argparse.Namespace) -> int:
     from psvae_opt.data import synth_session
 
+    if args.if_missing and Path(args.out).exists():
+        print(f"{args.out} exists; kept")
+        return 0
     path = synth_session(args.out, size=args.size, trials=args.trials, frames=args.frames, views=args.views, seed=args.seed)
     print(f"wrote {path}: {args.trials} trials x {args.frames} frames, {args.views}x{args.size}x{args.size}")
     return 0

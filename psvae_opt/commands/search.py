@@ -23,7 +23,7 @@ from psvae_opt.dashboard import record_artifact_dir
 from psvae_opt.data import load_session, split_frames
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.export import export_stage
-from psvae_opt.storage import describe, open_storage, resolve_url
+from psvae_opt.storage import describe, open_storage, resolve_url, with_retries
 from psvae_opt.study import (
     counts,
     create_stage,
@@ -76,7 +76,7 @@ def _stage2_settings(args: argparse.Namespace, cfg: Config, storage: optuna.stor
 
 def _wait_until_done(study: optuna.Study) -> None:
     while True:
-        c = counts(study)
+        c = with_retries(lambda: counts(study), what="counting trials")
         if not c.get("RUNNING") and not c.get("WAITING"):
             return
         log.info("waiting for workers: %s", c)
@@ -168,41 +168,67 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", type=int, nargs="+", choices=space.STAGES, required=True, help="stage(s) to work on, in order")
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait this long for a stage's study to be created")
     p.add_argument("--progress", action="store_true", help="show a progress bar per trial")
+    p.add_argument(
+        "--gpu", metavar="auto|N",
+        help="train on GPU N, or 'auto': the first GPU no other worker of this machine holds "
+        "(for workers that see every GPU, as docker compose replicas do); default train.device",
+    )
 
 
 def _wait_for_study(storage, cfg: Config, stage: int, seconds: float) -> optuna.Study:  # noqa: ANN001
+    """The stage's study once it exists and has trials (or once ``seconds`` have passed)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            study = load_stage(storage, cfg, stage)
-            if study.get_trials(deepcopy=False):
+            study = with_retries(lambda: load_stage(storage, cfg, stage), what="loading the study")
+            if with_retries(lambda s=study: s.get_trials(deepcopy=False), what="reading the study") or time.monotonic() >= deadline:
                 return study
         except StorageError:
             if time.monotonic() >= deadline:
                 raise
-        if time.monotonic() >= deadline:
-            return study
         time.sleep(5)
+
+
+def _choose_gpu(args: argparse.Namespace) -> tuple[list[str], object]:
+    """``--gpu``: the ``--set`` override of train.device, and the GPU lock held while working."""
+    if args.gpu is None:
+        return [], None
+    if args.gpu != "auto":
+        if not args.gpu.isdigit():
+            raise ConfigError(f"--gpu {args.gpu!r}: give auto or a GPU index such as 0")
+        return [f"train.device=cuda:{args.gpu}"], None
+    import torch
+
+    from psvae_opt.devices import claim_gpu
+
+    gpu, lock = claim_gpu(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    log.info("worker %d takes GPU %d", os.getpid(), gpu)
+    return [f"train.device=cuda:{gpu}"], lock
 
 
 def _run_worker(args: argparse.Namespace) -> int:
     from psvae_opt.devices import tune_cpu_allocator
     from psvae_opt.objectives import TrialContext
 
+    device, _gpu_lock = _choose_gpu(args)  # the lock is held until the worker exits
+    args.overrides = [*args.overrides, *device]
     cfg = load_config_from(args)
     tune_cpu_allocator()
     storage = open_storage(args.storage, heartbeat=True)
-    session = load_session(cfg.data.path)
-    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
+    session, frames = None, None
     stop = StopFlag()
     stop.install()
     total = 0
     for stage in args.stage:
         study = _wait_for_study(storage, cfg, stage, args.wait)
+        if session is None:  # after the wait: the launcher may be the one writing the data
+            session = load_session(cfg.data.path)
+            frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
         attrs = study.user_attrs
         ctx = TrialContext(
             cfg, stage, session, frames, sampler=attrs.get("sampler", "grid"), seeds=attrs.get("seeds", 1),
             fixed={k: attrs[k] for k in ("alpha", "n_unsup") if k in attrs}, progress=args.progress,
+            study_key=attrs.get("run_key"),
         )
         ctx.on_finish = trial_uploader(study, session, cfg)
         total += run_worker(study, ctx, stop)
@@ -222,6 +248,8 @@ def _run_export(args: argparse.Namespace) -> int:
     study = load_stage(open_storage(args.storage, heartbeat=False), cfg, args.stage)
     if not pareto_front(study):
         raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
+    # trials may have finished since the launcher stored its recommendation (or it did not wait)
+    (recommend_stage1 if args.stage == 1 else recommend_stage2)(study)
     save_search_summary(study, args.stage)  # for stages whose workers ran elsewhere
     for path in export_stage(study, args.stage, args.out):
         print(path)

@@ -43,7 +43,9 @@ class ImportSummary:
     dropped: str = ""
 
 
-def _check_flags(size: int, trial_length: int, threshold: float) -> None:
+def _check_flags(size: int, trial_length: int, threshold: float, out: str | Path) -> None:
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of the .h5 file to write, e.g. {Path(out) / 'session.h5'}")
     if size < MIN_SIZE:
         raise ConfigError(f"--size {size}: frames must be at least {MIN_SIZE} pixels (use 64 or 128)")
     if trial_length < 1:
@@ -148,7 +150,7 @@ def import_video(
     Label coordinates are taken to be in the pixels of the first video. With ``truncate``,
     a video and labels of different lengths keep their common first frames.
     """
-    _check_flags(size, trial_length, likelihood_threshold)
+    _check_flags(size, trial_length, likelihood_threshold, out)
     if not videos:
         raise ConfigError("--video: give at least one video")
     poses = _poses(labels, keypoints, track)
@@ -196,7 +198,7 @@ def import_labeled(
     The frames are not consecutive in time, so the default trial holds one frame and the
     split may put any frame anywhere. Missing labels (empty cells) are masked.
     """
-    _check_flags(size, trial_length, 0.0)
+    _check_flags(size, trial_length, 0.0, out)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: not a folder; give --images the folder that holds labeled-data/")

@@ -129,6 +129,9 @@ def _trial_names(f: h5py.File, path: Path) -> list[str]:
 
 def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None) -> tuple:
     img, lab = f["images"][name], f["labels"][name]
+    for group, node in (("images", img), ("labels", lab)):
+        if not isinstance(node, h5py.Dataset):
+            raise DataError(f"{path}: {group}/{name} is a group, not a dataset; store each trial as one array")
     if img.ndim != 4:
         raise DataError(
             f"{path}: images/{name} has shape {img.shape}, expected 4 dimensions (T, C, H, W); "
@@ -138,6 +141,11 @@ def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None)
         raise DataError(
             f"{path}: images/{name} is {img.dtype}, expected uint8 (T, C, H, W); "
             "store frames as 0-255 integers"
+        )
+    if min(img.shape[1:]) < 1:
+        raise DataError(
+            f"{path}: images/{name} has frames of shape {img.shape[1:]}; (C, H, W) must all be "
+            "at least 1 (C = number of camera views)"
         )
     if frame_shape is not None and img.shape[1:] != frame_shape:
         raise DataError(
@@ -149,7 +157,7 @@ def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None)
             f"{path}: labels/{name} has shape {lab.shape}, expected (T, L); "
             "store one row of L label values per frame"
         )
-    if not np.issubdtype(lab.dtype, np.number):
+    if lab.dtype.kind not in "fiu":
         raise DataError(f"{path}: labels/{name} is {lab.dtype}, expected floating-point labels")
     if img.shape[0] != lab.shape[0]:
         raise DataError(
@@ -169,7 +177,9 @@ def _read_masks(f: h5py.File, path: Path, name: str, labels: np.ndarray) -> np.n
                 "`labels_masks` with 0 there (psvae-opt data import does this)"
             )
         return np.ones(labels.shape, np.float32)
-    if name not in f["labels_masks"]:
+    if not isinstance(f["labels_masks"], h5py.Group):
+        raise DataError(f"{path}: labels_masks is a dataset, not a group; store one mask dataset per trial in it")
+    if name not in f["labels_masks"] or not isinstance(f["labels_masks"][name], h5py.Dataset):
         raise DataError(f"{path}: labels_masks has no dataset {name}; add one mask per trial")
     masks = np.asarray(f["labels_masks"][name][()], dtype=np.float32)
     if masks.shape != labels.shape:
@@ -189,7 +199,12 @@ def _read_masks(f: h5py.File, path: Path, name: str, labels: np.ndarray) -> np.n
 
 
 def _read_optional(f: h5py.File, group: str, names: Sequence[str], starts: np.ndarray) -> Any:
-    if group not in f or not all(n in f[group] for n in names):
+    """An optional per-trial group (factors, labels_sc); None when absent or not of that form."""
+    if group not in f or not isinstance(f[group], h5py.Group):
+        return None
+    if not all(n in f[group] and isinstance(f[group][n], h5py.Dataset) for n in names):
+        return None
+    if any(f[group][n].dtype.kind not in "fiu" for n in names):
         return None
     parts = [np.asarray(f[group][n][()], dtype=np.float32) for n in names]
     if any(p.ndim != 2 or p.shape[0] != int(b - a) for p, a, b in zip(parts, starts, starts[1:])):

@@ -125,12 +125,15 @@ def poses_from_table(
 
 
 def _head_rows(path: Path, n: int = 4) -> list[list[str]]:
-    """The first ``n`` CSV rows, or [] when the start of the file is not text."""
+    """The first ``n`` CSV rows ([] when unreadable); a byte-order mark (a CSV saved by Excel)
+    is dropped, and a character cut at the end of the 64 KiB read does not matter."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(1 << 16).decode("utf-8")  # a header fits; a binary file fails here
-        return list(csv.reader(head.splitlines()[:n]))
-    except (UnicodeDecodeError, csv.Error, OSError):
+            head = fh.read(1 << 16)
+        if b"\0" in head:  # binary (HDF5 and the like)
+            return []
+        return list(csv.reader(head.decode("utf-8-sig", errors="ignore").splitlines()[:n]))
+    except (csv.Error, OSError):
         return []
 
 
@@ -145,7 +148,7 @@ def _float(cell: str) -> float:
 
 
 def _read_dlc_csv(path: Path, track: int) -> Poses:
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     n_head = next(i for i, r in enumerate(rows) if r and r[0].strip() == "coords") + 1
     header = rows[:n_head]
