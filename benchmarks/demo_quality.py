@@ -20,7 +20,7 @@ import torch
 
 from psvae_opt.config import load_config
 from psvae_opt.data import load_session, split_frames, synth_session
-from psvae_opt.devices import tune_cpu_allocator
+from psvae_opt.devices import resolve_precision, tune_cpu_allocator
 from psvae_opt.trainer import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,16 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--minutes", type=float, default=10.0, help="stop after this much training time")
     p.add_argument("--target", type=float, default=0.9, help="validation label R^2 to reach")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="study-file override, e.g. --set train.precision=fp32 (repeatable)")
     args = p.parse_args(argv)
 
     tune_cpu_allocator()
     work = Path(tempfile.mkdtemp(prefix="psvae-quality-"))
     data = synth_session(work / "demo.h5", size=64, trials=args.trials, frames=args.frames, seed=0)
-    cfg = load_config(args.config, [f"data.path={data}", f"train.max_epochs={args.epochs}", "train.device=cpu"])
+    cfg = load_config(args.config, [f"data.path={data}", f"train.max_epochs={args.epochs}", "train.device=cpu", *args.overrides])
     session = load_session(data)
     frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
     print(f"demo data: {session.n_frames} frames {session.frame_shape}, {len(frames['train'])} for training; "
-          f"model channels {list(cfg.model.channels)}, {torch.get_num_threads()} CPU threads")
+          f"model channels {list(cfg.model.channels)}, {torch.get_num_threads()} CPU threads, "
+          f"precision {resolve_precision(cfg.train.precision, torch.device('cpu'))}")
     start, reached = time.perf_counter(), None
 
     def report(epoch: int, rows: dict) -> None:

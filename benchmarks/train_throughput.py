@@ -4,7 +4,7 @@ One step = forward, the full PS-VAE loss (with the ICMI/TC/DWKL decomposition), 
 an Adam update on a batch of frames already on the device (uint8 frames gathered and scaled
 on the device, as in training). Prints the parameter count and frames/s per frame size.
 
-    python benchmarks/train_throughput.py                    # the device's fast settings
+    python benchmarks/train_throughput.py                    # what training uses (bf16 where native)
     python benchmarks/train_throughput.py --precision fp32   # plain fp32
     python benchmarks/train_throughput.py --allocators       # CPU: glibc default vs tuned
 
@@ -24,7 +24,7 @@ import time
 import torch
 
 from psvae_opt.config import LossConfig
-from psvae_opt.devices import DeviceData, tune_cpu_allocator
+from psvae_opt.devices import DeviceData, resolve_precision, tune_cpu_allocator
 from psvae_opt.model import PSVAE, count_parameters
 from psvae_opt.trainer import build_optimizer, train_step
 
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         tune_cpu_allocator()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    args.precision = resolve_precision(args.precision, device)
     results = [measure(size, args, device) for size in args.sizes]
     for r in results:
         r.update(device=str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
@@ -93,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16" if gpu else "fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto (default): what training uses, bf16 where the hardware has it")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--n-unsup", type=int, default=2)

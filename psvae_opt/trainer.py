@@ -276,10 +276,12 @@ class _Trainer:
         return mean
 
     def evaluate(self, idx: Tensor, epoch: float | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        # fp32 whatever the training precision: metrics and latents (which analyses, MIG and
+        # traversals read) keep their digits; a forward pass costs little next to training
         return evaluate(
             self.model, self.data, idx, self.loss_cfg,
             epoch=self.epoch if epoch is None else epoch, batch_size=self.cfg.eval_batch_size,
-            precision=self.precision, channels_last=self.channels_last, seed=self.cfg.model_seed,
+            precision="fp32", channels_last=self.channels_last, seed=self.cfg.model_seed,
         )
 
     def annealed(self, epoch: int) -> bool:

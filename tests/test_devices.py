@@ -63,11 +63,16 @@ def test_same_seeds_same_numbers_on_the_gpu(tiny_config: Config, tmp_path: Path)
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
 
 
-def test_auto_precision_is_bf16_on_gpus_and_fp32_on_the_cpu():
-    from psvae_opt.devices import resolve_precision
+def test_auto_precision_is_bf16_where_the_hardware_has_it(tmp_path: Path):
+    from psvae_opt.devices import cpu_has_bf16, resolve_precision
 
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_bf16(with_bf16) and not cpu_has_bf16(without) and not cpu_has_bf16(tmp_path / "none")
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_bf16() else "fp32")
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         assert resolve_precision("auto", torch.device("cuda")) == "bf16"
