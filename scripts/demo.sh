@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, write the demo dataset, run stage 1 (alpha) and
 # stage 2 (beta x 2 model seeds) with 2 local CPU workers and embedded SQLite storage, export
-# both stages and print the recommendations. Everything lands in ./demo (9.5 minutes on a
+# both stages and print the recommendations. Everything lands in ./demo (7 minutes on a
 # 2-core CPU). Extra arguments go to both stage commands (e.g. --workers 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
