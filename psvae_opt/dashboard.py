@@ -64,11 +64,6 @@ def upload_files(trial: optuna.Trial, store: FileSystemArtifactStore, paths: Seq
     return [upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial) for p in paths]
 
 
-def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[optuna.artifacts.ArtifactMeta]:
-    """The artifacts of a trial (file name, MIME type, id)."""
-    return optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)  # noqa: SLF001
-
-
 def save_figure(study: optuna.Study, figure: go.Figure, graph_id: str) -> None:
     """Save a plotly figure on the study (optuna-dashboard shows it on the study page); same id = replaced."""
     from optuna_dashboard import save_plotly_graph_object
@@ -84,9 +79,9 @@ def check_address(host: str, port: int) -> None:
         probe.bind(address)
 
 
-def serve(storage: optuna.storages.BaseStorage, folder: Path, host: str, port: int) -> None:
-    """Run optuna-dashboard on ``host:port`` with the artifact store in ``folder``; blocks."""
+def serve(storage: optuna.storages.BaseStorage, store: FileSystemArtifactStore, host: str, port: int) -> None:
+    """Run optuna-dashboard on ``host:port`` with the artifact store; blocks (check the
+    address first with :func:`check_address`: the server says so only after its banner)."""
     from optuna_dashboard import run_server
 
-    check_address(host, port)
-    run_server(storage, host=host, port=port, artifact_store=open_store(folder))
+    run_server(storage, host=host, port=port, artifact_store=store)

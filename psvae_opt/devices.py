@@ -76,12 +76,19 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) 
     Returns:
         (GPU index, the open lock file: keep it open while the GPU is in use).
     """
-    import fcntl
-
     if n_gpus < 1:
         raise ConfigError("--gpu auto: no CUDA GPU is visible to this worker")
     folder = Path(lock_dir or os.environ.get(GPU_LOCKS_ENV) or DEFAULT_GPU_LOCKS)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _take_slot(folder, n_gpus, slots)
+    except OSError as exc:
+        raise ConfigError(f"--gpu auto: cannot use the lock folder {folder} ({exc.strerror}); set {GPU_LOCKS_ENV}") from None
+
+
+def _take_slot(folder: Path, n_gpus: int, slots: int) -> tuple[int, IO[str]]:
+    import fcntl
+
     for slot in range(slots):
         for gpu in range(n_gpus):
             fh = (folder / f"gpu{gpu}.slot{slot}.lock").open("w")

@@ -36,9 +36,8 @@ def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return [trial_row(t) for t in pareto_front(study)]
 
 
-def with_ratings(study: optuna.Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stage-2 rows with the human traversal ratings (:mod:`psvae_opt.ratings`; None where unrated)."""
-    rated = ratings_by_trial(study)
+def with_ratings(rated: dict[int, dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stage-2 rows with the human traversal ratings (``ratings_by_trial``; None where unrated)."""
     return [{**row, **{k: rated.get(row["trial"], {}).get(k) for k in RATING_ATTRS}} for row in rows]
 
 
@@ -95,7 +94,8 @@ def export_stage(study: optuna.Study, stage: int, out_dir: str | Path) -> list[P
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = pareto_rows(study) if stage == 1 else with_ratings(study, pareto_rows(study))
+    rated = ratings_by_trial(study) if stage == 2 else {}
+    rows = pareto_rows(study) if stage == 1 else with_ratings(rated, pareto_rows(study))
     written = [_write_csv(out / "pareto.csv", rows)]
     payload = {
         "study": study.study_name,
@@ -112,5 +112,5 @@ def export_stage(study: optuna.Study, stage: int, out_dir: str | Path) -> list[P
     if stage == 2:
         written.append(_write_csv(out / "seeds_summary.csv", seed_summary(study)))
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        written.append(_write_csv(out / "ratings.csv", with_ratings(study, [trial_row(t) for t in complete])))
+        written.append(_write_csv(out / "ratings.csv", with_ratings(rated, [trial_row(t) for t in complete])))
     return written

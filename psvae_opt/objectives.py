@@ -19,7 +19,7 @@ import optuna
 from psvae_opt import metrics, space
 from psvae_opt.config import Config, dump_config
 from psvae_opt.data import Session
-from psvae_opt.runs import METRIC_NAMES
+from psvae_opt.runs import METRIC_NAMES, SPLIT_CODES, load_latents
 from psvae_opt.trainer import FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,11 @@ def unsupervised_mig(session: Session, result: FitResult, n_labels: int) -> floa
     if session.factors is None:
         return None
     unlabelled = [i for i, labelled in enumerate(session.factor_labeled) if not labelled]
-    latents = np.load(result.run_dir / "latents.npz")
+    latents = load_latents(result.run_dir)
     z_u = latents["mu"][:, n_labels:]
     if not unlabelled or z_u.shape[1] == 0:
         return None
-    train = latents["split"] == 0
+    train = latents["split"] == SPLIT_CODES["train"]
     return metrics.mutual_information_gap(z_u[train], session.factors[train][:, unlabelled])
 
 

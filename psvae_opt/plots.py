@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 
 from psvae_opt import metrics
 from psvae_opt.errors import ConfigError, DataError
-from psvae_opt.runs import read_metrics
+from psvae_opt.runs import SPLIT_CODES, read_metrics
 
 SUMMARY_METRICS = {
     1: ("val_pixel_mse", "val_label_mse"),
@@ -33,7 +33,6 @@ SUMMARY_METRICS = {
 SUMMARY_AXES = {1: ("alpha", "n_unsup"), 2: ("beta", None)}  # (x parameter, one line per value of)
 CURVE_METRICS = ("loss", "pixel_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl")
 CURVE_SPLITS = ("train", "val")
-VAL_SPLIT_CODE = 1  # latents.npz "split": index into psvae_opt.data.SPLITS
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,11 @@ class TrainingCurves:
     best_epoch: int | None
 
 
+
+def search_summary(study: optuna.Study, stage: int) -> go.Figure:
+    """The search summary chart of a stage's study."""
+    return search_summary_figure(search_summary_data(study, stage), f"{study.study_name}: search summary")
+
 def training_curves_data(run_dir: str | Path, split: str) -> TrainingCurves:
     """The rows of ``metrics.csv`` of one split, epoch by epoch."""
     if split not in CURVE_SPLITS:
@@ -236,7 +240,7 @@ def label_traces_data(
     )
 
 
-def split_trials(split_of_frame: np.ndarray, trial_starts: np.ndarray, code: int = VAL_SPLIT_CODE) -> list[int]:
+def split_trials(split_of_frame: np.ndarray, trial_starts: np.ndarray, code: int = SPLIT_CODES["val"]) -> list[int]:
     """Session trials whose first frame is in the split ``code`` (splits are by trial)."""
     return [t for t in range(len(trial_starts) - 1) if split_of_frame[trial_starts[t]] == code]
 

@@ -1,7 +1,9 @@
 """The files of a run folder and their formats (written by the trainer, read by reports).
 
 - ``metrics.csv``: one row per epoch and split, columns :data:`CSV_COLUMNS`;
-- ``best.pt`` / ``last.pt``: checkpoints, written atomically (a kill never leaves half a file).
+- ``best.pt`` / ``last.pt``: checkpoints, written atomically (a kill never leaves half a file);
+- ``latents.npz``: ``mu`` and ``y_hat`` of every frame, and ``split``, each frame's
+  :data:`SPLIT_CODES` code (-1 for frames in no split).
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
+
+from psvae_opt.data import SPLITS
+from psvae_opt.errors import DataError
 
 METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
 CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # latents.npz "split" values
+
 
 def save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -39,6 +47,15 @@ def truncate_rows(path: Path, last_epoch: int) -> None:
         rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
     path.unlink()
     append_rows(path, rows)
+
+
+def load_latents(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a run's ``latents.npz``; a one-line error when the run has not finished."""
+    path = Path(run_dir) / "latents.npz"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no latents.npz; the run has not finished (or the folder is wrong)")
+    with np.load(path) as latents:
+        return dict(latents)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float | str]]:

@@ -27,12 +27,12 @@ from torch import Tensor
 
 from psvae_opt import metrics
 from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
-from psvae_opt.data import SPLITS, Session
+from psvae_opt.data import Session
 from psvae_opt.devices import DeviceData, autocast, resolve_device, resolve_precision, to_device
-from psvae_opt.errors import ConfigError, TrainingError
+from psvae_opt.errors import ConfigError, DataError, TrainingError
 from psvae_opt.losses import LossTerms, psvae_loss
 from psvae_opt.model import PSVAE, ModelOutput
-from psvae_opt.runs import append_rows, save_atomic, truncate_rows
+from psvae_opt.runs import SPLIT_CODES, append_rows, save_atomic, truncate_rows
 
 TRAIN_ROW_FRAMES = 512  # per-epoch training rows: a fixed subset (the final summary uses every frame)
 
@@ -84,11 +84,12 @@ def evaluate(
     *,
     epoch: float,
     batch_size: int = 1024,
-    precision: str = "fp32",
     channels_last: bool = False,
     seed: int = 0,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Every metric of :data:`METRIC_NAMES` on the frames ``idx``.
+    """Every metric of :data:`METRIC_NAMES` on the frames ``idx``, in fp32 whatever the training
+    precision: metrics and latents (which MIG and traversals read) keep their digits, and a
+    forward pass costs little next to training.
 
     The loss terms use one posterior sample per frame (drawn from a generator seeded with
     ``seed``, so evaluation is repeatable); pixel and label errors use the latent means.
@@ -112,13 +113,11 @@ def evaluate(
     mus, y_hats = [], []
     for a, b in batches:
         x, y, mask = data.batch(idx[order[a:b]], channels_last)
-        with autocast(device, precision):
-            mu, logvar = model.encode(x)
-            mu, logvar = mu.float(), logvar.float()  # fp32 latents, as in PSVAE.forward
-            eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps
-            x_sample, x_mean = model.decode(z), model.decode(mu)
-            y_hat = model.predict_labels(mu[:, : model.n_labels])
+        mu, logvar = model.encode(x)
+        eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        x_sample, x_mean = model.decode(z), model.decode(mu)
+        y_hat = model.predict_labels(mu[:, : model.n_labels])
         out = ModelOutput(x_sample, y_hat, mu, logvar, z)
         terms = psvae_loss(
             x, y, mask, out, alpha=loss_cfg.alpha, beta=loss_cfg.beta, epoch=epoch,
@@ -126,9 +125,9 @@ def evaluate(
         )
         for key, value in zip(LossTerms._fields, terms):
             sums[key] += float(value) * (b - a)
-        sums["pixel_mse"] += metrics.pixel_mse(x, x_mean.float()) * (b - a)
-        mus.append(mu.float().cpu())
-        y_hats.append(y_hat.float().cpu())
+        sums["pixel_mse"] += metrics.pixel_mse(x, x_mean) * (b - a)
+        mus.append(mu.cpu())
+        y_hats.append(y_hat.cpu())
     back = torch.argsort(order).cpu()  # rows in the order of idx again
     mu_all, y_hat_all = torch.cat(mus)[back].numpy(), torch.cat(y_hats)[back].numpy()
     y_np, m_np = data.labels[idx].cpu().numpy(), data.masks[idx].cpu().numpy()
@@ -276,12 +275,10 @@ class _Trainer:
         return mean
 
     def evaluate(self, idx: Tensor, epoch: float | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        # fp32 whatever the training precision: metrics and latents (which analyses, MIG and
-        # traversals read) keep their digits; a forward pass costs little next to training
         return evaluate(
             self.model, self.data, idx, self.loss_cfg,
             epoch=self.epoch if epoch is None else epoch, batch_size=self.cfg.eval_batch_size,
-            precision="fp32", channels_last=self.channels_last, seed=self.cfg.model_seed,
+            channels_last=self.channels_last, seed=self.cfg.model_seed,
         )
 
     def annealed(self, epoch: int) -> bool:
@@ -299,6 +296,10 @@ class _Trainer:
             self.bad_epochs += 1
         self.epoch += 1
         save_atomic(self.state(), self.run_dir / "last.pt")
+        return self.patience_spent()
+
+    def patience_spent(self) -> bool:
+        """Early stopping: ``patience`` annealed epochs in a row without a better validation loss."""
         return 0 < self.cfg.patience <= self.bad_epochs
 
 
@@ -334,7 +335,7 @@ def fit(
     resumed_from = t.epoch
     start = time.perf_counter()
     bar = tqdm(total=train_cfg.max_epochs, initial=t.epoch, desc=run_dir.name, unit="epoch", disable=not progress)
-    stopped_early = 0 < train_cfg.patience <= t.bad_epochs  # a resumed run that had stopped early
+    stopped_early = t.patience_spent()  # a resumed run that had stopped early stays stopped
     while t.epoch < train_cfg.max_epochs and not stopped_early:
         epoch = t.epoch
         t.train_epoch(should_stop)
@@ -367,7 +368,7 @@ def _finish(t: _Trainer, seconds: float, resumed_from: int) -> FitResult:
     mu = np.zeros((n_frames, t.model.n_latents), np.float32)
     y_hat = np.zeros((n_frames, t.model.n_labels), np.float32)
     split_of = np.full(n_frames, -1, np.int8)
-    for code, split in enumerate(SPLITS):
+    for split, code in SPLIT_CODES.items():
         idx = t.data.splits.get(split)
         if idx is None or len(idx) < 2:
             continue
@@ -393,7 +394,10 @@ def _finish(t: _Trainer, seconds: float, resumed_from: int) -> FitResult:
 
 def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_labels: int, device="cpu") -> PSVAE:  # noqa: ANN001
     """The best model of a run folder, in eval mode."""
+    path = Path(run_dir) / "best.pt"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no best.pt; the run has not finished an epoch (or the folder is wrong)")
     model = build_model(model_cfg, frame_shape, n_labels, seed=0)
-    state = torch.load(Path(run_dir) / "best.pt", map_location=device, weights_only=True)
+    state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     return model.to(device).eval()

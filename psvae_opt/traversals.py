@@ -29,11 +29,12 @@ from psvae_opt.config import load_config
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
 from psvae_opt.model import PSVAE
+from psvae_opt.runs import SPLIT_CODES, load_latents
 from psvae_opt.trainer import load_checkpoint
 
 SUP_PERCENTILES = (5.0, 95.0)
 UNSUP_PERCENTILES = (15.0, 85.0)
-TRAIN_CODE, VAL_CODE = 0, 1  # latents.npz "split" codes (psvae_opt.data.SPLITS order)
+GRID_STEPS, MOVIE_STEPS, MOVIE_BASES, FPS = 7, 30, 3, 20  # defaults of the PNG grid and the MP4 movie
 TITLE_HEIGHT = 14  # pixels of a panel's title strip
 LABEL_WIDTH = 100  # pixels of the row labels of a traversal image
 
@@ -115,7 +116,7 @@ class TraversalGrid:
 
 def traversal_grid(
     model: PSVAE, base_mu: np.ndarray, original: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-    names: Sequence[str], n_steps: int = 7,
+    names: Sequence[str], n_steps: int = GRID_STEPS,
 ) -> TraversalGrid:
     """Sweep every dim of ``base_mu`` (K,) in ``n_steps`` from lower to upper; ``original`` (C, H, W) in [0, 1]."""
     z = sweep_latents(base_mu, lower, upper, np.linspace(0.0, 1.0, n_steps))
@@ -158,19 +159,20 @@ def grid_image(grid: TraversalGrid, scale: int | None = None) -> Image.Image:
     tile_h, tile_w = _tile(grid.base).shape
     scale = scale or auto_scale(grid.base.shape)
     th, tw, gap = tile_h * scale, tile_w * scale, 8
-    limits = np.abs(grid.diffs).reshape(k_dims, -1).max(1)  # per row: small changes stay visible
+    diffs = grid.diffs  # a property that computes them
+    limits = np.abs(diffs).reshape(k_dims, -1).max(1)  # per row: small changes stay visible
     sweep_x = LABEL_WIDTH + 2 * (tw + 2) + gap
     diff_x = sweep_x + n_steps * (tw + 2) + gap
     img = np.full((TITLE_HEIGHT + k_dims * (th + 2), diff_x + n_steps * (tw + 2), 3), 255, np.uint8)
     for k in range(k_dims):
         y = TITLE_HEIGHT + k * (th + 2)
-        if k == 0:
-            img[y : y + th, LABEL_WIDTH : LABEL_WIDTH + tw] = _gray(_tile(grid.original), scale)
-            img[y : y + th, LABEL_WIDTH + tw + 2 : LABEL_WIDTH + 2 * tw + 2] = _gray(_tile(grid.base), scale)
         for s in range(n_steps):
             x0, x1 = sweep_x + s * (tw + 2), diff_x + s * (tw + 2)
             img[y : y + th, x0 : x0 + tw] = _gray(_tile(grid.frames[k, s]), scale)
-            img[y : y + th, x1 : x1 + tw] = _diverging(_tile(grid.diffs[k, s]), float(limits[k]), scale)
+            img[y : y + th, x1 : x1 + tw] = _diverging(_tile(diffs[k, s]), float(limits[k]), scale)
+    y = TITLE_HEIGHT  # the input and its reconstruction, on the first row
+    img[y : y + th, LABEL_WIDTH : LABEL_WIDTH + tw] = _gray(_tile(grid.original), scale)
+    img[y : y + th, LABEL_WIDTH + tw + 2 : LABEL_WIDTH + 2 * tw + 2] = _gray(_tile(grid.base), scale)
     out = Image.fromarray(img)
     draw = ImageDraw.Draw(out)
     draw.text((LABEL_WIDTH, 1), "input, recon", fill=(0, 0, 0))
@@ -201,7 +203,7 @@ def movie_layout(n_panels: int, tile_shape: tuple[int, int], scale: int) -> tupl
 
 def movie_frames(
     model: PSVAE, bases: np.ndarray, lower: np.ndarray, upper: np.ndarray, names: Sequence[str],
-    n_steps: int = 30, n_blank: int = 10, scale: int | None = None,
+    n_steps: int = MOVIE_STEPS, n_blank: int = 10, scale: int | None = None,
 ) -> np.ndarray:
     """Frames of a traversal movie: one panel per dim, all dims swept together, base after base.
 
@@ -238,7 +240,7 @@ def movie_frames(
     return np.stack(out)
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 20) -> Path:
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int = FPS) -> Path:
     """Write (T, H, W, 3) uint8 frames (H, W even) as H.264 MP4 with PyAV; returns the path."""
     import av
 
@@ -281,11 +283,11 @@ def load_run(run_dir: str | Path, session: Session, device: str | torch.device =
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.toml")
     model = load_checkpoint(run_dir, cfg.model, session.frame_shape, session.n_labels, device)
-    latents = np.load(run_dir / "latents.npz")
+    latents = load_latents(run_dir)
     mu, split = latents["mu"], latents["split"]
     if len(mu) != session.n_frames:
         raise ConfigError(f"{run_dir} holds latents of {len(mu)} frames but {session.path} has {session.n_frames}; give its own data file")
-    train = split == TRAIN_CODE
+    train = split == SPLIT_CODES["train"]
     lower, upper = traversal_ranges(
         mu[train], session.labels[train], session.masks[train],
         model.label_scale.detach().cpu().numpy(), model.label_bias.detach().cpu().numpy(),
@@ -293,10 +295,10 @@ def load_run(run_dir: str | Path, session: Session, device: str | torch.device =
     return RunTraversals(model, mu, split, lower, upper, dim_names(session.label_names, model.n_unsup))
 
 
-def default_base_frames(split: np.ndarray, count: int, code: int = VAL_CODE) -> list[int]:
+def default_base_frames(split: np.ndarray, count: int, code: int = SPLIT_CODES["val"]) -> list[int]:
     """``count`` frames evenly spaced through the split ``code`` (training frames when it is empty)."""
     pool = np.flatnonzero(split == code)
-    pool = pool if len(pool) else np.flatnonzero(split == TRAIN_CODE)
+    pool = pool if len(pool) else np.flatnonzero(split == SPLIT_CODES["train"])
     return [int(pool[i]) for i in np.linspace(0, len(pool) - 1, count + 2).round().astype(int)[1:-1]]
 
 
@@ -307,7 +309,7 @@ def _check_frames(frames: Sequence[int], n_frames: int, n_steps: int) -> None:
         raise ConfigError(f"--steps {n_steps}: a sweep needs at least 2 steps")
 
 
-def write_traversal_png(run: RunTraversals, session: Session, path: str | Path, frame: int | None = None, n_steps: int = 7) -> Path:
+def write_traversal_png(run: RunTraversals, session: Session, path: str | Path, frame: int | None = None, n_steps: int = GRID_STEPS) -> Path:
     """The traversal grid of one base frame (default: a validation frame) as PNG."""
     frame = default_base_frames(run.split, 1)[0] if frame is None else frame
     _check_frames([frame], session.n_frames, n_steps)
@@ -318,10 +320,10 @@ def write_traversal_png(run: RunTraversals, session: Session, path: str | Path, 
 
 def write_traversal_movie(
     run: RunTraversals, session: Session, path: str | Path, frames: Sequence[int] | None = None,
-    n_steps: int = 30, fps: int = 20, n_blank: int = 10,
+    n_steps: int = MOVIE_STEPS, fps: int = FPS, n_blank: int = 10,
 ) -> Path:
     """The traversal movie of a few base frames (default: 3 validation frames) as MP4."""
-    frames = default_base_frames(run.split, 3) if frames is None else list(frames)
+    frames = default_base_frames(run.split, MOVIE_BASES) if frames is None else list(frames)
     _check_frames(frames, session.n_frames, n_steps)
     if fps < 1:
         raise ConfigError(f"--fps {fps}: give 1 or more frames per second")

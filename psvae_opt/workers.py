@@ -72,8 +72,7 @@ class Heartbeat:
                 log.warning("heartbeat of trial id %d failed: %s", self.trial_id, str(exc).splitlines()[0])
 
     def __enter__(self) -> "Heartbeat":
-        with_retries(lambda: self.storage.record_heartbeat(self.trial_id), what="stamping a trial")
-        self.thread.start()
+        self.thread.start()  # the first stamp came with the pop (pop_waiting)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +153,6 @@ def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFla
     """Train one popped trial under a heartbeat and record how it ended."""
     lost = threading.Event()
     ctx.should_stop = lambda: stop() or lost.is_set()
-    ctx.write_attrs = _set_attrs_retrying
     storage = study._storage  # noqa: SLF001
     trial = with_retries(lambda: optuna.Trial(study, trial_id), what="opening a trial")
     first = original_number(with_retries(lambda: storage.get_trial(trial_id), what="reading a trial"))
@@ -188,6 +186,7 @@ def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFla
 def run_worker(study: optuna.Study, ctx: TrialContext, stop: StopFlag | None = None) -> int:
     """Pop and run trials until the study has none waiting or running; returns trials completed."""
     stop = stop or StopFlag()
+    ctx.write_attrs = _set_attrs_retrying
     interval = heartbeat_interval()
     done = 0
     while not stop():

@@ -205,3 +205,7 @@ def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(t
         port = taken.getsockname()[1]
         r = cli("dashboard", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--port", port)
     assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(r)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = cli("dashboard", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--artifacts", blocker / "art")
+    assert f"--artifacts {blocker / 'art'}: cannot create the artifact folder" in one_line_error(r)

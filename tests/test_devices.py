@@ -107,3 +107,10 @@ def test_workers_that_see_every_gpu_take_different_ones(tmp_path: Path):
 def test_gpu_auto_without_a_gpu_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         claim_gpu(0, tmp_path)
+
+
+def test_gpu_auto_with_an_unusable_lock_folder_is_a_clear_error(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"cannot use the lock folder .*file/locks .*; set PSVAE_OPT_GPU_LOCKS"):
+        claim_gpu(1, blocker / "locks")

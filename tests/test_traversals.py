@@ -144,3 +144,18 @@ def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_
         assert sum(1 for _ in container.decode(video=0)) == 2 * 11 + 3
     with pytest.raises(ConfigError, match="base frames"):
         tv.write_traversal_png(run, session, tmp_path / "x.png", frame=session.n_frames)
+
+
+def test_an_unfinished_run_is_refused_in_one_line(tiny_config: Config, tmp_path: Path):
+    from psvae_opt.errors import DataError
+
+    session = load_session(tiny_config.data.path)
+    run_dir = tmp_path / "unfinished"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(dump_config(tiny_config))
+    with pytest.raises(DataError, match="no best.pt; the run has not finished an epoch"):
+        tv.load_run(run_dir, session)
+    model = PSVAE(session.frame_shape, session.n_labels, tiny_config.model.n_unsup, channels=tiny_config.model.channels)
+    torch.save({"model": model.state_dict(), "epoch": 0}, run_dir / "best.pt")
+    with pytest.raises(DataError, match="no latents.npz; the run has not finished"):
+        tv.load_run(run_dir, session)

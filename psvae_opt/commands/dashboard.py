@@ -63,9 +63,7 @@ def trial_uploader(study: optuna.Study, session: Session, config: Config) -> Cal
 def save_search_summary(study: optuna.Study, stage: int) -> None:
     """Save the stage's search summary on the study (optuna-dashboard shows it on the study page)."""
     try:
-        data = plots.search_summary_data(study, stage)
-        fig = plots.search_summary_figure(data, f"{study.study_name}: search summary")
-        dashboard.save_figure(study, fig, f"search-summary-stage{stage}")
+        dashboard.save_figure(study, plots.search_summary(study, stage), f"search-summary-stage{stage}")
     except Exception as exc:  # noqa: BLE001
         log.warning("search summary not saved on %s (%s: %s)", study.study_name, type(exc).__name__, exc)
 
@@ -98,11 +96,15 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: optuna-dashboard has no login, anyone who reaches this port can change trials", args.host)
     try:
+        store = dashboard.open_store(folder)
+    except OSError as exc:
+        raise ConfigError(f"--artifacts {folder}: cannot create the artifact folder ({exc.strerror or exc})") from None
+    try:
         dashboard.check_address(args.host, args.port)
-        print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard  ({describe(url)}; artifacts {folder})", flush=True)
-        dashboard.serve(storage, folder, args.host, args.port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another --port or --host") from None
+    print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard  ({describe(url)}; artifacts {folder})", flush=True)
+    dashboard.serve(storage, store, args.host, args.port)
     return 0
 
 

@@ -10,17 +10,17 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import optuna
 import plotly.graph_objects as go
 
 from psvae_opt import plots, space, traversals
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
-from psvae_opt.data import SPLITS, Session
-from psvae_opt.errors import ConfigError, DataError
+from psvae_opt.data import Session
+from psvae_opt.errors import ConfigError
+from psvae_opt.runs import SPLIT_CODES, load_latents
+from psvae_opt.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
 
 DEFAULT_OUT = "psvae-opt-out"
-MOVIE_BASES, MOVIE_STEPS, GRID_STEPS = 3, 30, 7
 
 
 def write_html(fig: go.Figure, path: Path, plotlyjs: bool | str = True) -> Path:
@@ -31,8 +31,7 @@ def write_html(fig: go.Figure, path: Path, plotlyjs: bool | str = True) -> Path:
 
 
 def write_summary(study: optuna.Study, stage: int, path: Path) -> Path:
-    fig = plots.search_summary_figure(plots.search_summary_data(study, stage), f"{study.study_name}: search summary")
-    return write_html(fig, path)
+    return write_html(plots.search_summary(study, stage), path)
 
 
 def write_curves(run_dir: Path, path: Path, splits: Sequence[str] = plots.CURVE_SPLITS, plotlyjs: bool | str = True) -> Path:
@@ -45,20 +44,14 @@ def write_labels(
     labels: Sequence[int] | None = None, split: str = "val", plotlyjs: bool | str = True,
 ) -> Path:
     """Label traces of ``trials`` (default: the first two trials of ``split``)."""
-    latents = _latents(run_dir)
+    latents = load_latents(run_dir)
     if not trials:
-        trials = plots.split_trials(latents["split"], session.trial_starts, SPLITS.index(split))[:2] or [0]
+        trials = plots.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])[:2] or [0]
     data = plots.label_traces_data(
         session.labels, session.masks, latents["y_hat"], session.trial_starts, list(trials),
         list(labels) if labels else list(range(session.n_labels)), session.label_names,
     )
     return write_html(plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
-
-
-def _latents(run_dir: Path) -> dict[str, np.ndarray]:
-    if not (run_dir / "latents.npz").exists():
-        raise DataError(f"{run_dir}: no latents.npz; the run has not finished (or the folder is wrong)")
-    return dict(np.load(run_dir / "latents.npz"))
 
 
 def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, device: str = "cpu") -> list[Path]:
@@ -73,8 +66,8 @@ def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, dev
     return [
         write_curves(run_dir, out_dir / "curves.html", plotlyjs="cdn"),
         write_labels(run_dir, session, out_dir / "labels.html", plotlyjs="cdn"),
-        traversals.write_traversal_png(run, session, out_dir / "traversal.png", n_steps=GRID_STEPS),
-        traversals.write_traversal_movie(run, session, out_dir / "traversal.mp4", n_steps=MOVIE_STEPS),
+        traversals.write_traversal_png(run, session, out_dir / "traversal.png"),
+        traversals.write_traversal_movie(run, session, out_dir / "traversal.mp4"),
     ]
 
 
@@ -88,14 +81,18 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas, e.g. 3,4") from None
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_summary(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
     p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
+    p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/STUDY)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    _add_summary(p)
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
     p.add_argument("--split", choices=plots.CURVE_SPLITS, default="val",
                    help="split of the curves, of the default label trials and base frames (default val)")
-    p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/STUDY)")
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
@@ -114,7 +111,7 @@ def _add_movie(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--frames", type=_int_list, metavar="LIST", help=f"base frame indices (default: {MOVIE_BASES} of --split)")
     p.add_argument("--steps", type=int, default=MOVIE_STEPS, help=f"frames from lower to upper (default {MOVIE_STEPS})")
-    p.add_argument("--fps", type=int, default=20, help="frames per second (default 20)")
+    p.add_argument("--fps", type=int, default=FPS, help=f"frames per second (default {FPS})")
 
 
 def _study(args: argparse.Namespace):  # noqa: ANN202
@@ -174,7 +171,7 @@ def _run_report(kind: str):  # noqa: ANN202
             print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
             return 0
         run_ = traversals.load_run(run_dir, session, resolve_device(cfg.train.device))
-        code = SPLITS.index(args.split)
+        code = SPLIT_CODES[args.split]
         stem.parent.mkdir(parents=True, exist_ok=True)
         if kind == "traversal":
             frame = args.frame if args.frame is not None else traversals.default_base_frames(run_.split, 1, code)[0]
@@ -189,7 +186,7 @@ def _run_report(kind: str):  # noqa: ANN202
 
 COMMANDS = {
     "report": {
-        "summary": Command("search summary of a stage: metrics vs alpha / beta (HTML)", _add_common, _run_report("summary")),
+        "summary": Command("search summary of a stage: metrics vs alpha / beta (HTML)", _add_summary, _run_report("summary")),
         "curves": Command("training curves of a trial (HTML)", _add_common, _run_report("curves")),
         "labels": Command("true and predicted label traces of a trial (HTML)", _add_labels, _run_report("labels")),
         "traversal": Command("latent traversals from a base frame (PNG)", _add_traversal, _run_report("traversal")),
