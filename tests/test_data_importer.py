@@ -387,3 +387,13 @@ def test_an_output_path_that_is_a_folder_is_refused(small: dict, cli):  # noqa: 
     line = one_line_error(_import(cli, small))
     assert f"--out {folder} is a folder; give the path of the .h5 file to write" in line
     assert list(folder.iterdir()) == []
+
+
+def test_views_with_one_file_name_in_two_folders_are_told_apart(small: dict, tmp_path: Path, cli):  # noqa: ANN001
+    (tmp_path / "cam2").mkdir()
+    short = write_video(tmp_path / "cam2" / "side.avi", moving_frames(20))
+    _expect_refusal(
+        _import(cli, small, "--video", short, "--truncate"),
+        r"the views differ in length \(.*side.avi has 23, .*cam2/side.avi has 20 frames\)",
+        small,
+    )

@@ -135,6 +135,8 @@ def _malformed(tmp_path: Path, kind: str) -> Path:
         write_raw(path, {k: v[:, :0] for k, v in images.items()}, labels)
     elif kind == "complex_labels":
         write_raw(path, images, {k: v.astype(np.complex64) for k, v in labels.items()})
+    elif kind == "text_masks":
+        write_raw(path, images, labels, {k: np.full(v.shape, b"1") for k, v in labels.items()})
     elif kind == "missing":
         pass
     return path
@@ -158,6 +160,7 @@ MALFORMED = {
     "masks_not_a_group": r"labels_masks is a dataset, not a group",
     "no_channels": r"images/trial_0000 has frames of shape \(0, 32, 32\); \(C, H, W\) must all be at least 1",
     "complex_labels": r"labels/trial_0000 is complex64, expected floating-point labels",
+    "text_masks": r"labels_masks has no numeric dataset trial_0000; add one 0/1 mask per trial",
 }
 
 

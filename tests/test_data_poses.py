@@ -236,3 +236,28 @@ def test_csv_saved_with_a_byte_order_mark_or_long_non_ascii_paths(tmp_path: Path
         raise AssertionError("no padding put a character across byte 65536")
     poses = read_poses(long)
     assert poses.n_frames == rows and poses.keypoints == ("nose", "paw")
+
+
+def test_malformed_pose_files_are_refused_in_one_line(tmp_path: Path):
+    plain = write_dlc_csv(tmp_path / "plain.csv", ["nose"], np.ones((2, 3)))
+    rows = plain.read_text().splitlines()
+    short_header = tmp_path / "short.csv"
+    short_header.write_text("\n".join(["scorer,a"] + rows[1:]) + "\n")
+    with pytest.raises(DataError, match="header rows have fewer cells than the `coords` row"):
+        read_poses(short_header)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(plain.read_bytes().replace(b"heatmap_tracker", "Mäus".encode("latin-1")))
+    with pytest.raises(DataError, match=r"not UTF-8 text \(byte \d+\); save the pose table as UTF-8 CSV"):
+        read_poses(latin1)
+    xy = np.ones((4, 1, 2, 2))
+    bad_dims = write_sleap_analysis(tmp_path / "dims.h5", xy, np.ones((4, 1)), ["a", "b"], standard=True)
+    with h5py.File(bad_dims, "a") as f:
+        f["tracks"].attrs["dims"] = "not json"
+    with pytest.raises(DataError, match=r"`tracks` is float64 of shape .*expected numbers of shape \(tracks, 2, nodes, frames\)"):
+        read_poses(bad_dims)
+    text_tracks = write_sleap_analysis(tmp_path / "text.h5", xy, np.ones((4, 1)), ["a", "b"])
+    with h5py.File(text_tracks, "a") as f:
+        del f["tracks"]
+        f["tracks"] = np.full((1, 2, 2, 4), b"x")
+    with pytest.raises(DataError, match=r"`tracks` is \|S1 of shape \(1, 2, 2, 4\)"):
+        read_poses(text_tracks)

@@ -23,14 +23,14 @@ def _add_data_check(p: argparse.ArgumentParser) -> None:
 def _run_data_check(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from psvae_opt.config import parse_split
+    from psvae_opt.config import ModelConfig, parse_split
     from psvae_opt.data import frame_indices, load_session, split_trials
     from psvae_opt.errors import DataError
     from psvae_opt.model import check_frame_shape
 
     s = load_session(args.file)
     try:
-        check_frame_shape(s.frame_shape, kernel_size=5)
+        check_frame_shape(s.frame_shape, kernel_size=ModelConfig().kernel_size)
     except DataError as exc:
         raise DataError(f"{s.path}: images/{s.trial_names[0]}: {exc}") from None
     lengths = np.diff(s.trial_starts)
@@ -40,9 +40,9 @@ def _run_data_check(args: argparse.Namespace) -> int:
     print(f"frame shape   {s.frame_shape} (C, H, W), uint8")
     print(f"labels        {s.n_labels}: {', '.join(s.label_names)}")
     print(f"masked        {100 * s.masked_fraction:.2f}% of label entries")
-    valid = s.masks > 0
-    means = np.array([s.labels[valid[:, k], k].mean() if valid[:, k].any() else 0.0 for k in range(s.n_labels)])
-    stds = np.array([s.labels[valid[:, k], k].std() if valid[:, k].any() else 0.0 for k in range(s.n_labels)])
+    n_valid = np.maximum(s.masks.sum(axis=0), 1)  # masked entries are stored as 0
+    means = s.labels.sum(axis=0) / n_valid
+    stds = np.sqrt((np.where(s.masks > 0, s.labels - means, 0.0) ** 2).sum(axis=0) / n_valid)
     zscored = np.all(np.abs(means) < 0.1) and np.all(np.abs(stds - 1) < 0.1)
     print(f"z-scored      {'yes' if zscored else 'NO'} (label means {means.min():.2f}..{means.max():.2f}, stds {stds.min():.2f}..{stds.max():.2f})")
     if s.factors is not None:

@@ -84,9 +84,11 @@ def label_arrays(
     for k, name in enumerate(names):
         if n_valid[k] < 2 or stds[k] <= 1e-9:
             why = f"has {int(n_valid[k])} valid frames" if n_valid[k] < 2 else "is constant"
+            by_likelihood = poses.likelihood is not None and threshold > 0
+            where, hint = (f" (likelihood threshold {threshold})", " or lower --likelihood-threshold") if by_likelihood else ("", "")
             raise DataError(
-                f"{poses.path}: label {name} {why} (threshold {threshold}); z-scoring needs it to vary, "
-                "so leave its keypoint out with --keypoints or lower --likelihood-threshold"
+                f"{poses.path}: label {name} {why}{where}; z-scoring needs it to vary, "
+                f"so leave its keypoint out with --keypoints{hint}"
             )
     labels = np.where(masks, (labels_sc - means) / stds, 0.0)
     return labels, masks.astype(np.float32), labels_sc, means, stds
@@ -131,9 +133,9 @@ def _write(
 
 def _stack_views(clips: Sequence[Clip]) -> np.ndarray:
     """(T, C, size, size) from C views of one session, which must have the same length."""
-    lengths = {c.path.name: c.n_frames for c in clips}
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+    if len({c.n_frames for c in clips}) > 1:  # views may share a file name in different folders
+        names = [c.path.name for c in clips]
+        listed = ", ".join(f"{c.path.name if names.count(c.path.name) == 1 else c.path} has {c.n_frames}" for c in clips)
         raise DataError(
             f"the views differ in length ({listed} frames); give videos of one session cut to the same frames"
         )

@@ -127,6 +127,11 @@ def _trial_names(f: h5py.File, path: Path) -> list[str]:
     return sorted(images, key=_trial_key)
 
 
+def _numeric_dataset(node: Any) -> bool:
+    """Whether an HDF5 node is a dataset of numbers (or booleans), not a group, text or complex."""
+    return isinstance(node, h5py.Dataset) and node.dtype.kind in "fiub"
+
+
 def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None) -> tuple:
     img, lab = f["images"][name], f["labels"][name]
     for group, node in (("images", img), ("labels", lab)):
@@ -157,7 +162,7 @@ def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None)
             f"{path}: labels/{name} has shape {lab.shape}, expected (T, L); "
             "store one row of L label values per frame"
         )
-    if lab.dtype.kind not in "fiu":
+    if not _numeric_dataset(lab):
         raise DataError(f"{path}: labels/{name} is {lab.dtype}, expected floating-point labels")
     if img.shape[0] != lab.shape[0]:
         raise DataError(
@@ -179,8 +184,8 @@ def _read_masks(f: h5py.File, path: Path, name: str, labels: np.ndarray) -> np.n
         return np.ones(labels.shape, np.float32)
     if not isinstance(f["labels_masks"], h5py.Group):
         raise DataError(f"{path}: labels_masks is a dataset, not a group; store one mask dataset per trial in it")
-    if name not in f["labels_masks"] or not isinstance(f["labels_masks"][name], h5py.Dataset):
-        raise DataError(f"{path}: labels_masks has no dataset {name}; add one mask per trial")
+    if name not in f["labels_masks"] or not _numeric_dataset(f["labels_masks"][name]):
+        raise DataError(f"{path}: labels_masks has no numeric dataset {name}; add one 0/1 mask per trial")
     masks = np.asarray(f["labels_masks"][name][()], dtype=np.float32)
     if masks.shape != labels.shape:
         raise DataError(
@@ -202,9 +207,7 @@ def _read_optional(f: h5py.File, group: str, names: Sequence[str], starts: np.nd
     """An optional per-trial group (factors, labels_sc); None when absent or not of that form."""
     if group not in f or not isinstance(f[group], h5py.Group):
         return None
-    if not all(n in f[group] and isinstance(f[group][n], h5py.Dataset) for n in names):
-        return None
-    if any(f[group][n].dtype.kind not in "fiu" for n in names):
+    if not all(n in f[group] and _numeric_dataset(f[group][n]) for n in names):
         return None
     parts = [np.asarray(f[group][n][()], dtype=np.float32) for n in names]
     if any(p.ndim != 2 or p.shape[0] != int(b - a) for p, a, b in zip(parts, starts, starts[1:])):

@@ -125,20 +125,19 @@ def _read_table(group: h5py.Group) -> Frame:
     return Frame(tuple(columns), values, tuple(index or (str(r) for r in range(len(data)))))
 
 
-def read_frame(path: Path, key: str | None = None) -> Frame:
-    """Read one DataFrame (the first one of the file when ``key`` is None).
+def read_frame(path: Path) -> Frame:
+    """Read the file's (first) DataFrame.
 
     Raises:
         DataError: the file holds no DataFrame, or one this reader cannot parse.
     """
     with h5py.File(path, "r") as f:
         keys = frame_keys(f)
-        if not keys or (key is not None and key not in keys):
+        if not keys:
             raise DataError(
-                f"{path}: no pandas DataFrame{f' named {key}' if key else ''} in this HDF5 file; "
-                "give the .h5 file DeepLabCut wrote (or its CSV)"
+                f"{path}: no pandas DataFrame in this HDF5 file; give the .h5 file DeepLabCut wrote (or its CSV)"
             )
-        group = f[key or keys[0]]
+        group = f[keys[0]]
         kind = _text(group.attrs["pandas_type"])
         try:
             frame = _read_fixed(group) if kind == "frame" else _read_table(group)
@@ -148,5 +147,5 @@ def read_frame(path: Path, key: str | None = None) -> Frame:
                 "save it again with DataFrame.to_hdf or export the CSV"
             ) from None
     if not frame.columns:
-        raise DataError(f"{path}: the DataFrame {key or keys[0]} has no numeric columns; give a pose table")
+        raise DataError(f"{path}: the DataFrame {keys[0]} has no numeric columns; give a pose table")
     return frame

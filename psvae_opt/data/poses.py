@@ -28,7 +28,6 @@ import numpy as np
 from psvae_opt.data.pandas_h5 import frame_keys, read_frame
 from psvae_opt.errors import DataError
 
-HEADER_ROWS = ("scorer", "individuals", "bodyparts", "coords")
 COORDS = ("x", "y", "likelihood")
 
 
@@ -148,11 +147,16 @@ def _float(cell: str) -> float:
 
 
 def _read_dlc_csv(path: Path, track: int) -> Poses:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the pose table as UTF-8 CSV") from None
     n_head = next(i for i, r in enumerate(rows) if r and r[0].strip() == "coords") + 1
     header = rows[:n_head]
     coords = header[-1]
+    if any(len(h) < len(coords) for h in header):
+        raise DataError(f"{path}: the header rows have fewer cells than the `coords` row; repair the file")
     # hand labels of newer DeepLabCut versions have 3 index columns (labeled-data, video, image)
     n_index = next((j for j, c in enumerate(coords) if c.strip() in COORDS), len(coords))
     columns = [tuple(h[j].strip() for h in header) for j in range(n_index, len(coords))]
@@ -216,15 +220,20 @@ def _dims(dataset: h5py.Dataset, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = dataset.attrs.get("dims")
     if raw is None:
         return default
-    return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    try:
+        return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    except (ValueError, TypeError):
+        return ()  # refused by the caller, which names the expected layout
 
 
 def _read_sleap(path: Path, track: int) -> Poses:
     with h5py.File(path, "r") as f:
         tracks, occ = f["tracks"], f["track_occupancy"]
         dims = _dims(tracks, SLEAP_DIMS)
-        if sorted(dims) != sorted(SLEAP_DIMS) or tracks.ndim != 4:
-            raise DataError(f"{path}: `tracks` has shape {tracks.shape}, expected (tracks, 2, nodes, frames)")
+        if sorted(dims) != sorted(SLEAP_DIMS) or tracks.ndim != 4 or tracks.dtype.kind not in "fiu":
+            raise DataError(
+                f"{path}: `tracks` is {tracks.dtype} of shape {tracks.shape}, expected numbers of shape (tracks, 2, nodes, frames)"
+            )
         xy = np.transpose(tracks[()], [dims.index(d) for d in ("frame", "track", "node", "xy")]).astype(np.float64)
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["node_names"][()]]
         occupied = np.asarray(occ[()])
