@@ -34,25 +34,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--minutes", type=float, default=10.0, help="stop after this much training time")
     p.add_argument("--target", type=float, default=0.9, help="validation label R^2 to reach")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="study-file override, e.g. --set train.precision=fp32 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="study-file override, e.g. --set train.precision=fp32 (repeatable)",
+    )
     args = p.parse_args(argv)
 
     tune_cpu_allocator()
     work = Path(tempfile.mkdtemp(prefix="psvae-quality-"))
     data = synth_session(work / "demo.h5", size=64, trials=args.trials, frames=args.frames, seed=0)
-    cfg = load_config(args.config, [f"data.path={data}", f"train.max_epochs={args.epochs}", "train.device=cpu", *args.overrides])
+    cfg = load_config(
+        args.config, [f"data.path={data}", f"train.max_epochs={args.epochs}", "train.device=cpu", *args.overrides]
+    )
     session = load_session(data)
     frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
-    print(f"demo data: {session.n_frames} frames {session.frame_shape}, {len(frames['train'])} for training; "
-          f"model channels {list(cfg.model.channels)}, {torch.get_num_threads()} CPU threads, "
-          f"precision {resolve_precision(cfg.train.precision, torch.device('cpu'))}")
+    print(
+        f"demo data: {session.n_frames} frames {session.frame_shape}, {len(frames['train'])} for training; "
+        f"model channels {list(cfg.model.channels)}, {torch.get_num_threads()} CPU threads, "
+        f"precision {resolve_precision(cfg.train.precision, torch.device('cpu'))}"
+    )
     start, reached = time.perf_counter(), None
 
     def report(epoch: int, rows: dict) -> None:
         nonlocal reached
         r2, elapsed = rows["val"]["label_r2"], time.perf_counter() - start
-        print(f"epoch {epoch:3d}  {elapsed:7.1f} s  val label_r2 {r2:.4f}  val pixel_mse {rows['val']['pixel_mse']:.5f}", flush=True)
+        print(
+            f"epoch {epoch:3d}  {elapsed:7.1f} s  val label_r2 {r2:.4f}  val pixel_mse {rows['val']['pixel_mse']:.5f}",
+            flush=True,
+        )
         if reached is None and r2 >= args.target:
             reached = (epoch, elapsed, r2)
 
@@ -60,14 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - start > 60 * args.minutes
 
     try:
-        fit(cfg.model, cfg.loss, cfg.train, session, frames, work / "run", progress=False, on_epoch=report, should_stop=out_of_time)
+        fit(
+            cfg.model,
+            cfg.loss,
+            cfg.train,
+            session,
+            frames,
+            work / "run",
+            progress=False,
+            on_epoch=report,
+            should_stop=out_of_time,
+        )
     except KeyboardInterrupt:
         print(f"stopped at the {args.minutes:g}-minute limit")
     if reached is None:
         print(f"validation label_r2 never reached {args.target}")
         return 1
     epoch, elapsed, r2 = reached
-    print(f"reached validation label_r2 {r2:.4f} >= {args.target} at epoch {epoch}, after {elapsed:.0f} s of CPU training")
+    print(
+        f"reached validation label_r2 {r2:.4f} >= {args.target} at epoch {epoch}, after {elapsed:.0f} s of CPU training"
+    )
     return 0
 
 

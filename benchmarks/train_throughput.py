@@ -82,9 +82,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     args.precision = resolve_precision(args.precision, device)
     results = [measure(size, args, device) for size in args.sizes]
     for r in results:
-        r.update(device=str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-                 precision=args.precision, channels_last=args.channels_last,
-                 compile=args.compile, batch_size=args.batch_size, threads=torch.get_num_threads())
+        r.update(
+            device=str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+            precision=args.precision,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            batch_size=args.batch_size,
+            threads=torch.get_num_threads(),
+        )
     return results
 
 
@@ -94,16 +99,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto (default): what training uses, bf16 where the hardware has it")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default): what training uses, bf16 where the hardware has it",
+    )
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--n-unsup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--steps", type=int, default=50 if gpu else 10)
     p.add_argument("--warmup", type=int, default=10 if gpu else 3)
-    p.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep freed memory in the process (as psvae-opt's training does)")
+    p.add_argument(
+        "--tune-allocator",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory in the process (as psvae-opt's training does)",
+    )
     p.add_argument("--allocators", action="store_true", help="CPU: compare glibc default and tuned settings")
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
     return p.parse_args(argv)
@@ -113,11 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.allocators:
         rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--allocators"]
-        for name, flag in (("glibc default", "--no-tune-allocator"), ("glibc tuned (no mmap, no trim)", "--tune-allocator")):
-            out = subprocess.run([sys.executable, __file__, *rest, flag, "--json"], capture_output=True, text=True, check=True)
+        for name, flag in (
+            ("glibc default", "--no-tune-allocator"),
+            ("glibc tuned (no mmap, no trim)", "--tune-allocator"),
+        ):
+            out = subprocess.run(
+                [sys.executable, __file__, *rest, flag, "--json"], capture_output=True, text=True, check=True
+            )
             for line in out.stdout.splitlines():
                 r = json.loads(line)
-                print(f"{name:32s} {r['frame']:10s} {r['frames_per_s']:9.1f} frames/s  ({r['ms_per_step']:.1f} ms/step)")
+                print(
+                    f"{name:32s} {r['frame']:10s} {r['frames_per_s']:9.1f} frames/s  ({r['ms_per_step']:.1f} ms/step)"
+                )
         return 0
     for r in run(args):
         if args.json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from psvae_opt.commands import Command
 from psvae_opt.commands import dashboard as dashboard_commands
@@ -31,7 +31,9 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
 def build_parser() -> argparse.ArgumentParser:
     from psvae_opt import __version__
 
-    parser = argparse.ArgumentParser(prog="psvae-opt", description="Hyperparameter search for PS-VAEs of behavioural video.")
+    parser = argparse.ArgumentParser(
+        prog="psvae-opt", description="Hyperparameter search for PS-VAEs of behavioural video."
+    )
     parser.add_argument("--version", action="version", version=f"psvae-opt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

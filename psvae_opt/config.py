@@ -12,9 +12,10 @@ import dataclasses
 import math
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from psvae_opt.errors import ConfigError
 
@@ -226,9 +227,7 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
         kind_name = f"a list of {item.__name__}"
         raise ConfigError(f"{key}: expected {kind_name}, got {type(value).__name__} {value!r}")
-    raise ConfigError(
-        f"{key}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__} {value!r}"
-    )
+    raise ConfigError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__} {value!r}")
 
 
 def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
@@ -312,8 +311,5 @@ def dump_config(config: Config) -> str:
 
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
     """Return ``config`` with some keys of some sections changed, validated again."""
-    changed = {
-        name: dataclasses.replace(getattr(config, name), **values)
-        for name, values in sections.items()
-    }
+    changed = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()}
     return dataclasses.replace(config, **changed)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import optuna
 import plotly.graph_objects as go
@@ -38,7 +38,9 @@ def default_artifact_dir(config: Config) -> Path:
 def record_artifact_dir(study: optuna.Study, config: Config) -> Path:
     """Record where the study's artifacts go (once: a resumed study keeps its folder); returns it."""
     if ARTIFACT_ATTR not in study.user_attrs:
-        study.set_user_attr(ARTIFACT_ATTR, str(Path(os.environ.get(ARTIFACT_ENV) or default_artifact_dir(config)).resolve()))
+        study.set_user_attr(
+            ARTIFACT_ATTR, str(Path(os.environ.get(ARTIFACT_ENV) or default_artifact_dir(config)).resolve())
+        )
     return Path(study.user_attrs[ARTIFACT_ATTR])
 
 

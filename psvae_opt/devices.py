@@ -83,7 +83,9 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) 
         folder.mkdir(parents=True, exist_ok=True)
         return _take_slot(folder, n_gpus, slots)
     except OSError as exc:
-        raise ConfigError(f"--gpu auto: cannot use the lock folder {folder} ({exc.strerror}); set {GPU_LOCKS_ENV}") from None
+        raise ConfigError(
+            f"--gpu auto: cannot use the lock folder {folder} ({exc.strerror}); set {GPU_LOCKS_ENV}"
+        ) from None
 
 
 def _take_slot(folder: Path, n_gpus: int, slots: int) -> tuple[int, IO[str]]:
@@ -104,7 +106,7 @@ def _take_slot(folder: Path, n_gpus: int, slots: int) -> tuple[int, IO[str]]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is the first GPU when there is one, else the CPU."""
+    """ "auto" is the first GPU when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -127,7 +129,7 @@ def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" is bf16 autocast (fp32 weights, optimizer and loss) where the hardware
+    """ "auto" is bf16 autocast (fp32 weights, optimizer and loss) where the hardware
     multiplies bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX;
     fp32 elsewhere.
 
@@ -151,5 +153,5 @@ def to_device(session: Session, split_frames: dict[str, np.ndarray], device: tor
     )
 
 
-def autocast(device: torch.device, precision: str):  # noqa: ANN202
+def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -63,18 +63,39 @@ def pareto_figure(data: dict[str, Any], title: str) -> go.Figure:
     values, on = data["values"], data["on_front"]
     fig = go.Figure()
     hover = [f"trial {n}: {lab}" for n, lab in zip(data["numbers"], data["labels"])]
-    fig.add_scatter(x=values[~on, 0], y=values[~on, 1], mode="markers", name="dominated",
-                    marker={"color": "lightgray", "size": 9}, text=[h for h, o in zip(hover, on) if not o])
+    fig.add_scatter(
+        x=values[~on, 0],
+        y=values[~on, 1],
+        mode="markers",
+        name="dominated",
+        marker={"color": "lightgray", "size": 9},
+        text=[h for h, o in zip(hover, on) if not o],
+    )
     order = np.argsort(values[on, 0])
     front_hover = [h for h, o in zip(hover, on) if o]
     front_labels = [lab for lab, o in zip(data["labels"], on) if o]
-    fig.add_scatter(x=values[on, 0][order], y=values[on, 1][order], mode="lines+markers+text", name="Pareto front",
-                    marker={"size": 11}, hovertext=[front_hover[i] for i in order],
-                    text=[front_labels[i] for i in order], textposition="top center", cliponaxis=False)
+    fig.add_scatter(
+        x=values[on, 0][order],
+        y=values[on, 1][order],
+        mode="lines+markers+text",
+        name="Pareto front",
+        marker={"size": 11},
+        hovertext=[front_hover[i] for i in order],
+        text=[front_labels[i] for i in order],
+        textposition="top center",
+        cliponaxis=False,
+    )
     if data["knee"] is not None:
-        fig.add_scatter(x=[data["knee"][0]], y=[data["knee"][1]], mode="markers", name="recommended (knee)",
-                        marker={"symbol": "star", "size": 18, "color": "crimson"})
-    fig.update_layout(title=title, xaxis_title=f"{x_name} (minimise)", yaxis_title=f"{y_name} (minimise)", template="plotly_white")
+        fig.add_scatter(
+            x=[data["knee"][0]],
+            y=[data["knee"][1]],
+            mode="markers",
+            name="recommended (knee)",
+            marker={"symbol": "star", "size": 18, "color": "crimson"},
+        )
+    fig.update_layout(
+        title=title, xaxis_title=f"{x_name} (minimise)", yaxis_title=f"{y_name} (minimise)", template="plotly_white"
+    )
     return fig
 
 

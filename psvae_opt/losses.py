@@ -76,7 +76,7 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu**2 + torch.exp(logvar) - 1.0 - logvar).sum(1)
 
 
-def log_importance_weights(m: int, n: int, estimator: str, device=None) -> Tensor:  # noqa: ANN001
+def log_importance_weights(m: int, n: int, estimator: str, device=None) -> Tensor:
     """(M, M) log weights w[i, j] of q(z_i | x_j) in the estimate of q(z_i).
 
     Args:

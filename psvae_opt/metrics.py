@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def pixel_mse(x, x_hat) -> float:  # noqa: ANN001 - numpy arrays or torch tensors
+def pixel_mse(x, x_hat) -> float:
     """Mean squared error per pixel of [0, 1] frames: any matching shapes, e.g. (N, C, H, W)."""
     return float(((x - x_hat) ** 2).mean())
 

@@ -10,7 +10,8 @@ with transposed convolutions that exactly undo the "same" padding, so output siz
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class ModelOutput(NamedTuple):
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
-    """"Same" padding along one axis: the output size is ceil(size / stride).
+    """ "Same" padding along one axis: the output size is ceil(size / stride).
 
     Returns:
         (output size, padding before, padding after). An odd total puts the extra row
@@ -104,7 +105,9 @@ class _EncoderLayer(nn.Module):
         self.patch = kernel == stride
         # Symmetric padding by the larger half gives the "same" size unless stride is 1 and
         # the total padding odd; then (and for patches) the input is padded explicitly.
-        fits = all((n + 2 * p0 - kernel) // stride == (n + p0 + p1 - kernel) // stride for n, (p0, p1) in zip(size_in, pads))
+        fits = all(
+            (n + 2 * p0 - kernel) // stride == (n + p0 + p1 - kernel) // stride for n, (p0, p1) in zip(size_in, pads)
+        )
         explicit = self.patch or not fits
         (h0, h1), (w0, w1) = pads
         self.pad = (w0, w1, h0, h1) if explicit else None

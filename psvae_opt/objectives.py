@@ -9,9 +9,10 @@ of its unsupervised latents against the unlabelled factors.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -80,8 +81,11 @@ def trial_attributes(result: FitResult, seed: int, mig: float | None) -> dict[st
     if "test" in result.metrics:
         attrs.update({f"test_{m}": result.metrics["test"][m] for m in ("pixel_mse", "label_mse", "label_r2")})
     attrs.update(
-        best_epoch=result.best_epoch, epochs=result.epochs_run, seed=seed,
-        annealing_complete=result.annealing_complete, resumed_from_epoch=result.resumed_from,
+        best_epoch=result.best_epoch,
+        epochs=result.epochs_run,
+        seed=seed,
+        annealing_complete=result.annealing_complete,
+        resumed_from_epoch=result.resumed_from,
     )
     if mig is not None:
         attrs["mig"] = mig
@@ -127,12 +131,20 @@ def objective(trial: optuna.Trial, ctx: TrialContext, first_number: int) -> tupl
     def progress(epoch: int, rows: dict[str, dict[str, float]]) -> None:
         try:  # progress is best effort: a database hiccup must not stop training
             trial.set_user_attr("epochs_done", epoch + 1)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("could not record the progress of trial %d: %s", trial.number, exc)
 
     result = fit(
-        config.model, config.loss, config.train, ctx.session, ctx.split_frames, run_dir,
-        config_text=text, progress=ctx.progress, on_epoch=progress, should_stop=ctx.should_stop,
+        config.model,
+        config.loss,
+        config.train,
+        ctx.session,
+        ctx.split_frames,
+        run_dir,
+        config_text=text,
+        progress=ctx.progress,
+        on_epoch=progress,
+        should_stop=ctx.should_stop,
     )
     mig = unsupervised_mig(ctx.session, result, ctx.session.n_labels)
     ctx.write_attrs(trial, trial_attributes(result, config.train.model_seed, mig))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import optuna
@@ -91,11 +91,15 @@ def search_summary_data(study: optuna.Study, stage: int) -> SearchSummary:
             m: [_mean_std([t.user_attrs[m] for t in by_x[x] if t.user_attrs.get(m) is not None]) for x in xs]
             for m in SUMMARY_METRICS[stage]
         }
-        series.append(SummarySeries(
-            group=group, x=np.array(xs), n=np.array([len(by_x[x]) for x in xs]),
-            mean={m: np.array([s[0] for s in v]) for m, v in stats.items()},
-            std={m: np.array([s[1] for s in v]) for m, v in stats.items()},
-        ))
+        series.append(
+            SummarySeries(
+                group=group,
+                x=np.array(xs),
+                n=np.array([len(by_x[x]) for x in xs]),
+                mean={m: np.array([s[0] for s in v]) for m, v in stats.items()},
+                std={m: np.array([s[1] for s in v]) for m, v in stats.items()},
+            )
+        )
     return SearchSummary(stage, x_name, group_name, SUMMARY_METRICS[stage], tuple(series))
 
 
@@ -112,12 +116,21 @@ def search_summary_figure(data: SearchSummary, title: str = "") -> go.Figure:
         for s in data.series:
             name = f"{data.group_name} = {s.group:g}" if data.group_name else "mean ± std over seeds"
             fig.add_scatter(
-                x=s.x.tolist(), y=s.mean[metric].tolist(), error_y={"type": "data", "array": s.std[metric].tolist(), "visible": True},
-                mode="lines+markers", name=name, legendgroup=name, showlegend=i == 0,
-                customdata=s.n.tolist(), hovertemplate=f"{data.x_name}=%{{x:g}}<br>{metric}=%{{y:.5g}}<br>n=%{{customdata}}",
-                row=row + 1, col=col + 1,
+                x=s.x.tolist(),
+                y=s.mean[metric].tolist(),
+                error_y={"type": "data", "array": s.std[metric].tolist(), "visible": True},
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                showlegend=i == 0,
+                customdata=s.n.tolist(),
+                hovertemplate=f"{data.x_name}=%{{x:g}}<br>{metric}=%{{y:.5g}}<br>n=%{{customdata}}",
+                row=row + 1,
+                col=col + 1,
             )
-        fig.update_xaxes(title_text=data.x_name, type="log" if data.x_name == "alpha" else "linear", row=row + 1, col=col + 1)
+        fig.update_xaxes(
+            title_text=data.x_name, type="log" if data.x_name == "alpha" else "linear", row=row + 1, col=col + 1
+        )
     fig.update_layout(title=title or f"stage {data.stage}: search summary", template="plotly_white")
     return fig
 
@@ -137,10 +150,10 @@ class TrainingCurves:
     best_epoch: int | None
 
 
-
 def search_summary(study: optuna.Study, stage: int) -> go.Figure:
     """The search summary chart of a stage's study."""
     return search_summary_figure(search_summary_data(study, stage), f"{study.study_name}: search summary")
+
 
 def training_curves_data(run_dir: str | Path, split: str) -> TrainingCurves:
     """The rows of ``metrics.csv`` of one split, epoch by epoch."""
@@ -168,15 +181,26 @@ def training_curves_figure(curves: Sequence[TrainingCurves], title: str = "") ->
     for i, metric in enumerate(CURVE_METRICS):
         row, col = divmod(i, cols)
         for c in curves:
-            fig.add_scatter(x=c.epochs.tolist(), y=c.values[metric].tolist(), mode="lines", name=c.split, legendgroup=c.split,
-                            line={"color": colors.get(c.split)}, showlegend=i == 0, row=row + 1, col=col + 1)
+            fig.add_scatter(
+                x=c.epochs.tolist(),
+                y=c.values[metric].tolist(),
+                mode="lines",
+                name=c.split,
+                legendgroup=c.split,
+                line={"color": colors.get(c.split)},
+                showlegend=i == 0,
+                row=row + 1,
+                col=col + 1,
+            )
         fig.update_xaxes(title_text="epoch", row=row + 1, col=col + 1)
     best = next((c.best_epoch for c in curves if c.best_epoch is not None), None)
     if best is not None:
         for i in range(len(CURVE_METRICS)):
             fig.add_vline(x=best, line={"dash": "dash", "color": "gray"}, row=i // cols + 1, col=i % cols + 1)
-    fig.update_layout(title=title or "training curves" + (f" (dashed: kept epoch {best})" if best is not None else ""),
-                      template="plotly_white")
+    fig.update_layout(
+        title=title or "training curves" + (f" (dashed: kept epoch {best})" if best is not None else ""),
+        template="plotly_white",
+    )
     return fig
 
 
@@ -251,12 +275,32 @@ def label_traces_figure(data: LabelTraces, title: str = "") -> go.Figure:
     fig = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.04)
     x = list(range(len(data.frames)))
     for k in range(len(titles)):
-        fig.add_scatter(x=x, y=data.true[:, k].tolist(), mode="lines", name="true", legendgroup="true",
-                        line={"color": "black"}, showlegend=k == 0, row=k + 1, col=1)
-        fig.add_scatter(x=x, y=data.predicted[:, k].tolist(), mode="lines", name="predicted", legendgroup="predicted",
-                        line={"color": "#d62728"}, showlegend=k == 0, row=k + 1, col=1)
+        fig.add_scatter(
+            x=x,
+            y=data.true[:, k].tolist(),
+            mode="lines",
+            name="true",
+            legendgroup="true",
+            line={"color": "black"},
+            showlegend=k == 0,
+            row=k + 1,
+            col=1,
+        )
+        fig.add_scatter(
+            x=x,
+            y=data.predicted[:, k].tolist(),
+            mode="lines",
+            name="predicted",
+            legendgroup="predicted",
+            line={"color": "#d62728"},
+            showlegend=k == 0,
+            row=k + 1,
+            col=1,
+        )
         for start in data.trial_starts[1:-1]:
             fig.add_vline(x=start - 0.5, line={"dash": "dot", "color": "gray"}, row=k + 1, col=1)
     fig.update_xaxes(title_text=f"frame (trials {', '.join(map(str, data.trials))})", row=len(titles), col=1)
-    fig.update_layout(title=title or "label reconstructions", template="plotly_white", height=max(300, 180 * len(titles)))
+    fig.update_layout(
+        title=title or "label reconstructions", template="plotly_white", height=max(300, 180 * len(titles))
+    )
     return fig

@@ -14,8 +14,9 @@ number (:func:`ratings_by_trial`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 from optuna.artifacts import upload_artifact
@@ -42,13 +43,18 @@ def rating_widgets(n_unsup: int) -> list:
     """The rating form: a slider, a three-way choice and a free note."""
     return [
         SliderWidget(
-            min=0, max=max(int(n_unsup), 1), step=1, user_attr_key=SINGLE_FEATURE,
+            min=0,
+            max=max(int(n_unsup), 1),
+            step=1,
+            user_attr_key=SINGLE_FEATURE,
             labels=[(float(i), str(i)) for i in range(max(int(n_unsup), 1) + 1)],
             description=f"How many of the {n_unsup} unsupervised dimensions show one single behavioural "
             "feature each (watch traversal.mp4)?",
         ),
         ChoiceWidget(
-            choices=["yes", "partly", "no"], values=[1.0, 0.5, 0.0], user_attr_key=SUPERVISED_CLEAN,
+            choices=["yes", "partly", "no"],
+            values=[1.0, 0.5, 0.0],
+            user_attr_key=SUPERVISED_CLEAN,
             description="Does each supervised dimension move only its own label?",
         ),
         TextInputWidget(description="Note: what each dimension shows", user_attr_key=NOTE, optional=True),
@@ -58,10 +64,12 @@ def rating_widgets(n_unsup: int) -> list:
 def open_rating_study(storage: optuna.storages.BaseStorage, stage2: optuna.Study, n_unsup: int) -> optuna.Study:
     """Create (or load) the rating study of a stage-2 study, its form registered once."""
     study = optuna.create_study(
-        storage=storage, study_name=rating_study_name(stage2.study_name), load_if_exists=True,
+        storage=storage,
+        study_name=rating_study_name(stage2.study_name),
+        load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
-    if FORM_KEY not in study._storage.get_study_system_attrs(study._study_id):  # noqa: SLF001 - no public getter in optuna 5
+    if FORM_KEY not in study._storage.get_study_system_attrs(study._study_id):
         register_user_attr_form_widgets(study, rating_widgets(n_unsup))
         study.set_user_attr("rates", stage2.study_name)
     return study
@@ -88,7 +96,7 @@ def add_twin(
         twin = rating.ask()
     try:
         for name, dist in trial.distributions.items():
-            rating._storage.set_trial_param(twin._trial_id, name, dist.to_internal_repr(trial.params[name]), dist)  # noqa: SLF001
+            rating._storage.set_trial_param(twin._trial_id, name, dist.to_internal_repr(trial.params[name]), dist)
         twin.set_user_attr(TWIN_OF, trial.number)
         params = ", ".join(f"{k} = {v:g}" for k, v in sorted(trial.params.items()))
         save_note(twin, TWIN_NOTE.format(study=trial.study.study_name, number=trial.number, params=params))
@@ -107,7 +115,7 @@ def add_twin(
 def ratings_by_trial(stage2: optuna.Study) -> dict[int, dict[str, Any]]:
     """Submitted ratings by stage-2 trial number ({} when nothing was rated)."""
     name = rating_study_name(stage2.study_name)
-    storage = stage2._storage  # noqa: SLF001 - the companion study lives in the same database
+    storage = stage2._storage
     if name not in {s.study_name for s in storage.get_all_studies()}:
         return {}
     rating = optuna.load_study(study_name=name, storage=storage)

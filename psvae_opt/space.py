@@ -6,7 +6,8 @@ stage 2 fixes alpha and n_unsup and runs every (beta, model seed) pair as its ow
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 

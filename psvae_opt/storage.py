@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import optuna
 import sqlalchemy
@@ -46,7 +47,7 @@ def describe(url: str) -> str:
     """The URL with its password hidden, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL is described as given
+    except Exception:
         return url
 
 
@@ -71,7 +72,7 @@ def _engine_kwargs(url: str) -> dict:
 def _check_url(url: str) -> None:
     try:
         parsed = make_url(url)
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise StorageError(
             f"--storage {url!r} is not a database URL; use sqlite:///FILE.db or "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -112,7 +113,9 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.st
         return storage
     except TRANSIENT + (sqlalchemy.exc.SQLAlchemyError,) as exc:
         reason = str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()[0]
-        raise StorageError(f"cannot open the study database {describe(url)} ({reason}); start the server or fix --storage") from None
+        raise StorageError(
+            f"cannot open the study database {describe(url)} ({reason}); start the server or fix --storage"
+        ) from None
 
 
 def _serialize_sqlite(engine: sqlalchemy.Engine) -> None:

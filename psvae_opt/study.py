@@ -26,7 +26,12 @@ UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def create_stage(
-    storage: optuna.storages.BaseStorage, config: Config, stage: int, *, sampler: str = "grid", fixed: dict | None = None
+    storage: optuna.storages.BaseStorage,
+    config: Config,
+    stage: int,
+    *,
+    sampler: str = "grid",
+    fixed: dict | None = None,
 ) -> optuna.Study:
     """Create the stage's study (or load it, checking it was run with the same settings)."""
     study = optuna.create_study(
@@ -51,7 +56,7 @@ def create_stage(
         study.set_user_attr("study_file", dump_config(config))
         # the run folders' own level: a study of the same name started later (or in another
         # database) trains in new folders instead of resuming this one's checkpoints
-        study.set_user_attr("run_key", datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+        study.set_user_attr("run_key", datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S"))
     return study
 
 
@@ -146,7 +151,11 @@ def seed_summary(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for beta in sorted(by_beta):
         trials = by_beta[beta]
-        row: dict[str, Any] = {"beta": beta, "n_seeds": len(trials), "seeds": sorted(int(t.params["seed"]) for t in trials)}
+        row: dict[str, Any] = {
+            "beta": beta,
+            "n_seeds": len(trials),
+            "seeds": sorted(int(t.params["seed"]) for t in trials),
+        }
         for key in SUMMARY_METRICS:
             values = np.array([t.user_attrs.get(key) for t in trials if t.user_attrs.get(key) is not None], float)
             row[f"{key}_mean"] = float(values.mean()) if len(values) else None
@@ -161,7 +170,11 @@ def recommend_stage2(study: optuna.Study) -> dict[str, Any] | None:
     if not summary:
         return None
     best = min(summary, key=lambda r: r["train_zu_corr_mean"] if r["train_zu_corr_mean"] is not None else math.inf)
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if float(t.params["beta"]) == best["beta"]]
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if float(t.params["beta"]) == best["beta"]
+    ]
     model = min(trials, key=lambda t: t.user_attrs["train_zu_corr"])
     rec = {
         "beta": best["beta"],

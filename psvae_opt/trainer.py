@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class FitResult:
     resumed_from: int = 0  # the epoch a resumed run started at (0: a fresh run)
 
 
-def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -> PSVAE:  # noqa: ANN001
+def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -> PSVAE:
     """The PS-VAE a study file describes."""
     return PSVAE(
         frame_shape,
@@ -120,8 +120,16 @@ def evaluate(
         y_hat = model.predict_labels(mu[:, : model.n_labels])
         out = ModelOutput(x_sample, y_hat, mu, logvar, z)
         terms = psvae_loss(
-            x, y, mask, out, alpha=loss_cfg.alpha, beta=loss_cfg.beta, epoch=epoch,
-            anneal_epochs=loss_cfg.anneal_epochs, n_frames=n, estimator=loss_cfg.kl_estimator,
+            x,
+            y,
+            mask,
+            out,
+            alpha=loss_cfg.alpha,
+            beta=loss_cfg.beta,
+            epoch=epoch,
+            anneal_epochs=loss_cfg.anneal_epochs,
+            n_frames=n,
+            estimator=loss_cfg.kl_estimator,
         )
         for key, value in zip(LossTerms._fields, terms):
             sums[key] += float(value) * (b - a)
@@ -159,8 +167,16 @@ def train_step(
     with autocast(x.device, precision):
         out = model(x)
     terms = psvae_loss(
-        x, y, mask, out, alpha=loss_cfg.alpha, beta=loss_cfg.beta, epoch=epoch,
-        anneal_epochs=loss_cfg.anneal_epochs, n_frames=n_frames, estimator=loss_cfg.kl_estimator,
+        x,
+        y,
+        mask,
+        out,
+        alpha=loss_cfg.alpha,
+        beta=loss_cfg.beta,
+        epoch=epoch,
+        anneal_epochs=loss_cfg.anneal_epochs,
+        n_frames=n_frames,
+        estimator=loss_cfg.kl_estimator,
     )
     optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()
@@ -171,7 +187,7 @@ def train_step(
 class _Trainer:
     """State of one run; ``fit`` drives it."""
 
-    def __init__(self, model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir):  # noqa: ANN001
+    def __init__(self, model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir):
         self.loss_cfg, self.cfg, self.run_dir = loss_cfg, train_cfg, Path(run_dir)
         self.device = resolve_device(train_cfg.device)
         self.precision = resolve_precision(train_cfg.precision, self.device)
@@ -194,12 +210,22 @@ class _Trainer:
         pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
         self.train_rows_idx = self.data.splits["train"][torch.from_numpy(np.sort(pick)).to(self.device)]
         self.epoch, self.best_loss, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
-        self.fingerprint = json.dumps({
-            "model": asdict(model_cfg), "loss": asdict(loss_cfg),
-            "train": {k: getattr(train_cfg, k) for k in ("batch_size", "learning_rate", "weight_decay", "model_seed")},
-            "data": {"frames": len(self.data.frames), "frame_shape": list(session.frame_shape),
-                     "labels": list(session.label_names), **{k: len(v) for k, v in self.data.splits.items()}},
-        }, sort_keys=True)
+        self.fingerprint = json.dumps(
+            {
+                "model": asdict(model_cfg),
+                "loss": asdict(loss_cfg),
+                "train": {
+                    k: getattr(train_cfg, k) for k in ("batch_size", "learning_rate", "weight_decay", "model_seed")
+                },
+                "data": {
+                    "frames": len(self.data.frames),
+                    "frame_shape": list(session.frame_shape),
+                    "labels": list(session.label_names),
+                    **{k: len(v) for k, v in self.data.splits.items()},
+                },
+            },
+            sort_keys=True,
+        )
         torch.manual_seed(train_cfg.model_seed)
 
     def state(self) -> dict:
@@ -238,8 +264,12 @@ class _Trainer:
         if stored is None or stored == self.fingerprint:
             return
         old, new = json.loads(stored), json.loads(self.fingerprint)
-        differ = [f"{section}.{key}" for section in new for key in sorted(set(old.get(section, {})) | set(new[section]))
-                  if old.get(section, {}).get(key) != new[section].get(key)]
+        differ = [
+            f"{section}.{key}"
+            for section in new
+            for key in sorted(set(old.get(section, {})) | set(new[section]))
+            if old.get(section, {}).get(key) != new[section].get(key)
+        ]
         raise TrainingError(
             f"{self.run_dir} holds a run of another configuration ({', '.join(differ)} differ); "
             "give a new --out folder, or remove that one to start again"
@@ -262,8 +292,13 @@ class _Trainer:
                 raise KeyboardInterrupt(f"stopped during epoch {self.epoch}; {self.run_dir / 'last.pt'} resumes it")
             batch = self.data.batch(train_idx[perm[b * size : (b + 1) * size]], self.channels_last)
             total += train_step(
-                self.step_model, self.optimizer, *batch, self.loss_cfg,
-                epoch=self.epoch, n_frames=len(train_idx), precision=self.precision,
+                self.step_model,
+                self.optimizer,
+                *batch,
+                self.loss_cfg,
+                epoch=self.epoch,
+                n_frames=len(train_idx),
+                precision=self.precision,
             )
         mean = float(total) / max(n_batches, 1)
         if not np.isfinite(mean):
@@ -276,9 +311,14 @@ class _Trainer:
 
     def evaluate(self, idx: Tensor, epoch: float | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         return evaluate(
-            self.model, self.data, idx, self.loss_cfg,
-            epoch=self.epoch if epoch is None else epoch, batch_size=self.cfg.eval_batch_size,
-            channels_last=self.channels_last, seed=self.cfg.model_seed,
+            self.model,
+            self.data,
+            idx,
+            self.loss_cfg,
+            epoch=self.epoch if epoch is None else epoch,
+            batch_size=self.cfg.eval_batch_size,
+            channels_last=self.channels_last,
+            seed=self.cfg.model_seed,
         )
 
     def annealed(self, epoch: int) -> bool:
@@ -392,7 +432,7 @@ def _finish(t: _Trainer, seconds: float, resumed_from: int) -> FitResult:
     return result
 
 
-def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_labels: int, device="cpu") -> PSVAE:  # noqa: ANN001
+def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_labels: int, device="cpu") -> PSVAE:
     """The best model of a run folder, in eval mode."""
     path = Path(run_dir) / "best.pt"
     if not path.exists():

@@ -17,9 +17,9 @@ Images are written with Pillow (PNG) and movies with PyAV's own FFmpeg (H.264, y
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -115,14 +115,22 @@ class TraversalGrid:
 
 
 def traversal_grid(
-    model: PSVAE, base_mu: np.ndarray, original: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-    names: Sequence[str], n_steps: int = GRID_STEPS,
+    model: PSVAE,
+    base_mu: np.ndarray,
+    original: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    names: Sequence[str],
+    n_steps: int = GRID_STEPS,
 ) -> TraversalGrid:
     """Sweep every dim of ``base_mu`` (K,) in ``n_steps`` from lower to upper; ``original`` (C, H, W) in [0, 1]."""
     z = sweep_latents(base_mu, lower, upper, np.linspace(0.0, 1.0, n_steps))
     return TraversalGrid(
-        names=tuple(names), values=z[np.arange(len(base_mu)), :, np.arange(len(base_mu))],
-        frames=decode(model, z), base=decode(model, base_mu[None])[0], original=np.asarray(original, np.float32),
+        names=tuple(names),
+        values=z[np.arange(len(base_mu)), :, np.arange(len(base_mu))],
+        frames=decode(model, z),
+        base=decode(model, base_mu[None])[0],
+        original=np.asarray(original, np.float32),
     )
 
 
@@ -202,8 +210,14 @@ def movie_layout(n_panels: int, tile_shape: tuple[int, int], scale: int) -> tupl
 
 
 def movie_frames(
-    model: PSVAE, bases: np.ndarray, lower: np.ndarray, upper: np.ndarray, names: Sequence[str],
-    n_steps: int = MOVIE_STEPS, n_blank: int = 10, scale: int | None = None,
+    model: PSVAE,
+    bases: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    names: Sequence[str],
+    n_steps: int = MOVIE_STEPS,
+    n_blank: int = 10,
+    scale: int | None = None,
 ) -> np.ndarray:
     """Frames of a traversal movie: one panel per dim, all dims swept together, base after base.
 
@@ -286,11 +300,17 @@ def load_run(run_dir: str | Path, session: Session, device: str | torch.device =
     latents = load_latents(run_dir)
     mu, split = latents["mu"], latents["split"]
     if len(mu) != session.n_frames:
-        raise ConfigError(f"{run_dir} holds latents of {len(mu)} frames but {session.path} has {session.n_frames}; give its own data file")
+        raise ConfigError(
+            f"{run_dir} holds latents of {len(mu)} frames but {session.path} has {session.n_frames}; "
+            "give its own data file"
+        )
     train = split == SPLIT_CODES["train"]
     lower, upper = traversal_ranges(
-        mu[train], session.labels[train], session.masks[train],
-        model.label_scale.detach().cpu().numpy(), model.label_bias.detach().cpu().numpy(),
+        mu[train],
+        session.labels[train],
+        session.masks[train],
+        model.label_scale.detach().cpu().numpy(),
+        model.label_bias.detach().cpu().numpy(),
     )
     return RunTraversals(model, mu, split, lower, upper, dim_names(session.label_names, model.n_unsup))
 
@@ -309,22 +329,33 @@ def _check_frames(frames: Sequence[int], n_frames: int, n_steps: int) -> None:
         raise ConfigError(f"--steps {n_steps}: a sweep needs at least 2 steps")
 
 
-def write_traversal_png(run: RunTraversals, session: Session, path: str | Path, frame: int | None = None, n_steps: int = GRID_STEPS) -> Path:
+def write_traversal_png(
+    run: RunTraversals, session: Session, path: str | Path, frame: int | None = None, n_steps: int = GRID_STEPS
+) -> Path:
     """The traversal grid of one base frame (default: a validation frame) as PNG."""
     frame = default_base_frames(run.split, 1)[0] if frame is None else frame
     _check_frames([frame], session.n_frames, n_steps)
-    grid = traversal_grid(run.model, run.mu[frame], session.images[frame] / 255.0, run.lower, run.upper, run.names, n_steps)
+    grid = traversal_grid(
+        run.model, run.mu[frame], session.images[frame] / 255.0, run.lower, run.upper, run.names, n_steps
+    )
     grid_image(grid).save(path)
     return Path(path)
 
 
 def write_traversal_movie(
-    run: RunTraversals, session: Session, path: str | Path, frames: Sequence[int] | None = None,
-    n_steps: int = MOVIE_STEPS, fps: int = FPS, n_blank: int = 10,
+    run: RunTraversals,
+    session: Session,
+    path: str | Path,
+    frames: Sequence[int] | None = None,
+    n_steps: int = MOVIE_STEPS,
+    fps: int = FPS,
+    n_blank: int = 10,
 ) -> Path:
     """The traversal movie of a few base frames (default: 3 validation frames) as MP4."""
     frames = default_base_frames(run.split, MOVIE_BASES) if frames is None else list(frames)
     _check_frames(frames, session.n_frames, n_steps)
     if fps < 1:
         raise ConfigError(f"--fps {fps}: give 1 or more frames per second")
-    return write_mp4(movie_frames(run.model, run.mu[frames], run.lower, run.upper, run.names, n_steps, n_blank), path, fps)
+    return write_mp4(
+        movie_frames(run.model, run.mu[frames], run.lower, run.upper, run.names, n_steps, n_blank), path, fps
+    )

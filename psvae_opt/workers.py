@@ -20,8 +20,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import optuna
 import sqlalchemy
@@ -41,7 +41,7 @@ class StopFlag:
         self.event = threading.Event()
 
     def install(self) -> None:
-        def handler(signum: int, _frame) -> None:  # noqa: ANN001
+        def handler(signum: int, _frame) -> None:
             log.warning("worker %d got %s: stopping after the current batch", os.getpid(), signal.Signals(signum).name)
             self.event.set()
 
@@ -55,7 +55,9 @@ class StopFlag:
 class Heartbeat:
     """Stamps a running trial every interval; notices when the trial was failed as stale."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float, on_lost: Callable[[], None]):
+    def __init__(
+        self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float, on_lost: Callable[[], None]
+    ):
         self.storage, self.trial_id, self.interval, self.on_lost = storage, trial_id, interval, on_lost
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
@@ -68,10 +70,10 @@ class Heartbeat:
                     self.on_lost()
                     return
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception as exc:  # noqa: BLE001 - a database outage: try again next beat
+            except Exception as exc:
                 log.warning("heartbeat of trial id %d failed: %s", self.trial_id, str(exc).splitlines()[0])
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.thread.start()  # the first stamp came with the pop (pop_waiting)
         return self
 
@@ -83,11 +85,11 @@ class Heartbeat:
 def pop_waiting(study: optuna.Study) -> int | None:
     """Atomically take one WAITING trial (compare-and-set to RUNNING) and stamp its first
     heartbeat at once, so that it is never RUNNING unwatched; None when none is left."""
-    storage, study_id = study._storage, study._study_id  # noqa: SLF001 - optuna exposes no public pop
+    storage, study_id = study._storage, study._study_id
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
-                trial_id = trial._trial_id  # noqa: SLF001
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                trial_id = trial._trial_id
                 with_retries(lambda t=trial_id: storage.record_heartbeat(t), what="stamping a trial")
                 return trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -102,7 +104,7 @@ def requeue_unwatched(study: optuna.Study, older_than: float) -> list[int]:
     Optuna's stale-trial check skips trials without a heartbeat, so without this such a
     trial would stay RUNNING forever and its stage would never end.
     """
-    storage = study._storage  # noqa: SLF001
+    storage = study._storage
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
@@ -111,8 +113,10 @@ def requeue_unwatched(study: optuna.Study, older_than: float) -> list[int]:
         stamped = {row[0] for row in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
     now = datetime.datetime.now()  # datetime_start is the worker's local time: run workers with TZ=UTC
     orphans = [
-        t._trial_id for t in running  # noqa: SLF001
-        if t._trial_id not in stamped and t.datetime_start is not None  # noqa: SLF001
+        t._trial_id
+        for t in running
+        if t._trial_id not in stamped
+        and t.datetime_start is not None
         and (now - t.datetime_start).total_seconds() > older_than
     ]
     for trial_id in orphans:
@@ -123,7 +127,7 @@ def requeue_unwatched(study: optuna.Study, older_than: float) -> list[int]:
 
 def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
     """Fail a trial and queue a retry that resumes from its checkpoint (as for a dead worker)."""
-    storage = study._storage  # noqa: SLF001
+    storage = study._storage
     storage.set_trial_user_attr(trial_id, "error", reason)
     if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, storage.get_trial(trial_id))
@@ -153,7 +157,7 @@ def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFla
     """Train one popped trial under a heartbeat and record how it ended."""
     lost = threading.Event()
     ctx.should_stop = lambda: stop() or lost.is_set()
-    storage = study._storage  # noqa: SLF001
+    storage = study._storage
     trial = with_retries(lambda: optuna.Trial(study, trial_id), what="opening a trial")
     first = original_number(with_retries(lambda: storage.get_trial(trial_id), what="reading a trial"))
     with Heartbeat(storage, trial_id, interval, lost.set):
@@ -167,9 +171,11 @@ def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFla
             return TrialState.FAIL
         except TRANSIENT + (StorageError,) as exc:  # the database, not the trial, failed: run it again
             log.error("trial %d lost the database (%s); re-queueing it", trial.number, str(exc).splitlines()[0])
-            with_retries(lambda: requeue(study, trial_id, "the database was unreachable; re-queued"), what="re-queueing a trial")
+            with_retries(
+                lambda: requeue(study, trial_id, "the database was unreachable; re-queued"), what="re-queueing a trial"
+            )
             return TrialState.FAIL
-        except Exception as exc:  # noqa: BLE001 - the trial fails, the worker goes on
+        except Exception as exc:
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PsvaeError) else str(exc)
             log.error("trial %d failed: %s", trial.number, message)
             with_retries(lambda: storage.set_trial_user_attr(trial_id, "error", message), what="recording an error")
@@ -204,15 +210,28 @@ def run_worker(study: optuna.Study, ctx: TrialContext, stop: StopFlag | None = N
     return done
 
 
-def worker_command(config: str, overrides: Sequence[str], stage: int, storage: str, extra: Sequence[str] = ()) -> list[str]:
+def worker_command(
+    config: str, overrides: Sequence[str], stage: int, storage: str, extra: Sequence[str] = ()
+) -> list[str]:
     """The ``psvae-opt worker`` command line for a local worker process."""
     sets = [a for o in overrides for a in ("--set", o)]
-    return [sys.executable, "-m", "psvae_opt.cli", "worker", "--config", config, *sets, "--stage", str(stage), "--storage", storage, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "psvae_opt.cli",
+        "worker",
+        "--config",
+        config,
+        *sets,
+        "--stage",
+        str(stage),
+        "--storage",
+        storage,
+        *extra,
+    ]
 
 
-def launch_local(
-    command: list[str], n_workers: int, gpus: Sequence[str], study: optuna.Study, log_dir: Path
-) -> int:
+def launch_local(command: list[str], n_workers: int, gpus: Sequence[str], study: optuna.Study, log_dir: Path) -> int:
     """Start ``n_workers`` worker processes (round-robin over ``gpus``, CPU when none) and wait.
 
     A worker that dies while trials remain is replaced (at most ``2 n_workers`` times), so a
@@ -263,7 +282,7 @@ def launch_local(
     return failures
 
 
-def _interrupt(signum: int, _frame) -> None:  # noqa: ANN001
+def _interrupt(signum: int, _frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -283,7 +302,7 @@ class StageProgress:
         self.last = time.monotonic()
         try:
             trials = self.study.get_trials(deepcopy=False)
-        except Exception:  # noqa: BLE001 - progress is cosmetic; a database hiccup is not fatal
+        except Exception:
             return
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         running = [t for t in trials if t.state == TrialState.RUNNING]

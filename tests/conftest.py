@@ -28,8 +28,15 @@ def tiny_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(tiny_h5: Path) -> Config:
     return load_config(
         None,
-        [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=3",
-         "train.batch_size=16", "loss.anneal_epochs=1", "train.learning_rate=1e-3"],
+        [
+            f"data.path={tiny_h5}",
+            "data.split=3;1;1;0",
+            *TINY_MODEL,
+            "train.max_epochs=3",
+            "train.batch_size=16",
+            "loss.anneal_epochs=1",
+            "train.learning_rate=1e-3",
+        ],
     )
 
 
@@ -39,7 +46,7 @@ class CliResult:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture):  # noqa: ANN201
+def cli(capsys: pytest.CaptureFixture):
     """Run ``psvae-opt ARGS`` in-process; returns exit code, stdout and stderr."""
 
     def run(*args: str) -> CliResult:
@@ -60,12 +67,12 @@ def one_line_error(result: CliResult) -> str:
     return lines[0]
 
 
-def random_frames(n: int, shape=(1, 32, 32), seed: int = 0) -> np.ndarray:  # noqa: ANN001
+def random_frames(n: int, shape=(1, 32, 32), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
 
 
 @pytest.fixture(scope="session")
-def postgres():  # noqa: ANN201
+def postgres():
     """A PostgreSQL server for the whole test session (skipped only outside CI when missing)."""
     from tests.pgserver import PostgresServer, find_bin
 

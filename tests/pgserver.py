@@ -43,14 +43,38 @@ class PostgresServer:
             shutil.chown(self.root, "postgres")
             shutil.chown(self.sockets, "postgres")
         subprocess.run(
-            [*self.as_user, self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-            check=True, capture_output=True,
+            [
+                *self.as_user,
+                self.initdb,
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
         )
         self.start()
         subprocess.run(
-            [*self.as_user, find_bin("psql") or "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-             "-c", "CREATE DATABASE psvae"],
-            check=True, capture_output=True,
+            [
+                *self.as_user,
+                find_bin("psql") or "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE psvae",
+            ],
+            check=True,
+            capture_output=True,
         )
 
     @property
@@ -59,9 +83,24 @@ class PostgresServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*self.as_user, self.postgres, "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.sockets), "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=(self.root / "server.log").open("a"),
+            [
+                *self.as_user,
+                self.postgres,
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.sockets),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "server.log").open("a"),
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

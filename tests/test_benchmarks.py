@@ -12,7 +12,7 @@ import torch
 from psvae_opt.devices import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import train_throughput  # noqa: E402
+import train_throughput
 
 
 def test_the_benchmark_reports_the_paper_model_and_a_rate(capsys: pytest.CaptureFixture):

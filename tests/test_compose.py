@@ -24,7 +24,9 @@ def compose() -> dict:
     import yaml
 
     env = dict(os.environ, POSTGRES_PASSWORD="from-the-environment")
-    out = subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)  # the file as compose resolved it (anchors, variables)
 
@@ -33,10 +35,18 @@ def test_the_compose_file_validates_and_needs_a_password():
     if not shutil.which("docker-compose"):
         pytest.skip("docker-compose is not installed")
     env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
-    out = subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0 and "set POSTGRES_PASSWORD" in out.stderr
     env["POSTGRES_PASSWORD"] = "x"
-    assert subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"], env=env).returncode == 0
+    assert (
+        subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"], env=env).returncode
+        == 0
+    )
 
 
 def _psvae_commands(service: dict) -> list[list[str]]:

@@ -25,7 +25,7 @@ def test_defaults_are_behavenets_architecture_and_the_guides_grids():
 
 
 def test_dump_then_load_gives_the_same_config(tmp_path: Path):
-    cfg = load_config(None, ["model.n_unsup=3", "loss.alpha=50", "data.path=x y/\"q\".h5", "stage1.n_unsup=[2, 4]"])
+    cfg = load_config(None, ["model.n_unsup=3", "loss.alpha=50", 'data.path=x y/"q".h5', "stage1.n_unsup=[2, 4]"])
     path = tmp_path / "c.toml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
@@ -55,13 +55,13 @@ def test_unknown_section_is_refused(tmp_path: Path):
     [
         ("train.max_epochs=ten", r"train.max_epochs: expected int, got str 'ten'"),
         ("train.max_epochs=2.5", r"train.max_epochs: expected int, got float 2.5"),
-        ("model.channels=[8, \"x\"]", r"model.channels\[1\]: expected int, got str"),
+        ('model.channels=[8, "x"]', r"model.channels\[1\]: expected int, got str"),
         ("model.channels=8", r"model.channels: expected a list of int, got int 8"),
         ("train.deterministic=1", r"train.deterministic: expected bool, got int 1"),
         ("model.strides=[2, 2]", r"model.strides: has 2 entries but model.channels has 5"),
-        ("loss.kl_estimator=\"exact\"", r"loss.kl_estimator: 'exact' is not one of mss, mws"),
-        ("data.split=\"8;1\"", r"data.split: '8;1' is not 'train;val;test;gap'"),
-        ("stage1.sampler=\"random\"", r"stage1.sampler: 'random' is not one of grid, tpe, nsga2"),
+        ('loss.kl_estimator="exact"', r"loss.kl_estimator: 'exact' is not one of mss, mws"),
+        ('data.split="8;1"', r"data.split: '8;1' is not 'train;val;test;gap'"),
+        ('stage1.sampler="random"', r"stage1.sampler: 'random' is not one of grid, tpe, nsga2"),
         ("train.model_seed=-1", r"train.model_seed: must be >= 0"),
         ("data.data_seed=-2", r"data.data_seed: must be >= 0"),
         ("stage1.model_seed=-1", r"stage1.model_seed: must be >= 0"),

@@ -33,14 +33,14 @@ def storage(tmp_path: Path) -> optuna.storages.RDBStorage:
     return open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
 
 
-def stage2(storage, name: str = "t-stage2") -> optuna.Study:  # noqa: ANN001
+def stage2(storage, name: str = "t-stage2") -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"])
     study.set_user_attr("stage", 2)
     study.set_user_attr("n_unsup", 3)
     return study
 
 
-def running_trial(study: optuna.Study, beta: float, seed: int, **attrs) -> optuna.Trial:  # noqa: ANN003
+def running_trial(study: optuna.Study, beta: float, seed: int, **attrs) -> optuna.Trial:
     study.enqueue_trial({"beta": beta, "seed": seed})  # as the stage-2 grid is queued
     trial = study.ask()
     trial.suggest_categorical("beta", [1.0, 5.0])
@@ -50,9 +50,9 @@ def running_trial(study: optuna.Study, beta: float, seed: int, **attrs) -> optun
     return trial
 
 
-def test_the_rating_form_is_registered_once_with_three_user_attribute_widgets(storage):  # noqa: ANN001
+def test_the_rating_form_is_registered_once_with_three_user_attribute_widgets(storage):
     rating = ratings.open_rating_study(storage, stage2(storage), n_unsup=3)
-    form = storage.get_study_system_attrs(rating._study_id)[ratings.FORM_KEY]  # noqa: SLF001
+    form = storage.get_study_system_attrs(rating._study_id)[ratings.FORM_KEY]
     assert rating.study_name == "t-stage2-rating" and form["output_type"] == "user_attr"
     assert [w["user_attr_key"] for w in form["widgets"]] == list(ratings.RATING_ATTRS)
     slider, choice, note = form["widgets"]
@@ -61,10 +61,10 @@ def test_the_rating_form_is_registered_once_with_three_user_attribute_widgets(st
     assert choice["choices"] == ["yes", "partly", "no"] and choice["values"] == [1.0, 0.5, 0.0]
     assert note["type"] == "text" and note["optional"] is True
     again = ratings.open_rating_study(storage, optuna.load_study(study_name="t-stage2", storage=storage), n_unsup=3)
-    assert again._study_id == rating._study_id  # noqa: SLF001
+    assert again._study_id == rating._study_id
 
 
-def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, tmp_path: Path):  # noqa: ANN001
+def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, tmp_path: Path):
     study = stage2(storage)
     rating = ratings.open_rating_study(storage, study, n_unsup=3)
     store = dashboard.open_store(tmp_path / "artifacts")
@@ -84,13 +84,16 @@ def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, 
     assert [t.user_attrs[ratings.TWIN_OF] for t in twins] == [0, 1]
     assert twins[1].user_attrs["train_zu_corr"] == pytest.approx(0.2) and twins[1].user_attrs["run_dir"] == "r1"
     metas = optuna.artifacts.get_all_artifact_meta(twins[0], storage=storage)
-    assert sorted((m.filename, m.mimetype) for m in metas) == [("traversal.mp4", "video/mp4"), ("traversal.png", "image/png")]
+    assert sorted((m.filename, m.mimetype) for m in metas) == [
+        ("traversal.mp4", "video/mp4"),
+        ("traversal.png", "image/png"),
+    ]
     stored = {m.filename: (tmp_path / "artifacts" / m.artifact_id).read_bytes() for m in metas}
     assert stored["traversal.png"] == files[0].read_bytes()
     assert ratings.ratings_by_trial(study) == {}
     # what the dashboard's form posts: the twin's user attributes
-    storage.set_trial_user_attr(twins[1]._trial_id, ratings.SINGLE_FEATURE, 2)  # noqa: SLF001
-    storage.set_trial_user_attr(twins[1]._trial_id, ratings.NOTE, "z_u0 jaw, z_u1 chest")  # noqa: SLF001
+    storage.set_trial_user_attr(twins[1]._trial_id, ratings.SINGLE_FEATURE, 2)
+    storage.set_trial_user_attr(twins[1]._trial_id, ratings.NOTE, "z_u0 jaw, z_u1 chest")
     assert ratings.ratings_by_trial(study) == {1: {ratings.SINGLE_FEATURE: 2, ratings.NOTE: "z_u0 jaw, z_u1 chest"}}
     export_stage(study, 2, tmp_path / "export")
     with (tmp_path / "export" / "ratings.csv").open() as fh:
@@ -102,17 +105,22 @@ def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, 
     assert front[0][ratings.SINGLE_FEATURE] is None
 
 
-def test_stage1_exports_carry_no_rating_columns(storage, tmp_path: Path):  # noqa: ANN001
+def test_stage1_exports_carry_no_rating_columns(storage, tmp_path: Path):
     study = optuna.create_study(storage=storage, study_name="t-stage1", directions=["minimize", "minimize"])
-    study.add_trial(create_trial(params={"alpha": 50.0, "n_unsup": 2}, values=[0.1, 0.2],
-                                 distributions={"alpha": CategoricalDistribution([50.0]), "n_unsup": CategoricalDistribution([2])}))
+    study.add_trial(
+        create_trial(
+            params={"alpha": 50.0, "n_unsup": 2},
+            values=[0.1, 0.2],
+            distributions={"alpha": CategoricalDistribution([50.0]), "n_unsup": CategoricalDistribution([2])},
+        )
+    )
     export_stage(study, 1, tmp_path)
     with (tmp_path / "pareto.csv").open() as fh:
         header = next(csv.reader(fh))
     assert not [c for c in header if c.startswith("rating_")] and not (tmp_path / "ratings.csv").exists()
 
 
-def test_the_artifact_folder_is_recorded_once_and_found_again(storage, tmp_path: Path, monkeypatch):  # noqa: ANN001
+def test_the_artifact_folder_is_recorded_once_and_found_again(storage, tmp_path: Path, monkeypatch):
     monkeypatch.delenv(dashboard.ARTIFACT_ENV, raising=False)
     study = stage2(storage)
     cfg = load_config(None, [f"study.runs_dir={tmp_path / 'runs'}"])
@@ -125,20 +133,30 @@ def test_the_artifact_folder_is_recorded_once_and_found_again(storage, tmp_path:
     assert dashboard.artifact_dir([study], cfg) == tmp_path / "mounted"
 
 
-def test_the_search_summary_is_saved_on_the_study(storage):  # noqa: ANN001
+def test_the_search_summary_is_saved_on_the_study(storage):
     study = stage2(storage)
     for seed in (0, 1):
-        study.add_trial(create_trial(params={"beta": 1.0, "seed": seed}, distributions=DISTS, values=[0.5, 0.1],
-                                     user_attrs={"val_pixel_mse": 0.1 + seed, "train_zu_corr": 0.5}))
+        study.add_trial(
+            create_trial(
+                params={"beta": 1.0, "seed": seed},
+                distributions=DISTS,
+                values=[0.5, 0.1],
+                user_attrs={"val_pixel_mse": 0.1 + seed, "train_zu_corr": 0.5},
+            )
+        )
     save_search_summary(study, 2)
-    attrs = storage.get_study_system_attrs(study._study_id)  # noqa: SLF001
+    attrs = storage.get_study_system_attrs(study._study_id)
     key = "dashboard:plot_data:search-summary-stage2:"
     figure = json.loads("".join(attrs[f"{key}{i}"] for i in range(len([k for k in attrs if k.startswith(key)]))))
     pixel = next(t for t in figure["data"] if t["yaxis"] == "y")  # first panel: val_pixel_mse
-    assert pixel["x"] == [1.0] and pixel["y"] == [pytest.approx(0.6)] and pixel["error_y"]["array"] == [pytest.approx(0.70710678)]
+    assert (
+        pixel["x"] == [1.0]
+        and pixel["y"] == [pytest.approx(0.6)]
+        and pixel["error_y"]["array"] == [pytest.approx(0.70710678)]
+    )
 
 
-def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Path, caplog, tiny_h5: Path):  # noqa: ANN001
+def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Path, caplog, tiny_h5: Path):
     from psvae_opt.data import load_session
     from psvae_opt.trainer import FitResult
 
@@ -154,7 +172,7 @@ def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5: Path, tmp_path: Path, cli):
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5, betas=(1.0,))
     r = cli("stage2", "--config", config, "--storage", url, "--workers", "1", "--seeds", "2", "--alpha", "100")
@@ -171,7 +189,10 @@ def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5
         assert stored.read_bytes() == (Path(t.user_attrs["run_dir"]) / "diagnostics" / "traversal.png").read_bytes()
     twins = optuna.load_study(study_name="t-stage2-rating", storage=storage).trials
     assert sorted(t.user_attrs["stage2_trial"] for t in twins) == [0, 1]
-    assert any(k.startswith("dashboard:plot_data:search-summary-stage2:") for k in storage.get_study_system_attrs(study._study_id))  # noqa: SLF001
+    assert any(
+        k.startswith("dashboard:plot_data:search-summary-stage2:")
+        for k in storage.get_study_system_attrs(study._study_id)
+    )
     out = tmp_path / "report"
     common = ("--config", config, "--storage", url, "--stage", "2", "--out", out)
     assert cli("report", "summary", *common).code == 0
@@ -187,11 +208,13 @@ def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5
     assert cli("report", "movie", *common, "--trial", "0", "--frames", "1,2", "--steps", "4", "--fps", "10").code == 0
     with av.open(str(out / "trial_0000_traversal.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 2 * 7 + 10
-    assert "--trial 7: study 't-stage2' has no such trial" in one_line_error(cli("report", "curves", *common, "--trial", "7"))
+    assert "--trial 7: study 't-stage2' has no such trial" in one_line_error(
+        cli("report", "curves", *common, "--trial", "7")
+    )
     assert "'paw' is not a label" in one_line_error(cli("report", "labels", *common, "--labels", "paw"))
 
 
-def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(tmp_path: Path, tiny_h5: Path, cli):  # noqa: ANN001
+def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(tmp_path: Path, tiny_h5: Path, cli):
     import socket
 
     from psvae_opt.cli import build_parser
@@ -207,5 +230,7 @@ def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(t
     assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(r)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = cli("dashboard", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--artifacts", blocker / "art")
+    r = cli(
+        "dashboard", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--artifacts", blocker / "art"
+    )
     assert f"--artifacts {blocker / 'art'}: cannot create the artifact folder" in one_line_error(r)

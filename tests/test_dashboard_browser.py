@@ -29,8 +29,16 @@ from tests.test_search import REPO, study_file
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 OUTPUT = REPO / "test-output"
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1400,1800")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1800",
+)
 
 
 def _require_browser() -> tuple[str, str]:
@@ -48,7 +56,7 @@ def _require_browser() -> tuple[str, str]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path):  # noqa: ANN201
+def browser(tmp_path: Path):
     chromium, driver = _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -64,7 +72,7 @@ def browser(tmp_path: Path):  # noqa: ANN201
 
 
 @pytest.fixture
-def searched(tiny_h5: Path, tmp_path: Path, cli) -> tuple[Path, str]:  # noqa: ANN001
+def searched(tiny_h5: Path, tmp_path: Path, cli) -> tuple[Path, str]:
     """A finished tiny stage 1 (one trial) and stage 2 (one beta, two seeds)."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5, alphas=(100.0,), n_unsup=(2,), betas=(1.0,))
@@ -75,13 +83,27 @@ def searched(tiny_h5: Path, tmp_path: Path, cli) -> tuple[Path, str]:  # noqa: A
 
 
 @pytest.fixture
-def server(searched: tuple[Path, str], tmp_path: Path):  # noqa: ANN201
+def server(searched: tuple[Path, str], tmp_path: Path):
     config, url = searched
     port = free_port()
     log = (tmp_path / "dashboard.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "psvae_opt.cli", "dashboard", "--config", str(config), "--storage", url, "--port", str(port)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, TZ="UTC"),
+        [
+            sys.executable,
+            "-m",
+            "psvae_opt.cli",
+            "dashboard",
+            "--config",
+            str(config),
+            "--storage",
+            url,
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TZ="UTC"),
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -98,7 +120,7 @@ def server(searched: tuple[Path, str], tmp_path: Path):  # noqa: ANN201
     log.close()
 
 
-def _wait_text(browser, *texts: str, timeout: float = 30) -> str:  # noqa: ANN001
+def _wait_text(browser, *texts: str, timeout: float = 30) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -106,31 +128,36 @@ def _wait_text(browser, *texts: str, timeout: float = 30) -> str:  # noqa: ANN00
     return browser.find_element(By.TAG_NAME, "body").text
 
 
-def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, server: str, searched, tmp_path: Path, cli):  # noqa: ANN001
+def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, server: str, searched, tmp_path: Path, cli):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     config, url = searched
     storage = open_storage(url, heartbeat=False)
-    stage1, stage2, rating = (optuna.load_study(study_name=n, storage=storage) for n in ("t-stage1", "t-stage2", "t-stage2-rating"))
+    stage1, stage2, rating = (
+        optuna.load_study(study_name=n, storage=storage) for n in ("t-stage1", "t-stage2", "t-stage2-rating")
+    )
     OUTPUT.mkdir(exist_ok=True)
 
     browser.get(f"{server}/dashboard")
     _wait_text(browser, "t-stage1", "t-stage2", "t-stage2-rating")
-    browser.get(f"{server}/dashboard/studies/{stage1._study_id}")  # noqa: SLF001
+    browser.get(f"{server}/dashboard/studies/{stage1._study_id}")
     _wait_text(browser, "pixel_mse", "label_mse", "t-stage1: search summary")
-    browser.get(f"{server}/dashboard/studies/{stage2._study_id}")  # noqa: SLF001
+    browser.get(f"{server}/dashboard/studies/{stage2._study_id}")
     _wait_text(browser, "zu_corr", "pixel_mse", "t-stage2: search summary", "train_zu_corr")
 
     # a stage-2 trial: its four artifacts, the image and the movie loaded by the browser
     trial = stage2.trials[0]
-    browser.get(f"{server}/dashboard/studies/{stage2._study_id}/trials?numbers=0")  # noqa: SLF001
+    browser.get(f"{server}/dashboard/studies/{stage2._study_id}/trials?numbers=0")
     _wait_text(browser, "curves.html", "labels.html", "traversal.png", "traversal.mp4", "t-stage2-rating")
     diagnostics = Path(trial.user_attrs["run_dir"]) / "diagnostics"
     png = browser.find_element(By.CSS_SELECTOR, "img[alt='traversal.png']")
     WebDriverWait(browser, 20).until(lambda d: d.execute_script("return arguments[0].naturalWidth", png) > 0)
-    assert browser.execute_script("return arguments[0].naturalWidth", png) == Image.open(diagnostics / "traversal.png").width
+    assert (
+        browser.execute_script("return arguments[0].naturalWidth", png)
+        == Image.open(diagnostics / "traversal.png").width
+    )
     with urllib.request.urlopen(png.get_attribute("src")) as response:
         assert response.read() == (diagnostics / "traversal.png").read_bytes()
     source = browser.find_element(By.CSS_SELECTOR, "video source")
@@ -146,9 +173,15 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
 
     # its rating twin: the form, filled in and submitted
     twin = next(t for t in rating.trials if t.user_attrs["stage2_trial"] == trial.number)
-    browser.get(f"{server}/dashboard/studies/{rating._study_id}/trials?numbers={twin.number}")  # noqa: SLF001
-    _wait_text(browser, "Set User Attributes Form", "show one single behavioural feature", "move only its own label",
-               "traversal.mp4", "traversal.png")
+    browser.get(f"{server}/dashboard/studies/{rating._study_id}/trials?numbers={twin.number}")
+    _wait_text(
+        browser,
+        "Set User Attributes Form",
+        "show one single behavioural feature",
+        "move only its own label",
+        "traversal.mp4",
+        "traversal.png",
+    )
     browser.find_element(By.CSS_SELECTOR, "input[type='range']").send_keys(Keys.ARROW_RIGHT)
     browser.find_element(By.XPATH, "//label[.//text()[normalize-space()='partly']]").click()
     browser.find_element(By.CSS_SELECTOR, "input[type='text']").send_keys("z_u0 jaw, z_u1 chest")
@@ -156,11 +189,15 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
     browser.save_screenshot(str(OUTPUT / "dashboard_rating.png"))
     browser.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
     deadline = time.monotonic() + 20
-    while "rating_note" not in storage.get_trial(twin._trial_id).user_attrs:  # noqa: SLF001
+    while "rating_note" not in storage.get_trial(twin._trial_id).user_attrs:
         assert time.monotonic() < deadline, "the rating never reached the database"
         time.sleep(0.3)
-    attrs = storage.get_trial(twin._trial_id).user_attrs  # noqa: SLF001
-    assert (attrs["rating_single_feature_dims"], attrs["rating_supervised_clean"], attrs["rating_note"]) == (1, 0.5, "z_u0 jaw, z_u1 chest")
+    attrs = storage.get_trial(twin._trial_id).user_attrs
+    assert (attrs["rating_single_feature_dims"], attrs["rating_supervised_clean"], attrs["rating_note"]) == (
+        1,
+        0.5,
+        "z_u0 jaw, z_u1 chest",
+    )
 
     r = cli("export", "--config", config, "--storage", url, "--stage", "2", "--out", tmp_path / "export")
     assert r.code == 0, r.err

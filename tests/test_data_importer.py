@@ -71,7 +71,7 @@ def eks64(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @needs_shared
-def test_real_video_with_longer_labels_is_refused_with_both_counts(tmp_path: Path, cli):  # noqa: ANN001
+def test_real_video_with_longer_labels_is_refused_with_both_counts(tmp_path: Path, cli):
     out = tmp_path / "eks.h5"
     line = one_line_error(
         cli("data", "import", "--video", VIDEO, "--labels", PREDICTIONS, "--out", out, "--size", "32")
@@ -82,7 +82,7 @@ def test_real_video_with_longer_labels_is_refused_with_both_counts(tmp_path: Pat
 
 
 @needs_shared
-def test_real_import_passes_data_check(eks64, cli):  # noqa: ANN001
+def test_real_import_passes_data_check(eks64, cli):
     out, printed = eks64
     assert (
         "1000 frames in 10 trials, 1x64x64" in printed
@@ -95,7 +95,7 @@ def test_real_import_passes_data_check(eks64, cli):  # noqa: ANN001
 
 
 @needs_shared
-def test_real_import_masks_exactly_the_low_likelihood_points(eks64):  # noqa: ANN001
+def test_real_import_masks_exactly_the_low_likelihood_points(eks64):
     s = load_session(eks64[0])
     likelihood = csv_values(PREDICTIONS)[:1000, 2::3]  # (1000, 8)
     assert s.n_frames == 1000 and s.n_labels == 16 and s.frame_shape == (1, 64, 64) and s.n_trials == 10
@@ -111,7 +111,7 @@ def test_real_import_masks_exactly_the_low_likelihood_points(eks64):  # noqa: AN
 
 
 @needs_shared
-def test_real_labels_map_back_to_the_csv_pixels(eks64):  # noqa: ANN001
+def test_real_labels_map_back_to_the_csv_pixels(eks64):
     s = load_session(eks64[0])
     values = csv_values(PREDICTIONS)[:1000]
     xy_csv = np.stack([values[:, 0::3], values[:, 1::3]], axis=-1)  # (1000, 8, 2)
@@ -127,7 +127,7 @@ def test_real_labels_map_back_to_the_csv_pixels(eks64):  # noqa: ANN001
 
 
 @needs_shared
-def test_real_labels_sit_on_the_paws_of_their_own_frame(eks64):  # noqa: ANN001
+def test_real_labels_sit_on_the_paws_of_their_own_frame(eks64):
     # the paws are the brightest structures (data README): the labels of frame t must be brighter
     # on frame t than on its neighbours, so frames and labels are neither shifted nor flipped
     s = load_session(eks64[0])
@@ -140,7 +140,7 @@ def test_real_labels_sit_on_the_paws_of_their_own_frame(eks64):  # noqa: ANN001
 
 
 @needs_shared
-def test_real_labeled_frames_import_with_nans_masked(tmp_path: Path, cli):  # noqa: ANN001
+def test_real_labeled_frames_import_with_nans_masked(tmp_path: Path, cli):
     out = tmp_path / "labeled.h5"
     r = cli(
         "data",
@@ -202,7 +202,7 @@ def small(tmp_path: Path) -> dict:
     }
 
 
-def _import(cli, small: dict, *extra: str):  # noqa: ANN001, ANN202
+def _import(cli, small: dict, *extra: str):
     return cli(
         "data",
         "import",
@@ -218,7 +218,7 @@ def _import(cli, small: dict, *extra: str):  # noqa: ANN001, ANN202
     )
 
 
-def test_trials_are_cut_with_the_last_short_one_kept(small: dict, cli):  # noqa: ANN001
+def test_trials_are_cut_with_the_last_short_one_kept(small: dict, cli):
     r = _import(cli, small, "--trial-length", "10")
     assert r.code == 0, r.err
     s = load_session(small["out"])
@@ -227,7 +227,7 @@ def test_trials_are_cut_with_the_last_short_one_kept(small: dict, cli):  # noqa:
     assert s.attrs["frame_rate"] == 50.0 and "23 frames in 3 trials, 1x16x16" in r.out
 
 
-def test_two_views_are_stacked_as_channels(small: dict, tmp_path: Path, cli):  # noqa: ANN001
+def test_two_views_are_stacked_as_channels(small: dict, tmp_path: Path, cli):
     bottom = moving_frames(23, 30, 30, seed=5)
     r = _import(cli, small, "--video", write_video(tmp_path / "bottom.avi", bottom))
     assert r.code == 0, r.err
@@ -237,7 +237,7 @@ def test_two_views_are_stacked_as_channels(small: dict, tmp_path: Path, cli):  #
     assert list(s.attrs["video_files"]) == ["side.avi", "bottom.avi"]
 
 
-def test_keypoints_flag_picks_and_orders(small: dict, cli):  # noqa: ANN001
+def test_keypoints_flag_picks_and_orders(small: dict, cli):
     assert _import(cli, small, "--keypoints", "paw,nose").code == 0
     s = load_session(small["out"])
     assert s.label_names == ("paw_x", "nose_x", "paw_y", "nose_y")
@@ -258,14 +258,14 @@ def test_the_threshold_masks_below_it_and_statistics_ignore_masked_entries(tmp_p
 # -- every malformed input: one line, exit code 1, nothing written ------------------------------
 
 
-def _expect_refusal(result, pattern: str, small: dict) -> None:  # noqa: ANN001
+def _expect_refusal(result, pattern: str, small: dict) -> None:
     line = one_line_error(result)
     assert result.code == 1
     assert re.search(pattern, line), line
     assert not small["out"].parent.exists() or leftovers(small["out"].parent) == []
 
 
-def test_frame_count_mismatch_gives_both_counts_unless_truncated(small: dict, tmp_path: Path, cli):  # noqa: ANN001
+def test_frame_count_mismatch_gives_both_counts_unless_truncated(small: dict, tmp_path: Path, cli):
     small["labels"] = write_dlc_csv(tmp_path / "long.csv", ["nose", "paw"], np.vstack([small["values"]] * 2))
     _expect_refusal(
         _import(cli, small), r"side.avi: the video has 23 frames but .*long.csv has 46 rows of labels", small
@@ -289,29 +289,29 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
-def test_bad_flags_are_refused(small: dict, cli, kind: str):  # noqa: ANN001
+def test_bad_flags_are_refused(small: dict, cli, kind: str):
     extra, pattern = MALFORMED[kind]
     _expect_refusal(_import(cli, small, *extra), pattern, small)
 
 
-def test_a_labels_file_of_no_known_format_is_refused(small: dict, cli):  # noqa: ANN001
+def test_a_labels_file_of_no_known_format_is_refused(small: dict, cli):
     small["labels"].write_text("frame,nose_x,nose_y\n0,1,2\n")
     _expect_refusal(
         _import(cli, small), r"side.csv: not a pose file of a known format \(known: .*SLEAP analysis HDF5", small
     )
 
 
-def test_a_missing_labels_file_is_refused(small: dict, cli):  # noqa: ANN001
+def test_a_missing_labels_file_is_refused(small: dict, cli):
     small["labels"].unlink()
     _expect_refusal(_import(cli, small), r"side.csv: labels file not found; check --labels", small)
 
 
-def test_an_unreadable_video_is_refused(small: dict, cli):  # noqa: ANN001
+def test_an_unreadable_video_is_refused(small: dict, cli):
     small["video"].write_bytes(b"\x00" * 1000)
     _expect_refusal(_import(cli, small), r"side.avi: cannot be read as a video", small)
 
 
-def test_views_of_different_lengths_are_refused(small: dict, tmp_path: Path, cli):  # noqa: ANN001
+def test_views_of_different_lengths_are_refused(small: dict, tmp_path: Path, cli):
     short = write_video(tmp_path / "bottom.avi", moving_frames(20))
     _expect_refusal(
         _import(cli, small, "--video", short, "--truncate"),
@@ -320,20 +320,20 @@ def test_views_of_different_lengths_are_refused(small: dict, tmp_path: Path, cli
     )
 
 
-def test_a_constant_label_cannot_be_z_scored(small: dict, cli):  # noqa: ANN001
+def test_a_constant_label_cannot_be_z_scored(small: dict, cli):
     small["values"][:, 3] = 7.0
     write_dlc_csv(small["labels"], ["nose", "paw"], small["values"])
     _expect_refusal(_import(cli, small), r"label paw_x is constant .*leave its keypoint out with --keypoints", small)
 
 
-def test_a_refused_import_leaves_an_existing_file_alone(small: dict, cli):  # noqa: ANN001
+def test_a_refused_import_leaves_an_existing_file_alone(small: dict, cli):
     small["out"].parent.mkdir()
     small["out"].write_bytes(b"previous")
     assert _import(cli, small, "--keypoints", "tail").code == 1
     assert small["out"].read_bytes() == b"previous" and leftovers(small["out"].parent) == ["s.h5"]
 
 
-def test_labeled_frames_whose_image_is_missing_are_refused(tmp_path: Path, cli):  # noqa: ANN001
+def test_labeled_frames_whose_image_is_missing_are_refused(tmp_path: Path, cli):
     (tmp_path / "labeled-data").mkdir()
     np.save(tmp_path / "unused.npy", np.zeros(1))
     labels = write_dlc_csv(
@@ -350,7 +350,7 @@ def test_labeled_frames_whose_image_is_missing_are_refused(tmp_path: Path, cli):
 
 @pytest.mark.slow
 @needs_shared
-def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, cli):  # noqa: ANN001
+def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, cli):
     import optuna
 
     from psvae_opt.storage import open_storage
@@ -379,7 +379,7 @@ def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, c
     assert "recommended alpha = " in r.out
 
 
-def test_an_output_path_that_is_a_folder_is_refused(small: dict, cli):  # noqa: ANN001
+def test_an_output_path_that_is_a_folder_is_refused(small: dict, cli):
     small["out"].parent.mkdir(parents=True, exist_ok=True)
     folder = small["out"].parent / "sessions"
     folder.mkdir()
@@ -389,7 +389,7 @@ def test_an_output_path_that_is_a_folder_is_refused(small: dict, cli):  # noqa: 
     assert list(folder.iterdir()) == []
 
 
-def test_views_with_one_file_name_in_two_folders_are_told_apart(small: dict, tmp_path: Path, cli):  # noqa: ANN001
+def test_views_with_one_file_name_in_two_folders_are_told_apart(small: dict, tmp_path: Path, cli):
     (tmp_path / "cam2").mkdir()
     short = write_video(tmp_path / "cam2" / "side.avi", moving_frames(20))
     _expect_refusal(

@@ -46,8 +46,11 @@ def test_a_behavenet_file_loads_unchanged(tmp_path: Path):
 def test_trials_are_ordered_by_number_not_by_text(tmp_path: Path):
     images, labels = good_trials(n_trials=3)
     rename = {"trial_0000": "trial_10", "trial_0001": "trial_9", "trial_0002": "trial_100"}
-    s = load_session(write_raw(tmp_path / "f.h5", {rename[k]: v for k, v in images.items()},
-                               {rename[k]: v for k, v in labels.items()}))
+    s = load_session(
+        write_raw(
+            tmp_path / "f.h5", {rename[k]: v for k, v in images.items()}, {rename[k]: v for k, v in labels.items()}
+        )
+    )
     assert s.trial_names == ("trial_9", "trial_10", "trial_100")
     np.testing.assert_array_equal(s.images[:5], images["trial_0001"])
 
@@ -70,8 +73,15 @@ def test_write_then_load_keeps_every_group(tmp_path: Path):
     masks = [np.ones((4, 2)) for _ in range(3)]
     masks[1][2, 0] = 0
     path = write_session(
-        tmp_path / "w.h5", imgs, labs, masks=masks, labels_sc=labs, factors=[np.ones((4, 3))] * 3,
-        factor_names=["a", "b", "c"], factor_labeled=[True, False, False], label_names=["x", "y"],
+        tmp_path / "w.h5",
+        imgs,
+        labs,
+        masks=masks,
+        labels_sc=labs,
+        factors=[np.ones((4, 3))] * 3,
+        factor_names=["a", "b", "c"],
+        factor_labeled=[True, False, False],
+        label_names=["x", "y"],
         attrs={"frame_rate": 250.0},
     )
     s = load_session(path)
@@ -145,7 +155,9 @@ def _malformed(tmp_path: Path, kind: str) -> Path:
 MALFORMED = {
     "no_images": r"no `images` group; the file needs groups `images` and `labels`",
     "no_labels": r"no `labels` group",
-    "trial_sets_differ": r"trials of `images` and `labels` differ \(only in images: trial_0001; only in labels: trial_0007\)",
+    "trial_sets_differ": (
+        r"trials of `images` and `labels` differ \(only in images: trial_0001; only in labels: trial_0007\)"
+    ),
     "lengths_differ": r"images/trial_0001 has 5 frames but labels/trial_0001 has 4; cut both to the same length",
     "nan_without_mask": r"labels/trial_0001 has 1 NaN or inf values and the file has no `labels_masks` group",
     "inf_where_valid": r"labels/trial_0001 has 1 NaN or inf values where labels_masks/trial_0001 is 1",
@@ -165,7 +177,7 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
-def test_malformed_input_is_refused_in_one_line(tmp_path: Path, cli, kind: str):  # noqa: ANN001
+def test_malformed_input_is_refused_in_one_line(tmp_path: Path, cli, kind: str):
     path = _malformed(tmp_path, kind)
     line = one_line_error(cli("data", "check", path))
     assert str(path) in line
@@ -191,7 +203,7 @@ def test_a_foreign_factors_node_is_ignored(tmp_path: Path):
     assert s.factors is None and s.n_frames == sum(len(v) for v in images.values())
 
 
-def test_a_file_too_short_for_the_split_is_checked_with_a_warning(tmp_path: Path, cli):  # noqa: ANN001
+def test_a_file_too_short_for_the_split_is_checked_with_a_warning(tmp_path: Path, cli):
     path = tmp_path / "short.h5"
     images, labels = good_trials(n_trials=3)  # fewer than one 8;1;1;0 block
     write_raw(path, images, labels)

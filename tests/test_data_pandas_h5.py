@@ -9,8 +9,8 @@ the ``fixed`` format; a compound ``table`` dataset with protocol-0 pickled colum
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -119,7 +119,7 @@ def write_dlc_table(path: Path, key: str, columns: Sequence[tuple], values: np.n
 
 
 @pytest.fixture
-def table():  # noqa: ANN201
+def table():
     columns = dlc_columns("DLC_resnet50_mouseJan1shuffle1_1000", ["nose", "tail"])
     values = np.arange(5 * 6, dtype=np.float64).reshape(5, 6)
     values[2, 0] = np.nan
@@ -127,7 +127,7 @@ def table():  # noqa: ANN201
 
 
 @pytest.mark.parametrize("writer", [write_dlc_fixed, write_dlc_table])
-def test_both_layouts_give_the_columns_and_values(tmp_path: Path, table, writer):  # noqa: ANN001
+def test_both_layouts_give_the_columns_and_values(tmp_path: Path, table, writer):
     columns, values = table
     frame = read_frame(writer(tmp_path / "p.h5", "df_with_missing", columns, values))
     assert frame.columns == tuple(columns)  # coords sorted as levels (likelihood, x, y) come back in column order
@@ -158,7 +158,7 @@ class _Exploit:
     def __init__(self, path: str):
         self.path = path
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (Path(self.path),))
 
 

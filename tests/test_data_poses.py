@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -106,7 +106,7 @@ def test_multi_animal_csv_gives_the_chosen_individual(tmp_path: Path):
 
 
 @pytest.mark.parametrize("writer", [write_dlc_table, write_dlc_fixed])
-def test_deeplabcut_h5_matches_its_csv(tmp_path: Path, writer):  # noqa: ANN001
+def test_deeplabcut_h5_matches_its_csv(tmp_path: Path, writer):
     rng = np.random.default_rng(0)
     values = rng.uniform(0, 400, (7, 9))
     values[3, 4] = np.nan
@@ -225,7 +225,10 @@ def test_csv_saved_with_a_byte_order_mark_or_long_non_ascii_paths(tmp_path: Path
     rows = 2200  # ~110 KB of image paths with umlauts; padded until one "ä" crosses byte 65536
     for pad in range(4):
         long = write_dlc_csv(
-            tmp_path / "umlaut.csv", ["nose", "paw"], np.ones((rows, 4)), coords=("x", "y"),
+            tmp_path / "umlaut.csv",
+            ["nose", "paw"],
+            np.ones((rows, 4)),
+            coords=("x", "y"),
             index=["x" * pad + f"labeled-data/Mäüs_äöü_{i:05d}/img{i:05d}.png" for i in range(rows)],
         )
         try:
@@ -253,7 +256,9 @@ def test_malformed_pose_files_are_refused_in_one_line(tmp_path: Path):
     bad_dims = write_sleap_analysis(tmp_path / "dims.h5", xy, np.ones((4, 1)), ["a", "b"], standard=True)
     with h5py.File(bad_dims, "a") as f:
         f["tracks"].attrs["dims"] = "not json"
-    with pytest.raises(DataError, match=r"`tracks` is float64 of shape .*expected numbers of shape \(tracks, 2, nodes, frames\)"):
+    with pytest.raises(
+        DataError, match=r"`tracks` is float64 of shape .*expected numbers of shape \(tracks, 2, nodes, frames\)"
+    ):
         read_poses(bad_dims)
     text_tracks = write_sleap_analysis(tmp_path / "text.h5", xy, np.ones((4, 1)), ["a", "b"])
     with h5py.File(text_tracks, "a") as f:

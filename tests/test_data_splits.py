@@ -57,7 +57,7 @@ def test_frames_follow_their_trials():
 
 
 @pytest.mark.parametrize("counts", [(8, 1, 1, 1), (3, 1, 1, 2), (8, 1, 1, 0)])
-def test_no_two_splits_touch_when_a_gap_is_asked_for(counts):  # noqa: ANN001
+def test_no_two_splits_touch_when_a_gap_is_asked_for(counts):
     for n_trials in (23, 47, 61):
         for seed in range(25):
             where = np.full(n_trials, "-")

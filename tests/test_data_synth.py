@@ -13,11 +13,11 @@ from psvae_opt.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def demo(tmp_path_factory: pytest.TempPathFactory):
     return load_session(synth_session(tmp_path_factory.mktemp("s") / "d.h5", size=64, trials=20, frames=100, seed=3))
 
 
-def test_layout_sizes_and_names(demo):  # noqa: ANN001
+def test_layout_sizes_and_names(demo):
     assert demo.images.shape == (2000, 1, 64, 64) and demo.images.dtype == np.uint8
     assert demo.n_trials == 20 and demo.label_names == LABEL_NAMES
     assert demo.factor_names == FACTOR_NAMES and demo.factors.shape == (2000, 6)
@@ -25,7 +25,7 @@ def test_layout_sizes_and_names(demo):  # noqa: ANN001
     assert demo.attrs["source"] == "psvae-opt data synth"
 
 
-def test_labels_are_zscored_pixel_coordinates_of_the_paw_factors(demo):  # noqa: ANN001
+def test_labels_are_zscored_pixel_coordinates_of_the_paw_factors(demo):
     np.testing.assert_allclose(demo.labels.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(demo.labels.std(0), 1, atol=1e-4)
     np.testing.assert_allclose(demo.labels_sc, demo.factors[:, :4] * 64 - 0.5, rtol=1e-5)
@@ -33,14 +33,14 @@ def test_labels_are_zscored_pixel_coordinates_of_the_paw_factors(demo):  # noqa:
     np.testing.assert_allclose(demo.labels * stds + means, demo.labels_sc, atol=1e-3)
 
 
-def test_each_labelled_paw_is_the_bright_spot_at_its_coordinates(demo):  # noqa: ANN001
+def test_each_labelled_paw_is_the_bright_spot_at_its_coordinates(demo):
     for t in (0, 500, 1999):
         for x_col, y_col in ((0, 2), (1, 3)):
             x, y = np.rint(demo.labels_sc[t, [x_col, y_col]]).astype(int)
             assert demo.images[t, 0, y, x] > 200  # paws are painted at 0.95 of full scale
 
 
-def test_factors_are_independent_and_cover_their_ranges(demo):  # noqa: ANN001
+def test_factors_are_independent_and_cover_their_ranges(demo):
     corr = np.corrcoef(demo.factors.T)
     off_diagonal = np.abs(corr[~np.eye(6, dtype=bool)])
     assert off_diagonal.max() < 0.2
@@ -56,7 +56,9 @@ def test_the_unlabelled_factors_change_the_image(tmp_path: Path):
     for col in (4, 5):  # jaw, chest
         moved = base.copy()
         moved[0, col] = 1.0
-        diff = np.abs(render_frames(moved, 64, 1, rng(), noise=0).astype(int) - render_frames(base, 64, 1, rng(), noise=0))
+        diff = np.abs(
+            render_frames(moved, 64, 1, rng(), noise=0).astype(int) - render_frames(base, 64, 1, rng(), noise=0)
+        )
         assert diff.sum() > 255 * 10  # at least ten pixels' worth of change
 
 
@@ -69,13 +71,15 @@ def test_two_views_and_seeds(tmp_path: Path):
     assert not np.array_equal(a.images, c.images)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"size": 50}, "--size 50"), ({"views": 3}, "--views 3"), ({"trials": 0}, "--trials 0")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"size": 50}, "--size 50"), ({"views": 3}, "--views 3"), ({"trials": 0}, "--trials 0")]
+)
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict, message: str):
     with pytest.raises(ConfigError, match=message):
         synth_session(tmp_path / "x.h5", **kwargs)
 
 
-def test_cli_synth_then_check(tmp_path: Path, cli):  # noqa: ANN001
+def test_cli_synth_then_check(tmp_path: Path, cli):
     out = tmp_path / "demo.h5"
     r = cli("data", "synth", out, "--size", "64", "--trials", "10", "--frames", "20", "--seed", "1")
     assert r.code == 0 and "10 trials x 20 frames" in r.out

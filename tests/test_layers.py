@@ -37,7 +37,20 @@ RANKS = {
 # Third-party packages confined to layers: package -> lowest rank allowed to import it.
 CONFINED = {
     "h5py": ("data",),
-    "optuna": ("space", "objectives", "storage", "study", "workers", "ratings", "export", "plots", "traversals", "dashboard", "commands", "cli"),
+    "optuna": (
+        "space",
+        "objectives",
+        "storage",
+        "study",
+        "workers",
+        "ratings",
+        "export",
+        "plots",
+        "traversals",
+        "dashboard",
+        "commands",
+        "cli",
+    ),
     "plotly": ("export", "plots", "traversals", "dashboard", "commands"),
     "optuna_dashboard": ("ratings", "dashboard", "commands"),
 }

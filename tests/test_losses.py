@@ -25,7 +25,9 @@ def test_kl_of_the_prior_itself_is_zero_and_known_otherwise():
     assert kl_standard_normal(torch.zeros(3, 4), torch.zeros(3, 4)).abs().max() < 1e-7
     # KL(N(1, 1) || N(0, 1)) = 0.5 per dimension; KL(N(0, e^2) || N(0, 1)) = (e^2 - 1 - 2) / 2
     assert torch.allclose(kl_standard_normal(torch.ones(1, 4), torch.zeros(1, 4)), torch.tensor([2.0]))
-    assert torch.allclose(kl_standard_normal(torch.zeros(1, 1), torch.full((1, 1), 2.0)), torch.tensor([(math.e**2 - 3) / 2]))
+    assert torch.allclose(
+        kl_standard_normal(torch.zeros(1, 1), torch.full((1, 1), 2.0)), torch.tensor([(math.e**2 - 3) / 2])
+    )
 
 
 def test_frame_nll_keeps_the_gaussian_constant():
@@ -42,7 +44,9 @@ def test_masked_labels_contribute_no_error():
     assert torch.allclose(nll, torch.tensor([0.5 * (1 + 2 * LOG_2PI), 0.5 * 3 * LOG_2PI]))
 
 
-@pytest.mark.parametrize(("epoch", "expected"), [(0, (0.0, 0.0)), (50, (0.5, 2.5)), (100, (1.0, 5.0)), (250, (1.0, 5.0))])
+@pytest.mark.parametrize(
+    ("epoch", "expected"), [(0, (0.0, 0.0)), (50, (0.5, 2.5)), (100, (1.0, 5.0)), (250, (1.0, 5.0))]
+)
 def test_annealing_weights(epoch: int, expected: tuple[float, float]):
     assert anneal_weights(epoch, anneal_epochs=100, beta=5.0) == pytest.approx(expected)
 
@@ -57,7 +61,9 @@ def test_the_three_terms_sum_to_the_single_sample_kl(estimator: str):
     mu, logvar = torch.randn(64, 3), torch.randn(64, 3) * 0.3 - 1
     z = mu + torch.exp(0.5 * logvar) * torch.randn(64, 3)
     icmi, tc, dwkl = decompose_kl(z, mu, logvar, n_frames=1000, estimator=estimator)
-    expected = gaussian_log_density(z, mu, logvar).sum(1) - gaussian_log_density(z, torch.zeros(1), torch.zeros(1)).sum(1)
+    expected = gaussian_log_density(z, mu, logvar).sum(1) - gaussian_log_density(z, torch.zeros(1), torch.zeros(1)).sum(
+        1
+    )
     assert torch.allclose(icmi + tc + dwkl, expected, atol=1e-4)
 
 
@@ -99,10 +105,14 @@ def test_total_loss_weights_every_term():
     torch.manual_seed(1)
     b, n_labels = 16, 2
     x = torch.rand(b, 1, 8, 8)
-    out = ModelOutput(torch.rand(b, 1, 8, 8), torch.randn(b, n_labels), torch.randn(b, 4), torch.randn(b, 4) * 0.1, torch.randn(b, 4))
+    out = ModelOutput(
+        torch.rand(b, 1, 8, 8), torch.randn(b, n_labels), torch.randn(b, 4), torch.randn(b, 4) * 0.1, torch.randn(b, 4)
+    )
     y, mask = torch.randn(b, n_labels), torch.ones(b, n_labels)
     terms = psvae_loss(x, y, mask, out, alpha=50.0, beta=10.0, epoch=25, anneal_epochs=100, n_frames=1000)
     kappa, beta_e = 0.25, 2.5
-    expected = terms.frame_nll + 50 * terms.label_nll + terms.kl_s + kappa * (terms.icmi + terms.dwkl) + beta_e * terms.tc
+    expected = (
+        terms.frame_nll + 50 * terms.label_nll + terms.kl_s + kappa * (terms.icmi + terms.dwkl) + beta_e * terms.tc
+    )
     assert torch.allclose(terms.loss, expected)
     assert torch.allclose(terms.kl_s, kl_standard_normal(out.mu[:, :2], out.logvar[:, :2]).mean())

@@ -14,9 +14,14 @@ from psvae_opt.model import PSVAE, _DecoderLayer, _EncoderLayer, count_parameter
 
 @pytest.mark.parametrize(
     ("shape", "code"),
-    [((1, 64, 64), (512, 1, 1)), ((1, 128, 128), (512, 2, 2)), ((1, 192, 192), (512, 3, 3)), ((2, 128, 128), (512, 2, 2))],
+    [
+        ((1, 64, 64), (512, 1, 1)),
+        ((1, 128, 128), (512, 2, 2)),
+        ((1, 192, 192), (512, 3, 3)),
+        ((2, 128, 128), (512, 2, 2)),
+    ],
 )
-def test_output_shapes(shape, code):  # noqa: ANN001
+def test_output_shapes(shape, code):
     torch.manual_seed(0)
     model = PSVAE(shape, n_labels=4, n_unsup=2)
     out = model(torch.rand(3, *shape))
@@ -40,7 +45,9 @@ def test_parameter_count_of_the_paper_model():
     assert count_parameters(model) == pytest.approx(8.75e6, rel=0.01)
 
 
-@pytest.mark.parametrize(("size", "kernel", "stride"), [(64, 5, 2), (7, 5, 2), (8, 5, 5), (4, 5, 5), (12, 5, 5), (9, 4, 1), (6, 1, 2)])
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride"), [(64, 5, 2), (7, 5, 2), (8, 5, 5), (4, 5, 5), (12, 5, 5), (9, 4, 1), (6, 1, 2)]
+)
 def test_same_padding_and_the_decoder_is_the_exact_adjoint(size: int, kernel: int, stride: int):
     out, before, after = same_padding(size, kernel, stride)
     assert out == math.ceil(size / stride)
@@ -62,9 +69,17 @@ def test_same_padding_and_the_decoder_is_the_exact_adjoint(size: int, kernel: in
 def test_patch_layers_equal_the_plain_convolutions():
     from psvae_opt.model import _patch_conv, _patch_conv_transpose
 
-    x, w, b = torch.randn(3, 7, 10, 15, dtype=torch.float64), torch.randn(4, 7, 5, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    x, w, b = (
+        torch.randn(3, 7, 10, 15, dtype=torch.float64),
+        torch.randn(4, 7, 5, 5, dtype=torch.float64),
+        torch.randn(4, dtype=torch.float64),
+    )
     assert torch.allclose(_patch_conv(x, w, b), F.conv2d(x, w, b, stride=5))
-    z, wt, bt = torch.randn(3, 4, 2, 3, dtype=torch.float64), torch.randn(4, 7, 5, 5, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    z, wt, bt = (
+        torch.randn(3, 4, 2, 3, dtype=torch.float64),
+        torch.randn(4, 7, 5, 5, dtype=torch.float64),
+        torch.randn(7, dtype=torch.float64),
+    )
     assert torch.allclose(_patch_conv_transpose(z, wt, bt), F.conv_transpose2d(z, wt, bt, stride=5))
 
 

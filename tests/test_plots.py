@@ -25,12 +25,22 @@ def stage2_study(values: dict[tuple[float, int], dict[str, float]]) -> optuna.St
     study = optuna.create_study(directions=["minimize", "minimize"])
     dists = {"beta": CategoricalDistribution([1.0, 5.0, 10.0]), "seed": IntDistribution(0, 4)}
     for (beta, seed), attrs in values.items():
-        study.add_trial(create_trial(
-            params={"beta": beta, "seed": seed}, distributions=dists,
-            values=[attrs.get("train_zu_corr", 0.5), attrs["val_pixel_mse"]], user_attrs=attrs,
-        ))
-    study.add_trial(create_trial(state=TrialState.FAIL, params={"beta": 1.0, "seed": 4}, distributions=dists,
-                                 user_attrs={"val_pixel_mse": 99.0}))  # failed trials are left out
+        study.add_trial(
+            create_trial(
+                params={"beta": beta, "seed": seed},
+                distributions=dists,
+                values=[attrs.get("train_zu_corr", 0.5), attrs["val_pixel_mse"]],
+                user_attrs=attrs,
+            )
+        )
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            params={"beta": 1.0, "seed": 4},
+            distributions=dists,
+            user_attrs={"val_pixel_mse": 99.0},
+        )
+    )  # failed trials are left out
     return study
 
 
@@ -52,7 +62,9 @@ def test_stage2_summary_means_and_spreads_equal_the_trials():
 
 def test_stage2_summary_agrees_with_the_seed_summary_of_the_study():
     rng = np.random.default_rng(1)
-    study = stage2_study({(b, s): {m: float(rng.uniform()) for m in STAGE2_ATTRS} for b in (1.0, 10.0) for s in range(2)})
+    study = stage2_study(
+        {(b, s): {m: float(rng.uniform()) for m in STAGE2_ATTRS} for b in (1.0, 10.0) for s in range(2)}
+    )
     (series,) = plots.search_summary_data(study, 2).series
     for i, row in enumerate(seed_summary(study)):
         assert row["beta"] == series.x[i]
@@ -66,8 +78,14 @@ def test_stage1_summary_has_one_line_per_n_unsup_sorted_by_alpha():
     dists = {"alpha": CategoricalDistribution([50.0, 100.0, 1000.0]), "n_unsup": CategoricalDistribution([2, 3])}
     for alpha, n_unsup in [(1000.0, 2), (50.0, 2), (100.0, 3), (50.0, 3)]:
         attrs = {"val_pixel_mse": alpha / 1000 + n_unsup, "val_label_mse": 1.0 / alpha}
-        study.add_trial(create_trial(params={"alpha": alpha, "n_unsup": n_unsup}, distributions=dists,
-                                     values=[attrs["val_pixel_mse"], attrs["val_label_mse"]], user_attrs=attrs))
+        study.add_trial(
+            create_trial(
+                params={"alpha": alpha, "n_unsup": n_unsup},
+                distributions=dists,
+                values=[attrs["val_pixel_mse"], attrs["val_label_mse"]],
+                user_attrs=attrs,
+            )
+        )
     data = plots.search_summary_data(study, 1)
     assert [s.group for s in data.series] == [2.0, 3.0]
     two, three = data.series
@@ -93,7 +111,9 @@ def write_run(run_dir: Path, epochs: int, best: int | None) -> None:
         writer.writeheader()
         for e in range(epochs):
             for k, split in enumerate(("train", "val")):
-                writer.writerow({"epoch": e, "split": split, **{m: 100 * k + 10 * e + j for j, m in enumerate(CSV_COLUMNS[2:])}})
+                writer.writerow(
+                    {"epoch": e, "split": split, **{m: 100 * k + 10 * e + j for j, m in enumerate(CSV_COLUMNS[2:])}}
+                )
     if best is not None:
         (run_dir / "summary.json").write_text(json.dumps({"best_epoch": best}))
 
@@ -136,7 +156,9 @@ def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
     assert np.isnan(data.true[8 + 1, 1]) and np.isfinite(data.true).sum() == 15 * 2 - 1  # frame 6, label b masked
     assert data.predicted[:, 1].tolist() == labels[data.frames, 1].tolist()
     assert data.r2[1] == pytest.approx(1.0)  # perfect predictions
-    expected, _ = metrics.label_r2_per_label(labels[data.frames][:, [2]], y_hat[data.frames][:, [2]], masks[data.frames][:, [2]])
+    expected, _ = metrics.label_r2_per_label(
+        labels[data.frames][:, [2]], y_hat[data.frames][:, [2]], masks[data.frames][:, [2]]
+    )
     assert data.r2[0] == pytest.approx(expected[0]) and data.r2[0] < 0.95
     fig = plots.label_traces_figure(data)
     assert fig.layout.annotations[0].text == f"c (R² = {data.r2[0]:.3f})"

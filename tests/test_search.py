@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def study_file(tmp_path: Path, data: Path, *, epochs: int = 3, alphas=(50.0, 1000.0), n_unsup=(2, 3), betas=(1.0, 5.0)) -> Path:  # noqa: ANN001
+def study_file(
+    tmp_path: Path, data: Path, *, epochs: int = 3, alphas=(50.0, 1000.0), n_unsup=(2, 3), betas=(1.0, 5.0)
+) -> Path:
     path = tmp_path / "study.toml"
     path.write_text(
         f'[study]\nname = "t"\nruns_dir = "{tmp_path / "runs"}"\n'
@@ -45,7 +47,18 @@ def load(url: str, name: str) -> optuna.Study:
 
 def worker(config: Path, url: str, stage: int = 1) -> subprocess.Popen:
     env = dict(os.environ, TZ="UTC", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "psvae_opt.cli", "worker", "--config", str(config), "--stage", str(stage), "--storage", url]
+    cmd = [
+        sys.executable,
+        "-m",
+        "psvae_opt.cli",
+        "worker",
+        "--config",
+        str(config),
+        "--stage",
+        str(stage),
+        "--storage",
+        url,
+    ]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -78,12 +91,14 @@ def run_folder(tmp_path: Path, number: int = 0, timeout: float = 120) -> Path:
 
 
 def assert_each_point_complete_once(study: optuna.Study, points: list[tuple]) -> None:
-    complete = [tuple(t.params[k] for k in ("alpha", "n_unsup")) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    complete = [
+        tuple(t.params[k] for k in ("alpha", "n_unsup")) for t in study.get_trials(states=(TrialState.COMPLETE,))
+    ]
     assert sorted(complete) == sorted(points)
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
-def test_stage1_with_three_workers_runs_each_grid_point_once(storage_url: str, tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_stage1_with_three_workers_runs_each_grid_point_once(storage_url: str, tiny_h5: Path, tmp_path: Path, cli):
     config = study_file(tmp_path, tiny_h5)
     r = cli("stage1", "--config", config, "--storage", storage_url, "--workers", "3")
     assert r.code == 0, r.err
@@ -93,8 +108,22 @@ def test_stage1_with_three_workers_runs_each_grid_point_once(storage_url: str, t
     assert study.metric_names == ["pixel_mse", "label_mse"]
     for t in study.trials:
         attrs = t.user_attrs
-        assert {"val_loss", "val_pixel_mse", "val_label_mse", "val_label_r2", "val_kl_s", "val_icmi", "val_tc",
-                "val_dwkl", "val_zu_corr", "train_zu_corr", "run_dir", "config", "seed", "mig"} <= set(attrs)
+        assert {
+            "val_loss",
+            "val_pixel_mse",
+            "val_label_mse",
+            "val_label_r2",
+            "val_kl_s",
+            "val_icmi",
+            "val_tc",
+            "val_dwkl",
+            "val_zu_corr",
+            "train_zu_corr",
+            "run_dir",
+            "config",
+            "seed",
+            "mig",
+        } <= set(attrs)
         assert t.values == [attrs["val_pixel_mse"], attrs["val_label_mse"]]
         assert (Path(attrs["run_dir"]) / "metrics.csv").exists() and attrs["seed"] == 0
         assert f"alpha = {t.params['alpha']}" in attrs["config"]
@@ -122,7 +151,7 @@ def test_stage1_with_three_workers_runs_each_grid_point_once(storage_url: str, t
 
 
 def test_a_killed_worker_trial_is_retried_and_resumes_from_its_epoch(
-    storage_url: str, tiny_h5: Path, tmp_path: Path, cli, monkeypatch  # noqa: ANN001
+    storage_url: str, tiny_h5: Path, tmp_path: Path, cli, monkeypatch
 ):
     monkeypatch.setenv("PSVAE_OPT_HEARTBEAT", "1")  # stale after 3 s without a heartbeat
     config = study_file(tmp_path, tiny_h5, epochs=40, alphas=(100.0,), n_unsup=(2, 3))
@@ -149,7 +178,7 @@ def test_a_killed_worker_trial_is_retried_and_resumes_from_its_epoch(
     assert epochs == [(e, s) for e in range(40) for s in ("train", "val")]  # every epoch once: resumed, not redone
 
 
-def test_sigterm_requeues_the_running_trial(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_sigterm_requeues_the_running_trial(tiny_h5: Path, tmp_path: Path, cli):
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5, epochs=200, alphas=(100.0,), n_unsup=(2,))
     assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
@@ -165,7 +194,7 @@ def test_sigterm_requeues_the_running_trial(tiny_h5: Path, tmp_path: Path, cli):
     assert study.trials[1].system_attrs["failed_trial"] == 0
 
 
-def test_workers_carry_on_through_a_postgres_restart(postgres, tiny_h5: Path, tmp_path: Path):  # noqa: ANN001
+def test_workers_carry_on_through_a_postgres_restart(postgres, tiny_h5: Path, tmp_path: Path):
     import psycopg
 
     with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres", autocommit=True) as conn:
@@ -175,7 +204,11 @@ def test_workers_carry_on_through_a_postgres_restart(postgres, tiny_h5: Path, tm
     env = dict(os.environ, TZ="UTC", PSVAE_OPT_HEARTBEAT="2")
     stage = subprocess.Popen(
         [sys.executable, "-m", "psvae_opt.cli", "stage1", "--config", str(config), "--storage", url, "--workers", "2"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     wait_for_epoch(run_folder(tmp_path), 3)
     postgres.restart(down_seconds=2.0)
@@ -187,7 +220,7 @@ def test_workers_carry_on_through_a_postgres_restart(postgres, tiny_h5: Path, tm
     assert all(t.user_attrs["epochs"] == 30 for t in study.trials)
 
 
-def test_stage2_seed_summary_means_equal_the_trials(storage_url: str, tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_stage2_seed_summary_means_equal_the_trials(storage_url: str, tiny_h5: Path, tmp_path: Path, cli):
     config = study_file(tmp_path, tiny_h5)
     r = cli("stage2", "--config", config, "--storage", storage_url, "--workers", "2", "--seeds", "2", "--alpha", "100")
     assert r.code == 0, r.err
@@ -196,7 +229,10 @@ def test_stage2_seed_summary_means_equal_the_trials(storage_url: str, tiny_h5: P
     assert sorted((t.params["beta"], t.params["seed"]) for t in complete) == [(1.0, 0), (1.0, 1), (5.0, 0), (5.0, 1)]
     assert study.metric_names == ["zu_corr", "pixel_mse"]
     assert all(t.values[0] == t.user_attrs["train_zu_corr"] for t in complete)
-    assert all("alpha = 100.0" in t.user_attrs["config"] and f"model_seed = {t.params['seed']}" in t.user_attrs["config"] for t in complete)
+    assert all(
+        "alpha = 100.0" in t.user_attrs["config"] and f"model_seed = {t.params['seed']}" in t.user_attrs["config"]
+        for t in complete
+    )
     out = tmp_path / "export"
     assert cli("export", "--config", config, "--storage", storage_url, "--stage", "2", "--out", out).code == 0
     with (out / "seeds_summary.csv").open() as fh:
@@ -217,7 +253,7 @@ def test_stage2_seed_summary_means_equal_the_trials(storage_url: str, tiny_h5: P
     assert f"recommended beta = {rec['beta']:g}" in r.out
 
 
-def test_stage2_takes_alpha_from_the_stage1_recommendation(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_stage2_takes_alpha_from_the_stage1_recommendation(tiny_h5: Path, tmp_path: Path, cli):
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5, alphas=(50.0, 1000.0), n_unsup=(3,), betas=(1.0,))
     assert cli("stage1", "--config", config, "--storage", url, "--workers", "2").code == 0
@@ -230,7 +266,7 @@ def test_stage2_takes_alpha_from_the_stage1_recommendation(tiny_h5: Path, tmp_pa
     assert "was started with alpha = " in one_line_error(r)
 
 
-def test_adaptive_stage1_runs_its_trial_budget(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_adaptive_stage1_runs_its_trial_budget(tiny_h5: Path, tmp_path: Path, cli):
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5, n_unsup=(2,))
     r = cli("stage1", "--config", config, "--storage", url, "--workers", "2", "--sampler", "tpe", "--n-trials", "4")
@@ -240,7 +276,7 @@ def test_adaptive_stage1_runs_its_trial_budget(tiny_h5: Path, tmp_path: Path, cl
     assert len(alphas) == 4 and len(set(alphas)) == 4 and all(10 <= a <= 5000 for a in alphas)
 
 
-def test_a_study_started_again_trains_in_new_run_folders(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_a_study_started_again_trains_in_new_run_folders(tiny_h5: Path, tmp_path: Path, cli):
     """Same study name and runs_dir, a new database: the old trials' checkpoints are not reused."""
     config = study_file(tmp_path, tiny_h5, epochs=2, alphas=(100.0,), n_unsup=(2,))
     runs = []
@@ -304,7 +340,7 @@ def test_concurrent_workers_never_pop_the_same_trial(storage_url: str, tmp_path:
 # -- bad input: one line, non-zero exit, no traceback ----------------------------------------
 
 
-def test_unreachable_and_malformed_storage_urls(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_unreachable_and_malformed_storage_urls(tiny_h5: Path, tmp_path: Path, cli):
     from tests.pgserver import free_port
 
     config = study_file(tmp_path, tiny_h5)
@@ -314,16 +350,24 @@ def test_unreachable_and_malformed_storage_urls(tiny_h5: Path, tmp_path: Path, c
     assert "secret" not in line
     assert "is not a database URL" in one_line_error(cli("status", "--config", config, "--storage", "not a url"))
     assert "supports sqlite" in one_line_error(cli("status", "--config", config, "--storage", "mysql://u@h/db"))
-    assert "does not exist" in one_line_error(cli("status", "--config", config, "--storage", f"sqlite:///{tmp_path}/no/dir/x.db"))
+    assert "does not exist" in one_line_error(
+        cli("status", "--config", config, "--storage", f"sqlite:///{tmp_path}/no/dir/x.db")
+    )
 
 
-def test_stage2_without_alpha_and_other_bad_requests(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_stage2_without_alpha_and_other_bad_requests(tiny_h5: Path, tmp_path: Path, cli):
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5)
     assert "stage 2 needs alpha: give --alpha A" in one_line_error(cli("stage2", "--config", config, "--storage", url))
-    assert "no stage-1 study 't-stage1'" in one_line_error(cli("worker", "--config", config, "--storage", url, "--stage", "1"))
-    assert "no stage-2 study" in one_line_error(cli("export", "--config", config, "--storage", url, "--stage", "2", "--out", tmp_path))
-    assert "needs n_unsup >= 2" in one_line_error(cli("stage2", "--config", config, "--storage", url, "--alpha", "5", "--n-unsup", "1"))
+    assert "no stage-1 study 't-stage1'" in one_line_error(
+        cli("worker", "--config", config, "--storage", url, "--stage", "1")
+    )
+    assert "no stage-2 study" in one_line_error(
+        cli("export", "--config", config, "--storage", url, "--stage", "2", "--out", tmp_path)
+    )
+    assert "needs n_unsup >= 2" in one_line_error(
+        cli("stage2", "--config", config, "--storage", url, "--alpha", "5", "--n-unsup", "1")
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("[stage1]\nalphas = [50.0]\nlr = 3\n")
     assert "stage1.lr: unknown key" in one_line_error(cli("stage1", "--config", bad, "--storage", url))
@@ -332,10 +376,14 @@ def test_stage2_without_alpha_and_other_bad_requests(tiny_h5: Path, tmp_path: Pa
         assert "--gpu auto: no CUDA GPU is visible" in one_line_error(
             cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "auto")
         )
-    assert "--gpu 'x'" in one_line_error(cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "x"))
+    assert "--gpu 'x'" in one_line_error(
+        cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "x")
+    )
 
 
-def test_a_missing_data_file_is_refused_before_workers_start(tmp_path: Path, cli):  # noqa: ANN001
+def test_a_missing_data_file_is_refused_before_workers_start(tmp_path: Path, cli):
     config = study_file(tmp_path, tmp_path / "nowhere.h5")
-    line = one_line_error(cli("stage1", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--workers", "2"))
+    line = one_line_error(
+        cli("stage1", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--workers", "2")
+    )
     assert "nowhere.h5: file not found" in line

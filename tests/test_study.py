@@ -33,9 +33,13 @@ def test_knee_is_the_point_nearest_the_scaled_utopia():
 
 def _stage1_trial(alpha: float, pixel: float, label: float) -> optuna.trial.FrozenTrial:
     return create_trial(
-        state=TrialState.COMPLETE, values=[pixel, label],
+        state=TrialState.COMPLETE,
+        values=[pixel, label],
         params={"alpha": alpha, "n_unsup": 2},
-        distributions={"alpha": CategoricalDistribution([50.0, 100.0, 500.0, 1000.0]), "n_unsup": CategoricalDistribution([2])},
+        distributions={
+            "alpha": CategoricalDistribution([50.0, 100.0, 500.0, 1000.0]),
+            "n_unsup": CategoricalDistribution([2]),
+        },
         user_attrs={"run_dir": f"/runs/{alpha}"},
     )
 
@@ -50,27 +54,39 @@ def test_stage1_recommendation_is_the_knee_and_is_stored():
     assert study.user_attrs["recommendation"] == rec
 
 
-def _stage2_trial(beta: float, seed: int, zu: float, pixel: float, mig: float | None = None) -> optuna.trial.FrozenTrial:
+def _stage2_trial(
+    beta: float, seed: int, zu: float, pixel: float, mig: float | None = None
+) -> optuna.trial.FrozenTrial:
     attrs = {"train_zu_corr": zu, "val_pixel_mse": pixel, "val_label_mse": 0.1 * seed, "run_dir": f"/r/{beta}/{seed}"}
     if mig is not None:
         attrs["mig"] = mig
     return create_trial(
-        state=TrialState.COMPLETE, values=[zu, pixel], params={"beta": beta, "seed": seed},
-        distributions={"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0, 2)}, user_attrs=attrs,
+        state=TrialState.COMPLETE,
+        values=[zu, pixel],
+        params={"beta": beta, "seed": seed},
+        distributions={"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0, 2)},
+        user_attrs=attrs,
     )
 
 
 def test_seed_summary_and_stage2_recommendation():
     study = optuna.create_study(directions=["minimize", "minimize"])
-    rows = [(1.0, 0, 0.50, 0.010, 0.1), (1.0, 1, 0.30, 0.012, 0.2), (1.0, 2, 0.40, 0.011, 0.3),
-            (5.0, 0, 0.20, 0.020, 0.6), (5.0, 1, 0.10, 0.019, 0.4)]
+    rows = [
+        (1.0, 0, 0.50, 0.010, 0.1),
+        (1.0, 1, 0.30, 0.012, 0.2),
+        (1.0, 2, 0.40, 0.011, 0.3),
+        (5.0, 0, 0.20, 0.020, 0.6),
+        (5.0, 1, 0.10, 0.019, 0.4),
+    ]
     for beta, seed, zu, pixel, mig in rows:
         study.add_trial(_stage2_trial(beta, seed, zu, pixel, mig))
     summary = seed_summary(study)
     assert [(r["beta"], r["n_seeds"], r["seeds"]) for r in summary] == [(1.0, 3, [0, 1, 2]), (5.0, 2, [0, 1])]
     assert summary[0]["train_zu_corr_mean"] == pytest.approx(0.4)
     assert summary[0]["train_zu_corr_std"] == pytest.approx(0.1)
-    assert summary[1]["mig_mean"] == pytest.approx(0.5) and summary[1]["val_pixel_mse_std"] == pytest.approx(np.std([0.02, 0.019], ddof=1))
+    assert summary[1]["mig_mean"] == pytest.approx(0.5) and summary[1]["val_pixel_mse_std"] == pytest.approx(
+        np.std([0.02, 0.019], ddof=1)
+    )
     assert summary[0]["val_loss_mean"] is None  # an attribute no trial has
     rec = recommend_stage2(study)
     assert (rec["beta"], rec["seed"], rec["trial"]) == (5.0, 1, 4)

@@ -18,10 +18,12 @@ from psvae_opt.trainer import fit, load_checkpoint
 from tests.conftest import TINY_MODEL, random_frames
 
 
-def run_fit(cfg: Config, out: Path, **kwargs):  # noqa: ANN003, ANN201
+def run_fit(cfg: Config, out: Path, **kwargs):
     session = load_session(cfg.data.path)
     frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
-    return fit(cfg.model, cfg.loss, cfg.train, session, frames, out, config_text=dump_config(cfg), progress=False, **kwargs)
+    return fit(
+        cfg.model, cfg.loss, cfg.train, session, frames, out, config_text=dump_config(cfg), progress=False, **kwargs
+    )
 
 
 def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Config, tmp_path: Path):
@@ -58,9 +60,19 @@ def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "a")
     run_fit(tiny_config, tmp_path / "b")
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
-    cfg = load_config(None, [f"data.path={tiny_config.data.path}", "data.split=3;1;1;0", *TINY_MODEL,
-                             "train.max_epochs=3", "train.batch_size=16", "loss.anneal_epochs=1",
-                             "train.learning_rate=1e-3", "train.model_seed=1"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={tiny_config.data.path}",
+            "data.split=3;1;1;0",
+            *TINY_MODEL,
+            "train.max_epochs=3",
+            "train.batch_size=16",
+            "loss.anneal_epochs=1",
+            "train.learning_rate=1e-3",
+            "train.model_seed=1",
+        ],
+    )
     run_fit(cfg, tmp_path / "c")
     assert (tmp_path / "a" / "metrics.csv").read_text() != (tmp_path / "c" / "metrics.csv").read_text()
 
@@ -69,7 +81,9 @@ def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_confi
     full = run_fit(tiny_config, tmp_path / "full")
     done = []
     with pytest.raises(KeyboardInterrupt):  # stopped right after epoch 1
-        run_fit(tiny_config, tmp_path / "cut", on_epoch=lambda e, rows: done.append(e), should_stop=lambda: len(done) >= 2)
+        run_fit(
+            tiny_config, tmp_path / "cut", on_epoch=lambda e, rows: done.append(e), should_stop=lambda: len(done) >= 2
+        )
     assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 0, 1, 1]
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 2
     resumed_epochs = []
@@ -93,8 +107,18 @@ def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_identical(tiny_confi
 
 
 def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path: Path):
-    cfg = load_config(None, [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=4",
-                             "train.batch_size=16", "loss.anneal_epochs=2", "train.learning_rate=1e-3"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={tiny_h5}",
+            "data.split=3;1;1;0",
+            *TINY_MODEL,
+            "train.max_epochs=4",
+            "train.batch_size=16",
+            "loss.anneal_epochs=2",
+            "train.learning_rate=1e-3",
+        ],
+    )
     result = run_fit(cfg, tmp_path / "run")
     assert result.best_epoch >= 2 and result.annealing_complete
     val = {r["epoch"]: r["loss"] for r in read_metrics(tmp_path / "run") if r["split"] == "val"}
@@ -102,8 +126,17 @@ def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path:
 
 
 def test_a_run_too_short_to_anneal_keeps_its_last_epoch(tiny_h5: Path, tmp_path: Path):
-    cfg = load_config(None, [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=2",
-                             "train.batch_size=16", "loss.anneal_epochs=10"])
+    cfg = load_config(
+        None,
+        [
+            f"data.path={tiny_h5}",
+            "data.split=3;1;1;0",
+            *TINY_MODEL,
+            "train.max_epochs=2",
+            "train.batch_size=16",
+            "loss.anneal_epochs=10",
+        ],
+    )
     result = run_fit(cfg, tmp_path / "run")
     assert result.best_epoch == 1 and not result.annealing_complete
 
@@ -112,7 +145,9 @@ def test_a_nan_loss_stops_the_run_with_an_error(tmp_path: Path):
     frames = [random_frames(20, seed=i) for i in range(5)]
     huge = [np.full((20, 2), 1e20) for _ in range(5)]  # squares overflow float32
     path = write_session(tmp_path / "huge.h5", frames, huge)
-    cfg = load_config(None, [f"data.path={path}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=2", "train.batch_size=16"])
+    cfg = load_config(
+        None, [f"data.path={path}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=2", "train.batch_size=16"]
+    )
     with pytest.raises(TrainingError, match=r"the training loss became (nan|inf) at epoch 0"):
         run_fit(cfg, tmp_path / "run")
 
@@ -123,23 +158,37 @@ def test_batch_larger_than_the_training_set_is_refused(tiny_h5: Path, tmp_path: 
         run_fit(cfg, tmp_path / "run")
 
 
-def test_cli_train_with_overrides(tiny_h5: Path, tmp_path: Path, cli):  # noqa: ANN001
+def test_cli_train_with_overrides(tiny_h5: Path, tmp_path: Path, cli):
     study = tmp_path / "s.toml"
-    study.write_text('[data]\npath = "nowhere.h5"\nsplit = "3;1;1;0"\n[model]\nchannels = [4, 8, 8, 8, 8]\n'
-                     "[train]\nbatch_size = 16\nmax_epochs = 50\n[loss]\nanneal_epochs = 0\n")
-    r = cli("train", "--config", study, "--set", f"data.path={tiny_h5}", "--set", "train.max_epochs=2",
-            "--out", tmp_path / "run", "--no-progress")
+    study.write_text(
+        '[data]\npath = "nowhere.h5"\nsplit = "3;1;1;0"\n[model]\nchannels = [4, 8, 8, 8, 8]\n'
+        "[train]\nbatch_size = 16\nmax_epochs = 50\n[loss]\nanneal_epochs = 0\n"
+    )
+    r = cli(
+        "train",
+        "--config",
+        study,
+        "--set",
+        f"data.path={tiny_h5}",
+        "--set",
+        "train.max_epochs=2",
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+    )
     assert r.code == 0, r.err
     assert "best epoch" in r.out and "of 2" in r.out
     assert max(row["epoch"] for row in read_metrics(tmp_path / "run")) == 1
 
 
-def test_cli_train_refuses_a_bad_key_in_one_line(tmp_path: Path, cli):  # noqa: ANN001
+def test_cli_train_refuses_a_bad_key_in_one_line(tmp_path: Path, cli):
     from tests.conftest import one_line_error
 
     line = one_line_error(cli("train", "--config", tmp_path / "none.toml", "--out", tmp_path / "r"))
     assert "study file not found" in line
-    line = one_line_error(cli("train", "--set", "train.epochs=3", "--config", "studies/demo.toml", "--out", tmp_path / "r"))
+    line = one_line_error(
+        cli("train", "--set", "train.epochs=3", "--config", "studies/demo.toml", "--out", tmp_path / "r")
+    )
     assert "train.epochs: unknown key" in line
 
 
@@ -175,23 +224,50 @@ def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
 
 def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "run")
-    other = load_config(None, [f"data.path={tiny_config.data.path}", "data.split=3;1;1;0", *TINY_MODEL,
-                               "train.max_epochs=4", "train.batch_size=16", "loss.anneal_epochs=1",
-                               "train.learning_rate=1e-3", "loss.beta=5"])
+    other = load_config(
+        None,
+        [
+            f"data.path={tiny_config.data.path}",
+            "data.split=3;1;1;0",
+            *TINY_MODEL,
+            "train.max_epochs=4",
+            "train.batch_size=16",
+            "loss.anneal_epochs=1",
+            "train.learning_rate=1e-3",
+            "loss.beta=5",
+        ],
+    )
     before = (tmp_path / "run" / "metrics.csv").read_text()
     with pytest.raises(TrainingError, match=r"holds a run of another configuration \(loss.beta differ\)"):
         run_fit(other, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.csv").read_text() == before  # nothing touched
-    longer = load_config(None, [f"data.path={tiny_config.data.path}", "data.split=3;1;1;0", *TINY_MODEL,
-                                "train.max_epochs=4", "train.batch_size=16", "loss.anneal_epochs=1",
-                                "train.learning_rate=1e-3"])
+    longer = load_config(
+        None,
+        [
+            f"data.path={tiny_config.data.path}",
+            "data.split=3;1;1;0",
+            *TINY_MODEL,
+            "train.max_epochs=4",
+            "train.batch_size=16",
+            "loss.anneal_epochs=1",
+            "train.learning_rate=1e-3",
+        ],
+    )
     assert run_fit(longer, tmp_path / "run").resumed_from == 3  # more epochs of the same run: resumed
 
 
 def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_path: Path):
     # lr 0.5 diverges the validation loss after the first annealed epoch: patience 1 stops it
-    args = [f"data.path={tiny_h5}", "data.split=3;1;1;0", *TINY_MODEL, "train.max_epochs=8",
-            "train.batch_size=16", "loss.anneal_epochs=0", "train.learning_rate=3e-2", "train.patience=1"]
+    args = [
+        f"data.path={tiny_h5}",
+        "data.split=3;1;1;0",
+        *TINY_MODEL,
+        "train.max_epochs=8",
+        "train.batch_size=16",
+        "loss.anneal_epochs=0",
+        "train.learning_rate=3e-2",
+        "train.patience=1",
+    ]
     first = run_fit(load_config(None, args), tmp_path / "run")
     assert first.epochs_run < 8
     again = []

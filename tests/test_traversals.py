@@ -120,11 +120,21 @@ def test_write_mp4_writes_h264_with_every_frame(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_mp4(tiny_config: Config, tmp_path: Path):
+def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_mp4(
+    tiny_config: Config, tmp_path: Path
+):
     session = load_session(tiny_config.data.path)
     frames = split_frames(session, tiny_config.data.split_counts, tiny_config.data.data_seed)
-    fit(tiny_config.model, tiny_config.loss, tiny_config.train, session, frames, tmp_path / "run",
-        config_text=dump_config(tiny_config), progress=False)
+    fit(
+        tiny_config.model,
+        tiny_config.loss,
+        tiny_config.train,
+        session,
+        frames,
+        tmp_path / "run",
+        config_text=dump_config(tiny_config),
+        progress=False,
+    )
     run = tv.load_run(tmp_path / "run", session)
     train = run.split == 0
     assert train.sum() == len(frames["train"])
@@ -132,7 +142,8 @@ def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_
     assert run.names == tuple(session.label_names) + ("z_u0", "z_u1")
     for j in range(2):
         assert (run.lower[n_labels + j], run.upper[n_labels + j]) == pytest.approx(
-            tuple(np.percentile(run.mu[train, n_labels + j], [15, 85])))
+            tuple(np.percentile(run.mu[train, n_labels + j], [15, 85]))
+        )
     d, b = run.model.label_scale.detach().numpy(), run.model.label_bias.detach().numpy()
     assert d * run.lower[:n_labels] + b == pytest.approx(np.percentile(session.labels[train], 5, axis=0), rel=1e-4)
     bases = tv.default_base_frames(run.split, 3)

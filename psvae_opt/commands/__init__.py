@@ -6,8 +6,8 @@ Each module exposes ``COMMANDS``: name -> :class:`Command` (or a dict of subcomm
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 STORAGE_HELP = "study database URL (default: $PSVAE_OPT_STORAGE, else sqlite:///psvae-opt.db here)"
 
@@ -25,7 +25,11 @@ def add_config_arguments(p: argparse.ArgumentParser, required: bool = True) -> N
     """``--config FILE`` and repeatable ``--set section.key=value``."""
     p.add_argument("--config", required=required, metavar="FILE", help="study file (TOML), e.g. studies/demo.toml")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one study-file key, e.g. --set train.max_epochs=5 (repeatable)",
     )
 
@@ -34,7 +38,7 @@ def add_storage_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL", help=STORAGE_HELP)
 
 
-def load_config_from(args: argparse.Namespace):  # noqa: ANN201
+def load_config_from(args: argparse.Namespace):
     """The study file of ``--config`` with the ``--set`` overrides applied."""
     from psvae_opt.config import load_config
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 
@@ -35,7 +35,9 @@ def open_rating_study(storage: optuna.storages.BaseStorage, stage2: optuna.Study
     return ratings.open_rating_study(storage, stage2, int(stage2.user_attrs.get("n_unsup", 2)))
 
 
-def trial_uploader(study: optuna.Study, session: Session, config: Config) -> Callable[[optuna.Trial, Config, FitResult], None]:
+def trial_uploader(
+    study: optuna.Study, session: Session, config: Config
+) -> Callable[[optuna.Trial, Config, FitResult], None]:
     """The ``on_finish`` hook of a worker's trials (see :class:`psvae_opt.objectives.TrialContext`)."""
     folder = dashboard.artifact_dir([study], config)
     stage = study.user_attrs.get("stage")
@@ -50,11 +52,11 @@ def trial_uploader(study: optuna.Study, session: Session, config: Config) -> Cal
             if stage == 2:
                 from optuna_dashboard import save_note
 
-                rating = open_rating_study(study._storage, study)  # noqa: SLF001
+                rating = open_rating_study(study._storage, study)
                 twin = ratings.add_twin(rating, trial, [p for p in paths if p.suffix in (".png", ".mp4")], store)
                 save_note(trial, TRIAL_NOTE.format(study=rating.study_name, number=twin))
             trial.set_user_attr("diagnostics_seconds", round(time.perf_counter() - start, 2))
-        except Exception as exc:  # noqa: BLE001 - diagnostics never fail a trained trial
+        except Exception as exc:
             log.warning("trial %d: diagnostics not uploaded (%s: %s)", trial.number, type(exc).__name__, exc)
 
     return upload
@@ -64,7 +66,7 @@ def save_search_summary(study: optuna.Study, stage: int) -> None:
     """Save the stage's search summary on the study (optuna-dashboard shows it on the study page)."""
     try:
         dashboard.save_figure(study, plots.search_summary(study, stage), f"search-summary-stage{stage}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("search summary not saved on %s (%s: %s)", study.study_name, type(exc).__name__, exc)
 
 
@@ -73,7 +75,9 @@ def _add_dashboard(p: argparse.ArgumentParser) -> None:
     add_storage_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: recorded on the studies, else RUNS_DIR/artifacts)")
+    p.add_argument(
+        "--artifacts", metavar="DIR", help="artifact folder (default: recorded on the studies, else RUNS_DIR/artifacts)"
+    )
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
@@ -94,7 +98,9 @@ def _run_dashboard(args: argparse.Namespace) -> int:
             pass
     folder = Path(args.artifacts).resolve() if args.artifacts else dashboard.artifact_dir(studies, cfg)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: optuna-dashboard has no login, anyone who reaches this port can change trials", args.host)
+        log.warning(
+            "listening on %s: optuna-dashboard has no login, anyone who reaches this port can change trials", args.host
+        )
     try:
         store = dashboard.open_store(folder)
     except OSError as exc:
@@ -102,10 +108,16 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     try:
         dashboard.check_address(args.host, args.port)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another --port or --host") from None
-    print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard  ({describe(url)}; artifacts {folder})", flush=True)
+        raise ConfigError(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); choose another --port or --host"
+        ) from None
+    print(
+        f"optuna-dashboard: http://{args.host}:{args.port}/dashboard  ({describe(url)}; artifacts {folder})", flush=True
+    )
     dashboard.serve(storage, store, args.host, args.port)
     return 0
 
 
-COMMANDS = {"dashboard": Command("serve optuna-dashboard on the studies and their artifacts", _add_dashboard, _run_dashboard)}
+COMMANDS = {
+    "dashboard": Command("serve optuna-dashboard on the studies and their artifacts", _add_dashboard, _run_dashboard)
+}

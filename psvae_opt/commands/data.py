@@ -44,7 +44,10 @@ def _run_data_check(args: argparse.Namespace) -> int:
     means = s.labels.sum(axis=0) / n_valid
     stds = np.sqrt((np.where(s.masks > 0, s.labels - means, 0.0) ** 2).sum(axis=0) / n_valid)
     zscored = np.all(np.abs(means) < 0.1) and np.all(np.abs(stds - 1) < 0.1)
-    print(f"z-scored      {'yes' if zscored else 'NO'} (label means {means.min():.2f}..{means.max():.2f}, stds {stds.min():.2f}..{stds.max():.2f})")
+    print(
+        f"z-scored      {'yes' if zscored else 'NO'} (label means {means.min():.2f}..{means.max():.2f}, "
+        f"stds {stds.min():.2f}..{stds.max():.2f})"
+    )
     if s.factors is not None:
         print(f"factors       {', '.join(s.factor_names)}")
     try:
@@ -52,7 +55,9 @@ def _run_data_check(args: argparse.Namespace) -> int:
     except DataError as exc:  # the file is fine; training it needs another split (or more trials)
         print(f"split {args.split}  warning: {exc}")
     else:
-        sizes = ", ".join(f"{k} {len(v)} trials / {len(frame_indices(s.trial_starts, v))} frames" for k, v in splits.items())
+        sizes = ", ".join(
+            f"{k} {len(v)} trials / {len(frame_indices(s.trial_starts, v))} frames" for k, v in splits.items()
+        )
         print(f"split {args.split}  {sizes}")
     if not zscored:
         log.warning("labels are not z-scored: psvae-opt expects z-scored labels (DESIGN section 1)")
@@ -75,7 +80,9 @@ def _run_data_synth(args: argparse.Namespace) -> int:
     if args.if_missing and Path(args.out).exists():
         print(f"{args.out} exists; kept")
         return 0
-    path = synth_session(args.out, size=args.size, trials=args.trials, frames=args.frames, views=args.views, seed=args.seed)
+    path = synth_session(
+        args.out, size=args.size, trials=args.trials, frames=args.frames, views=args.views, seed=args.seed
+    )
     print(f"wrote {path}: {args.trials} trials x {args.frames} frames, {args.views}x{args.size}x{args.size}")
     return 0
 
@@ -95,11 +102,19 @@ def _names(text: str) -> list[str]:
 
 
 def _add_data_import(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--video", dest="videos", action="append", required=True, metavar="VIDEO",
-                   help="MP4/AVI video; repeat for more camera views of the same session (stacked as channels)")
+    p.add_argument(
+        "--video",
+        dest="videos",
+        action="append",
+        required=True,
+        metavar="VIDEO",
+        help="MP4/AVI video; repeat for more camera views of the same session (stacked as channels)",
+    )
     _add_import_options(p, 100, "frames per trial; the last, shorter trial is kept (default 100)")
     p.add_argument(
-        "--likelihood-threshold", type=float, default=0.9,
+        "--likelihood-threshold",
+        type=float,
+        default=0.9,
         help="points whose likelihood is below it are masked (default 0.9; SLEAP files have no likelihood)",
     )
     p.add_argument(
@@ -110,7 +125,7 @@ def _add_data_import(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_summary(s: "ImportSummary") -> None:
+def _print_summary(s: ImportSummary) -> None:
     c, h, w = s.frame_shape
     keypoints = len(s.label_names) // 2
     print(f"wrote {s.path}: {s.n_frames} frames in {s.n_trials} trials, {c}x{h}x{w} (C x H x W)")
@@ -126,8 +141,14 @@ def _run_data_import(args: argparse.Namespace) -> int:
     from psvae_opt.data import import_video
 
     summary = import_video(
-        args.videos, args.labels, args.out, size=args.size, trial_length=args.trial_length,
-        likelihood_threshold=args.likelihood_threshold, keypoints=args.keypoints, truncate=args.truncate,
+        args.videos,
+        args.labels,
+        args.out,
+        size=args.size,
+        trial_length=args.trial_length,
+        likelihood_threshold=args.likelihood_threshold,
+        keypoints=args.keypoints,
+        truncate=args.truncate,
         track=args.track,
     )
     _print_summary(summary)
@@ -152,7 +173,9 @@ def _run_data_import_labeled(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, dict[str, Command]] = {
     "data": {
         "check": Command("validate a BehaveNet-layout HDF5 file and print a summary", _add_data_check, _run_data_check),
-        "synth": Command("write the synthetic demo dataset (known generative factors)", _add_data_synth, _run_data_synth),
+        "synth": Command(
+            "write the synthetic demo dataset (known generative factors)", _add_data_synth, _run_data_synth
+        ),
         "import": Command(
             "import videos and their pose predictions (DeepLabCut, Lightning Pose, SLEAP)",
             _add_data_import,

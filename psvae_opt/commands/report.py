@@ -7,8 +7,8 @@ diagnostics every trial uploads to the dashboard (:func:`render_trial_diagnostic
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import optuna
 import plotly.graph_objects as go
@@ -34,22 +34,36 @@ def write_summary(study: optuna.Study, stage: int, path: Path) -> Path:
     return write_html(plots.search_summary(study, stage), path)
 
 
-def write_curves(run_dir: Path, path: Path, splits: Sequence[str] = plots.CURVE_SPLITS, plotlyjs: bool | str = True) -> Path:
+def write_curves(
+    run_dir: Path, path: Path, splits: Sequence[str] = plots.CURVE_SPLITS, plotlyjs: bool | str = True
+) -> Path:
     curves = [plots.training_curves_data(run_dir, s) for s in splits]
-    return write_html(plots.training_curves_figure(curves, f"{run_dir.name}: training curves ({', '.join(splits)})"), path, plotlyjs)
+    return write_html(
+        plots.training_curves_figure(curves, f"{run_dir.name}: training curves ({', '.join(splits)})"), path, plotlyjs
+    )
 
 
 def write_labels(
-    run_dir: Path, session: Session, path: Path, trials: Sequence[int] | None = None,
-    labels: Sequence[int] | None = None, split: str = "val", plotlyjs: bool | str = True,
+    run_dir: Path,
+    session: Session,
+    path: Path,
+    trials: Sequence[int] | None = None,
+    labels: Sequence[int] | None = None,
+    split: str = "val",
+    plotlyjs: bool | str = True,
 ) -> Path:
     """Label traces of ``trials`` (default: the first two trials of ``split``)."""
     latents = load_latents(run_dir)
     if not trials:
         trials = plots.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])[:2] or [0]
     data = plots.label_traces_data(
-        session.labels, session.masks, latents["y_hat"], session.trial_starts, list(trials),
-        list(labels) if labels else list(range(session.n_labels)), session.label_names,
+        session.labels,
+        session.masks,
+        latents["y_hat"],
+        session.trial_starts,
+        list(trials),
+        list(labels) if labels else list(range(session.n_labels)),
+        session.label_names,
     )
     return write_html(plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
 
@@ -91,13 +105,19 @@ def _add_summary(p: argparse.ArgumentParser) -> None:
 def _add_common(p: argparse.ArgumentParser) -> None:
     _add_summary(p)
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
-    p.add_argument("--split", choices=plots.CURVE_SPLITS, default="val",
-                   help="split of the curves, of the default label trials and base frames (default val)")
+    p.add_argument(
+        "--split",
+        choices=plots.CURVE_SPLITS,
+        default="val",
+        help="split of the curves, of the default label trials and base frames (default val)",
+    )
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
     _add_common(p)
-    p.add_argument("--trials", type=_int_list, metavar="LIST", help="session trial indices, e.g. 3,4 (default: two of --split)")
+    p.add_argument(
+        "--trials", type=_int_list, metavar="LIST", help="session trial indices, e.g. 3,4 (default: two of --split)"
+    )
     p.add_argument("--labels", metavar="LIST", help="label names or indices, e.g. paw_front_x,2 (default: all)")
 
 
@@ -109,12 +129,14 @@ def _add_traversal(p: argparse.ArgumentParser) -> None:
 
 def _add_movie(p: argparse.ArgumentParser) -> None:
     _add_common(p)
-    p.add_argument("--frames", type=_int_list, metavar="LIST", help=f"base frame indices (default: {MOVIE_BASES} of --split)")
+    p.add_argument(
+        "--frames", type=_int_list, metavar="LIST", help=f"base frame indices (default: {MOVIE_BASES} of --split)"
+    )
     p.add_argument("--steps", type=int, default=MOVIE_STEPS, help=f"frames from lower to upper (default {MOVIE_STEPS})")
     p.add_argument("--fps", type=int, default=FPS, help=f"frames per second (default {FPS})")
 
 
-def _study(args: argparse.Namespace):  # noqa: ANN202
+def _study(args: argparse.Namespace):
     from psvae_opt.storage import open_storage
     from psvae_opt.study import load_stage
 
@@ -151,7 +173,7 @@ def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
     return out
 
 
-def _run_report(kind: str):  # noqa: ANN202
+def _run_report(kind: str):
     def run(args: argparse.Namespace) -> int:
         from psvae_opt.data import load_session
         from psvae_opt.devices import resolve_device
@@ -178,7 +200,11 @@ def _run_report(kind: str):  # noqa: ANN202
             print(traversals.write_traversal_png(run_, session, Path(f"{stem}_traversal.png"), frame, args.steps))
         else:
             frames = args.frames or traversals.default_base_frames(run_.split, MOVIE_BASES, code)
-            print(traversals.write_traversal_movie(run_, session, Path(f"{stem}_traversal.mp4"), frames, args.steps, args.fps))
+            print(
+                traversals.write_traversal_movie(
+                    run_, session, Path(f"{stem}_traversal.mp4"), frames, args.steps, args.fps
+                )
+            )
         return 0
 
     return run
@@ -186,7 +212,9 @@ def _run_report(kind: str):  # noqa: ANN202
 
 COMMANDS = {
     "report": {
-        "summary": Command("search summary of a stage: metrics vs alpha / beta (HTML)", _add_summary, _run_report("summary")),
+        "summary": Command(
+            "search summary of a stage: metrics vs alpha / beta (HTML)", _add_summary, _run_report("summary")
+        ),
         "curves": Command("training curves of a trial (HTML)", _add_common, _run_report("curves")),
         "labels": Command("true and predicted label traces of a trial (HTML)", _add_labels, _run_report("labels")),
         "traversal": Command("latent traversals from a base frame (PNG)", _add_traversal, _run_report("traversal")),

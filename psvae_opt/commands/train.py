@@ -24,8 +24,14 @@ def _run_train(args: argparse.Namespace) -> int:
     session = load_session(cfg.data.path)
     frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
     result = fit(
-        cfg.model, cfg.loss, cfg.train, session, frames, args.out,
-        config_text=dump_config(cfg), progress=not args.no_progress,
+        cfg.model,
+        cfg.loss,
+        cfg.train,
+        session,
+        frames,
+        args.out,
+        config_text=dump_config(cfg),
+        progress=not args.no_progress,
     )
     val = result.metrics["val"]
     print(

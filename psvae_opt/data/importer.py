@@ -15,9 +15,10 @@ temporary file, so a refused import leaves no file behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class ImportSummary:
 
 def _check_flags(size: int, trial_length: int, threshold: float, out: str | Path) -> None:
     if Path(out).is_dir():
-        raise ConfigError(f"--out {out} is a folder; give the path of the .h5 file to write, e.g. {Path(out) / 'session.h5'}")
+        raise ConfigError(
+            f"--out {out} is a folder; give the path of the .h5 file to write, e.g. {Path(out) / 'session.h5'}"
+        )
     if size < MIN_SIZE:
         raise ConfigError(f"--size {size}: frames must be at least {MIN_SIZE} pixels (use 64 or 128)")
     if trial_length < 1:
@@ -85,7 +88,11 @@ def label_arrays(
         if n_valid[k] < 2 or stds[k] <= 1e-9:
             why = f"has {int(n_valid[k])} valid frames" if n_valid[k] < 2 else "is constant"
             by_likelihood = poses.likelihood is not None and threshold > 0
-            where, hint = (f" (likelihood threshold {threshold})", " or lower --likelihood-threshold") if by_likelihood else ("", "")
+            where, hint = (
+                (f" (likelihood threshold {threshold})", " or lower --likelihood-threshold")
+                if by_likelihood
+                else ("", "")
+            )
             raise DataError(
                 f"{poses.path}: label {name} {why}{where}; z-scoring needs it to vary, "
                 f"so leave its keypoint out with --keypoints{hint}"
@@ -105,8 +112,14 @@ def _cut(array: np.ndarray, length: int) -> list[np.ndarray]:
 
 
 def _write(
-    out: str | Path, images: np.ndarray, poses: Poses, source_shape: tuple[int, int], size: int,
-    threshold: float, trial_length: int, attrs: dict[str, Any],
+    out: str | Path,
+    images: np.ndarray,
+    poses: Poses,
+    source_shape: tuple[int, int],
+    size: int,
+    threshold: float,
+    trial_length: int,
+    attrs: dict[str, Any],
 ) -> ImportSummary:
     labels, masks, labels_sc, means, stds = label_arrays(poses, source_shape, size, threshold)
     names = label_names(poses.keypoints)
@@ -122,12 +135,22 @@ def _write(
     }
     trials = _cut(images, trial_length)
     path = write_session(
-        out, trials, _cut(labels, trial_length), masks=_cut(masks, trial_length),
-        labels_sc=_cut(labels_sc, trial_length), label_names=names, attrs=attrs,
+        out,
+        trials,
+        _cut(labels, trial_length),
+        masks=_cut(masks, trial_length),
+        labels_sc=_cut(labels_sc, trial_length),
+        label_names=names,
+        attrs=attrs,
     )
     return ImportSummary(
-        path, len(images), len(trials), tuple(images.shape[1:]), tuple(names),
-        float(1.0 - masks.mean()), attrs.get("frame_rate"),
+        path,
+        len(images),
+        len(trials),
+        tuple(images.shape[1:]),
+        tuple(names),
+        float(1.0 - masks.mean()),
+        attrs.get("frame_rate"),
     )
 
 
@@ -135,7 +158,9 @@ def _stack_views(clips: Sequence[Clip]) -> np.ndarray:
     """(T, C, size, size) from C views of one session, which must have the same length."""
     if len({c.n_frames for c in clips}) > 1:  # views may share a file name in different folders
         names = [c.path.name for c in clips]
-        listed = ", ".join(f"{c.path.name if names.count(c.path.name) == 1 else c.path} has {c.n_frames}" for c in clips)
+        listed = ", ".join(
+            f"{c.path.name if names.count(c.path.name) == 1 else c.path} has {c.n_frames}" for c in clips
+        )
         raise DataError(
             f"the views differ in length ({listed} frames); give videos of one session cut to the same frames"
         )
@@ -143,9 +168,16 @@ def _stack_views(clips: Sequence[Clip]) -> np.ndarray:
 
 
 def import_video(
-    videos: Sequence[str | Path], labels: str | Path, out: str | Path, *, size: int = 128,
-    trial_length: int = 100, likelihood_threshold: float = 0.9, keypoints: Sequence[str] | None = None,
-    truncate: bool = False, track: int = 0,
+    videos: Sequence[str | Path],
+    labels: str | Path,
+    out: str | Path,
+    *,
+    size: int = 128,
+    trial_length: int = 100,
+    likelihood_threshold: float = 0.9,
+    keypoints: Sequence[str] | None = None,
+    truncate: bool = False,
+    track: int = 0,
 ) -> ImportSummary:
     """Import one session: C videos (camera views, stacked as channels) and a pose file.
 
@@ -192,7 +224,12 @@ def _find_image(images_dir: Path, row_name: str, labels: Path) -> Path:
 
 
 def import_labeled(
-    images_dir: str | Path, labels: str | Path, out: str | Path, *, size: int = 128, trial_length: int = 1,
+    images_dir: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    size: int = 128,
+    trial_length: int = 1,
     keypoints: Sequence[str] | None = None,
 ) -> ImportSummary:
     """Import hand-labeled still frames (DeepLabCut's CollectedData, image paths in the index).

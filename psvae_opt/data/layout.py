@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -144,8 +145,7 @@ def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None)
         )
     if img.dtype != np.uint8:
         raise DataError(
-            f"{path}: images/{name} is {img.dtype}, expected uint8 (T, C, H, W); "
-            "store frames as 0-255 integers"
+            f"{path}: images/{name} is {img.dtype}, expected uint8 (T, C, H, W); store frames as 0-255 integers"
         )
     if min(img.shape[1:]) < 1:
         raise DataError(
@@ -159,8 +159,7 @@ def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None)
         )
     if lab.ndim != 2:
         raise DataError(
-            f"{path}: labels/{name} has shape {lab.shape}, expected (T, L); "
-            "store one row of L label values per frame"
+            f"{path}: labels/{name} has shape {lab.shape}, expected (T, L); store one row of L label values per frame"
         )
     if not _numeric_dataset(lab):
         raise DataError(f"{path}: labels/{name} is {lab.dtype}, expected floating-point labels")

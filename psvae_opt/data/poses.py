@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -55,12 +55,12 @@ class Poses:
     def n_frames(self) -> int:
         return int(self.xy.shape[0])
 
-    def first(self, n: int) -> "Poses":
+    def first(self, n: int) -> Poses:
         """The first ``n`` frames."""
         lik = None if self.likelihood is None else self.likelihood[:n]
         return replace(self, xy=self.xy[:n], likelihood=lik, row_names=self.row_names[:n])
 
-    def select(self, names: Sequence[str]) -> "Poses":
+    def select(self, names: Sequence[str]) -> Poses:
         """Only the named keypoints, in the order given."""
         unknown = [n for n in names if n not in self.keypoints]
         if unknown:
@@ -232,7 +232,8 @@ def _read_sleap(path: Path, track: int) -> Poses:
         dims = _dims(tracks, SLEAP_DIMS)
         if sorted(dims) != sorted(SLEAP_DIMS) or tracks.ndim != 4 or tracks.dtype.kind not in "fiu":
             raise DataError(
-                f"{path}: `tracks` is {tracks.dtype} of shape {tracks.shape}, expected numbers of shape (tracks, 2, nodes, frames)"
+                f"{path}: `tracks` is {tracks.dtype} of shape {tracks.shape}, "
+                "expected numbers of shape (tracks, 2, nodes, frames)"
             )
         xy = np.transpose(tracks[()], [dims.index(d) for d in ("frame", "track", "node", "xy")]).astype(np.float64)
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["node_names"][()]]

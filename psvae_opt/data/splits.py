@@ -65,7 +65,7 @@ def frame_indices(trial_starts: np.ndarray, trials: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def split_frames(session_or_starts, counts: tuple[int, int, int, int], seed: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+def split_frames(session_or_starts, counts: tuple[int, int, int, int], seed: int) -> dict[str, np.ndarray]:
     """Frame indices of each split of a session (or of its ``trial_starts``)."""
     starts = getattr(session_or_starts, "trial_starts", session_or_starts)
     trials = split_trials(len(starts) - 1, counts, seed)

@@ -52,13 +52,13 @@ def smooth_trajectories(n_frames: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
-def _ellipse(x, y, cx, cy, ax, ay, px):  # noqa: ANN001 - private array helper
+def _ellipse(x, y, cx, cy, ax, ay, px):
     """Coverage (0..1) of an ellipse, anti-aliased over about one pixel."""
     r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
     return np.clip(0.5 - (r - 1.0) * np.minimum(ax, ay) / px, 0.0, 1.0)
 
 
-def _capsule(x, y, x0, y0, x1, y1, half_width, px):  # noqa: ANN001
+def _capsule(x, y, x0, y0, x1, y1, half_width, px):
     """Coverage of a thick segment from (x0, y0) to (x1, y1)."""
     dx, dy = x1 - x0, y1 - y0
     t = np.clip(((x - x0) * dx + (y - y0) * dy) / (dx**2 + dy**2 + 1e-12), 0.0, 1.0)
