@@ -73,6 +73,13 @@ def save_figure(study: optuna.Study, figure: go.Figure, graph_id: str) -> None:
     save_plotly_graph_object(study, figure, graph_object_id=graph_id)
 
 
+def save_trial_note(trial: optuna.Trial, text: str) -> None:
+    """The trial's note in the dashboard (Markdown; a later note replaces it)."""
+    from optuna_dashboard import save_note
+
+    save_note(trial, text)
+
+
 def check_address(host: str, port: int) -> None:
     """Raise OSError now if ``host:port`` cannot be listened on (the server would say so only after its banner)."""
     family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]

@@ -22,6 +22,8 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna_dashboard import ChoiceWidget, SliderWidget, TextInputWidget, register_user_attr_form_widgets, save_note
 
+from psvae_opt import trial_queue
+
 SINGLE_FEATURE = "rating_single_feature_dims"
 SUPERVISED_CLEAN = "rating_supervised_clean"
 NOTE = "rating_note"
@@ -69,7 +71,7 @@ def open_rating_study(storage: optuna.storages.BaseStorage, stage2: optuna.Study
         load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
-    if FORM_KEY not in study._storage.get_study_system_attrs(study._study_id):
+    if FORM_KEY not in trial_queue.study_system_attrs(study):
         register_user_attr_form_widgets(study, rating_widgets(n_unsup))
         study.set_user_attr("rates", stage2.study_name)
     return study
@@ -91,12 +93,12 @@ def add_twin(
     old = find_twin(rating, trial.number)
     if old is not None:
         return old.number
-    with warnings.catch_warnings():  # a worker's storage has heartbeats; a twin is not optimised
+    with warnings.catch_warnings():  # a twin is not optimised: ignore the sampler's remarks
         warnings.simplefilter("ignore", UserWarning)
         twin = rating.ask()
     try:
         for name, dist in trial.distributions.items():
-            rating._storage.set_trial_param(twin._trial_id, name, dist.to_internal_repr(trial.params[name]), dist)
+            trial_queue.set_trial_param(rating, twin, name, trial.params[name], dist)
         twin.set_user_attr(TWIN_OF, trial.number)
         params = ", ".join(f"{k} = {v:g}" for k, v in sorted(trial.params.items()))
         save_note(twin, TWIN_NOTE.format(study=trial.study.study_name, number=trial.number, params=params))
@@ -112,10 +114,9 @@ def add_twin(
     return twin.number
 
 
-def ratings_by_trial(stage2: optuna.Study) -> dict[int, dict[str, Any]]:
-    """Submitted ratings by stage-2 trial number ({} when nothing was rated)."""
+def ratings_by_trial(storage: optuna.storages.BaseStorage, stage2: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Submitted ratings by stage-2 trial number ({} when nothing was rated); ``storage`` holds both studies."""
     name = rating_study_name(stage2.study_name)
-    storage = stage2._storage
     if name not in {s.study_name for s in storage.get_all_studies()}:
         return {}
     rating = optuna.load_study(study_name=name, storage=storage)

@@ -1,7 +1,9 @@
-"""Search spaces of the two stages (DESIGN section 5): grids, adaptive samplers, names.
+"""Search spaces of the two stages (docs/design.md, "Search protocol"): grids, samplers, names.
 
-Stage 1 searches alpha (and n_unsup) at beta = stage1.beta, model seed stage1.model_seed;
-stage 2 fixes alpha and n_unsup and runs every (beta, model seed) pair as its own trial.
+Stage 1 searches alpha (and n_unsup) at beta = stage1.beta, for model seeds
+stage1.model_seed, stage1.model_seed + 1, ...; stage 2 fixes alpha and n_unsup and runs every
+(beta, model seed) pair as its own trial. Every grid point is one trial, so seeds run in
+parallel and a crash costs one model.
 """
 
 from __future__ import annotations
@@ -29,9 +31,20 @@ def study_name(config: Config, stage: int) -> str:
     return f"{config.study.name}-stage{stage}"
 
 
-def stage1_grid(config: Config) -> list[dict[str, Any]]:
-    """alpha x n_unsup, the study file's lists."""
-    return [{"alpha": a, "n_unsup": n} for a in config.stage1.alphas for n in config.stage1.n_unsup]
+def stage1_seeds(config: Config, seeds: int) -> list[int]:
+    """The model seeds of stage 1: ``seeds`` of them from stage1.model_seed on."""
+    return [config.stage1.model_seed + s for s in range(seeds)]
+
+
+def stage1_grid(config: Config, seeds: int = 1) -> list[dict[str, Any]]:
+    """alpha x n_unsup (the study file's lists) x model seeds."""
+    s1 = config.stage1
+    return [
+        {"alpha": a, "n_unsup": n, "seed": s}
+        for a in s1.alphas
+        for n in s1.n_unsup
+        for s in stage1_seeds(config, seeds)
+    ]
 
 
 def stage2_grid(config: Config, seeds: int) -> list[dict[str, Any]]:
@@ -39,18 +52,25 @@ def stage2_grid(config: Config, seeds: int) -> list[dict[str, Any]]:
     return [{"beta": b, "seed": s} for b in config.stage2.betas for s in range(seeds)]
 
 
-def suggest(trial: optuna.Trial, config: Config, stage: int, sampler: str, seeds: int) -> dict[str, Any]:
-    """The trial's parameters: fixed ones for grid points, drawn ones for adaptive search."""
+def suggest(trial: optuna.Trial, config: Config, stage: int, sampler: str, seed_upper: int) -> dict[str, Any]:
+    """The trial's parameters: fixed ones for grid points, drawn ones for adaptive search.
+
+    Args:
+        seed_upper: the largest model seed the study may hold (the range of the ``seed``
+            parameter's distribution; grid points fix the value).
+    """
     if stage == 1:
         s1 = config.stage1
         if sampler == "grid":
             alpha = trial.suggest_categorical("alpha", list(s1.alphas))
         else:
             alpha = trial.suggest_float("alpha", s1.alpha_min, s1.alpha_max, log=True)
-        return {"alpha": float(alpha), "n_unsup": int(trial.suggest_categorical("n_unsup", list(s1.n_unsup)))}
+        n_unsup = int(trial.suggest_categorical("n_unsup", list(s1.n_unsup)))
+        seed = trial.suggest_int("seed", s1.model_seed, max(seed_upper, s1.model_seed))
+        return {"alpha": float(alpha), "n_unsup": n_unsup, "seed": int(seed)}
     return {
         "beta": float(trial.suggest_categorical("beta", list(config.stage2.betas))),
-        "seed": trial.suggest_int("seed", 0, seeds - 1),
+        "seed": int(trial.suggest_int("seed", 0, max(seed_upper, 0))),
     }
 
 
@@ -58,7 +78,7 @@ def trial_config(config: Config, stage: int, params: dict[str, Any], fixed: dict
     """The study file with one trial's hyperparameters filled in.
 
     Args:
-        params: the trial's parameters (stage 1: alpha, n_unsup; stage 2: beta, seed).
+        params: the trial's parameters (stage 1: alpha, n_unsup, seed; stage 2: beta, seed).
         fixed: stage 2's alpha and n_unsup.
     """
     if stage == 1:
@@ -66,7 +86,7 @@ def trial_config(config: Config, stage: int, params: dict[str, Any], fixed: dict
             config,
             loss={"alpha": params["alpha"], "beta": config.stage1.beta},
             model={"n_unsup": params["n_unsup"]},
-            train={"model_seed": config.stage1.model_seed},
+            train={"model_seed": params.get("seed", config.stage1.model_seed)},
         )
     return replace(
         config,

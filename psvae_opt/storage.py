@@ -2,16 +2,23 @@
 
 ``--storage URL``, else ``$PSVAE_OPT_STORAGE``, else ``sqlite:///psvae-opt.db`` in the working
 directory. PostgreSQL goes through SQLAlchemy and psycopg 3 (``postgresql+psycopg://``) with
-pre-ping, so a worker survives a database restart. Heartbeats mark the trials of a dead worker
-as failed; the retry callback queues a copy that resumes from the run's checkpoint.
+pre-ping, so a process survives a database restart.
+
+A command resolves the URL once and passes the :class:`StudyDatabase` it opens to everything
+that needs the database (docs/design.md, "Storage"). The URL may hold a password: it never
+appears in a message (:func:`describe`) nor on a command line (local workers get it in their
+environment, :data:`ENV_VAR`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,16 +33,21 @@ log = logging.getLogger(__name__)
 ENV_VAR = "PSVAE_OPT_STORAGE"
 DEFAULT_FILE = "psvae-opt.db"
 HEARTBEAT_ENV = "PSVAE_OPT_HEARTBEAT"
-DEFAULT_HEARTBEAT = 30  # seconds between heartbeats; a trial is stale after 3 missed ones
-MAX_RETRIES = 3  # times a trial of a dead worker is re-queued
+DEFAULT_HEARTBEAT = 30  # seconds between heartbeats; a trial is stale after GRACE_BEATS missed ones
+GRACE_BEATS = 3
+PATIENCE_ENV = "PSVAE_OPT_DB_PATIENCE"
+DEFAULT_PATIENCE = 300.0  # seconds of database outage a process rides out before it gives up
 T = TypeVar("T")
 
 # What a database outage looks like from inside optuna and SQLAlchemy.
 TRANSIENT = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*(@)")
+# OperationalErrors that no wait mends: a SQLite file that is read-only, corrupt or gone
+_PERMANENT = ("readonly database", "file is not a database", "unable to open database file", "disk image is malformed")
 
 
 def resolve_url(url: str | None) -> str:
-    """The storage URL a command uses: the flag, else the environment, else a SQLite file."""
+    """The storage URL a command uses: the flag, else the environment, else a SQLite file here."""
     if url:
         return url
     if os.environ.get(ENV_VAR):
@@ -44,18 +56,35 @@ def resolve_url(url: str | None) -> str:
 
 
 def describe(url: str) -> str:
-    """The URL with its password hidden, for messages."""
+    """The URL with its password hidden, for messages (also when the URL is malformed)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+    except Exception:  # a malformed URL: hide what looks like a password
+        return _PASSWORD.sub(r"\1***\2", url)
+
+
+def _positive_number(name: str, default: float, integer: bool = False) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value) if integer else float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 1):
+        kind = "a whole number of seconds" if integer else "a number of seconds"
+        raise StorageError(f"{name}={value!r}: give {kind} >= 1")
+    return number
 
 
 def heartbeat_interval() -> int:
-    value = os.environ.get(HEARTBEAT_ENV, str(DEFAULT_HEARTBEAT))
-    if not value.isdigit() or int(value) < 1:
-        raise StorageError(f"{HEARTBEAT_ENV}={value!r}: give a whole number of seconds >= 1")
-    return int(value)
+    """Seconds between a running trial's heartbeats (``$PSVAE_OPT_HEARTBEAT``, default 30)."""
+    return int(_positive_number(HEARTBEAT_ENV, DEFAULT_HEARTBEAT, integer=True))
+
+
+def db_patience() -> float:
+    """Seconds of database outage a process rides out (``$PSVAE_OPT_DB_PATIENCE``, default 300)."""
+    return _positive_number(PATIENCE_ENV, DEFAULT_PATIENCE)
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -69,12 +98,21 @@ def _engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True}
 
 
-def _check_url(url: str) -> None:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
+def check_url(url: str) -> None:
+    """Refuse URLs psvae-opt cannot use, in one line, before anything is opened."""
     try:
         parsed = make_url(url)
-    except Exception:
+    except Exception:  # any parse failure
         raise StorageError(
-            f"--storage {url!r} is not a database URL; use sqlite:///FILE.db or "
+            f"--storage {describe(url)!r} is not a database URL; use sqlite:///FILE.db or "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
         ) from None
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
@@ -83,39 +121,100 @@ def _check_url(url: str) -> None:
             f"--storage {describe(url)}: psvae-opt supports sqlite:///FILE.db and "
             "postgresql+psycopg://... (SQLAlchemy with psycopg 3)"
         )
-    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise StorageError(f"--storage {url}: folder {folder} does not exist; create it or choose another path")
+    path = sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        raise StorageError(f"--storage {url}: folder {path.parent} does not exist; create it or choose another path")
 
 
-def open_storage(url: str | None = None, *, heartbeat: bool = True) -> optuna.storages.RDBStorage:
-    """Connect to (and create the schema of) the study database.
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()[0]
+
+
+@dataclass
+class StudyDatabase:
+    """An open study database and how this process has fared with it.
+
+    Attributes:
+        url: the resolved URL (it may hold a password: show :attr:`shown` instead).
+        storage: optuna's storage on it.
+        patience: seconds of outage a call rides out before it raises :class:`StorageError`.
+        last_failure: ``time.monotonic()`` when this process last got through to the database
+            after finding it unreachable (the opening time at first): a worker judges other
+            workers' heartbeats only once it has itself been connected for a whole grace period
+            (docs/design.md, "Faults").
+    """
+
+    url: str
+    storage: optuna.storages.RDBStorage
+    patience: float = DEFAULT_PATIENCE
+    last_failure: float = field(default_factory=time.monotonic)
+
+    @property
+    def shown(self) -> str:
+        return describe(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return sqlite_path(self.url) is not None or make_url(self.url).get_backend_name() == "sqlite"
+
+    def connected_for(self) -> float:
+        """Seconds since this process got through to the database after an outage (or opened it)."""
+        return time.monotonic() - self.last_failure
+
+    def retry(self, call: Callable[[], T], *, what: str) -> T:
+        """Run a storage call, riding out a database outage of up to :attr:`patience` seconds."""
+        deadline, delay, failed = time.monotonic() + self.patience, 0.5, False
+        while True:
+            try:
+                result = call()
+                if failed:  # connected again from now on
+                    self.last_failure = time.monotonic()
+                return result
+            except TRANSIENT as exc:
+                failed = True
+                if any(text in str(exc) for text in _PERMANENT):
+                    raise StorageError(
+                        f"the study database {self.shown} refused {what} ({_first_line(exc)}); "
+                        "check that the file is a psvae-opt database and writable"
+                    ) from None
+                self.last_failure = time.monotonic()
+                if self.last_failure > deadline:
+                    raise StorageError(
+                        f"the study database {self.shown} stayed unreachable for {self.patience:.0f} s while {what} "
+                        f"({_first_line(exc)}); set {PATIENCE_ENV} to wait longer"
+                    ) from None
+                log.warning("database unreachable while %s; retrying in %.1f s", what, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def open_database(url: str | None = None, *, must_exist: bool = False) -> StudyDatabase:
+    """Connect to the study database (creating its schema when new).
 
     Args:
         url: storage URL; see :func:`resolve_url`.
-        heartbeat: workers need heartbeats and the retry callback; readers do not.
+        must_exist: for commands that only read (status, export, report, dashboard): a SQLite
+            file that is not there is an error, not a new empty database.
     """
     url = resolve_url(url)
-    _check_url(url)
-    kwargs = {}
-    if heartbeat:
-        interval = heartbeat_interval()
-        kwargs = {
-            "heartbeat_interval": interval,
-            "grace_period": 3 * interval,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-        }
+    check_url(url)
+    path = sqlite_path(url)
+    if must_exist and path is not None and not path.exists():
+        raise StorageError(f"no study database at {path}; run `psvae-opt stage1` first, or give --storage")
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
-        if make_url(url).get_backend_name() == "sqlite":
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        if path is not None:
             _serialize_sqlite(storage.engine)
-        return storage
-    except TRANSIENT + (sqlalchemy.exc.SQLAlchemyError,) as exc:
-        reason = str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()[0]
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise StorageError(
-            f"cannot open the study database {describe(url)} ({reason}); start the server or fix --storage"
+            f"cannot open the study database {describe(url)} ({_first_line(exc)}); "
+            + (
+                "check the file (not a SQLite database, or not writable)"
+                if path
+                else "start the server or fix --storage"
+            )
         ) from None
+    return StudyDatabase(url, storage, db_patience())
 
 
 def _serialize_sqlite(engine: sqlalchemy.Engine) -> None:
@@ -129,17 +228,3 @@ def _serialize_sqlite(engine: sqlalchemy.Engine) -> None:
     with engine.connect() as conn:  # write-ahead logging: readers do not block the writer
         conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     sqlalchemy.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-
-
-def with_retries(call: Callable[[], T], *, what: str, seconds: float = 120.0) -> T:
-    """Run a storage call, retrying through a database outage of up to ``seconds``."""
-    deadline, delay = time.monotonic() + seconds, 0.5
-    while True:
-        try:
-            return call()
-        except TRANSIENT as exc:
-            if time.monotonic() > deadline:
-                raise StorageError(f"the study database stayed unreachable for {seconds:.0f} s while {what}") from exc
-            log.warning("database unreachable while %s; retrying in %.1f s", what, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)

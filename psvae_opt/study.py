@@ -1,101 +1,128 @@
-"""The studies of both stages: creation, the trial queue, Pareto fronts and recommendations.
+"""The studies of both stages: creation, the trial queue, seed statistics and recommendations.
 
-Study user attributes hold what the stage was run with (``stage``, ``sampler``; stage 2's
-``alpha``, ``n_unsup``, ``seeds``), the ``run_key`` level of its run folders and, once trials
-finish, its ``recommendation`` (and for stage 2 the per-beta ``seed_summary``).
+Study user attributes hold what the stage was run with (``stage``, ``sampler``, ``seeds``;
+stage 2's ``alpha``, ``n_unsup``, ``max_seeds``), the ``run_key`` level of its run folders
+and, once trials finish, its ``recommendation`` (and the per-group ``seed_summary``).
+The rules (docs/design.md, "Search protocol" and "Seeds decide"):
+
+- stage 1: the knee of the pixel-MSE / label-MSE front of the seed means of each
+  (alpha, n_unsup);
+- stage 2: per beta, the mean of training ``zu_corr`` over seeds whose unsupervised latents
+  did not collapse, with a t interval; the recommended beta has the lowest mean, and the
+  verdict says whether its interval is clear of every other beta's. The recommended model is
+  the lowest-``zu_corr`` healthy trial of that beta. ``--seeds auto`` adds seeds to the
+  betas that are not yet told apart (:func:`plan_more_seeds`).
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt import space
+from psvae_opt import space, trial_queue
 from psvae_opt.config import Config, dump_config
 from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.intervals import Interval, compare, t_interval
 from psvae_opt.runs import METRIC_NAMES
-from psvae_opt.storage import describe
+from psvae_opt.storage import StudyDatabase
 
-SUMMARY_METRICS = tuple(f"val_{m}" for m in METRIC_NAMES) + ("train_zu_corr", "mig")
+BASE_METRICS = (*(f"val_{m}" for m in METRIC_NAMES), "train_zu_corr", "mig", "max_label_leak")
+FACTOR_PREFIX = "factor_r_"  # per unlabelled factor: the best |r| of an unsupervised latent
 UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+LIVE = (TrialState.COMPLETE, *UNFINISHED)
+IDENTITY = ("stage", "sampler", "alpha", "n_unsup")  # settings a study cannot change once started
+GROUPS = {1: ("alpha", "n_unsup"), 2: ("beta",)}
 
 
 def create_stage(
-    storage: optuna.storages.BaseStorage,
-    config: Config,
-    stage: int,
-    *,
-    sampler: str = "grid",
-    fixed: dict | None = None,
+    db: StudyDatabase, config: Config, stage: int, *, sampler: str = "grid", settings: dict | None = None
 ) -> optuna.Study:
-    """Create the stage's study (or load it, checking it was run with the same settings)."""
-    study = optuna.create_study(
-        storage=storage,
-        study_name=space.study_name(config, stage),
-        directions=list(space.DIRECTIONS[stage]),
-        sampler=space.SAMPLERS[sampler](config.stage1.model_seed),
-        load_if_exists=True,
+    """Create the stage's study (or load it, checking it was started with the same settings).
+
+    ``settings`` are stored as study attributes: identity ones (:data:`IDENTITY`) must match
+    an existing study; others (the seed counts) are updated.
+    """
+    study = db.retry(
+        lambda: optuna.create_study(
+            storage=db.storage,
+            study_name=space.study_name(config, stage),
+            directions=list(space.DIRECTIONS[stage]),
+            sampler=space.SAMPLERS[sampler](config.stage1.model_seed),
+            load_if_exists=True,
+        ),
+        what="creating the study",
     )
-    wanted = {"stage": stage, "sampler": sampler, **(fixed or {})}
-    for key, value in wanted.items():
-        old = study.user_attrs.get(key)
-        if old is not None and old != value:
+    wanted = {"stage": stage, "sampler": sampler, **(settings or {})}
+    attrs = study.user_attrs
+    for key in IDENTITY:
+        old = attrs.get(key)
+        if key in wanted and old is not None and old != wanted[key]:
             raise ConfigError(
-                f"study {study.study_name!r} was started with {key} = {old!r}, not {value!r}; "
+                f"study {study.study_name!r} was started with {key} = {old!r}, not {wanted[key]!r}; "
                 f"finish it with the same settings or choose a new name with --set study.name=NEW"
             )
-    if not study.user_attrs:
-        study.set_metric_names(list(space.OBJECTIVES[stage]))
-        for key, value in wanted.items():
-            study.set_user_attr(key, value)
-        study.set_user_attr("study_file", dump_config(config))
+    if not attrs:
+        db.retry(lambda: study.set_metric_names(list(space.OBJECTIVES[stage])), what="naming the objectives")
+        db.retry(lambda: study.set_user_attr("study_file", dump_config(config)), what="recording the study file")
         # the run folders' own level: a study of the same name started later (or in another
         # database) trains in new folders instead of resuming this one's checkpoints
-        study.set_user_attr("run_key", datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S"))
+        key = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        db.retry(lambda: study.set_user_attr("run_key", key), what="recording the run key")
+    for key, value in wanted.items():
+        if attrs.get(key) != value:
+            db.retry(lambda k=key, v=value: study.set_user_attr(k, v), what=f"recording {key}")
     return study
 
 
-def load_stage(storage: optuna.storages.BaseStorage, config: Config, stage: int) -> optuna.Study:
+def load_stage(db: StudyDatabase, config: Config, stage: int) -> optuna.Study:
     """Load an existing stage study; a clear error when it was never created."""
     name = space.study_name(config, stage)
-    names = [s.study_name for s in storage.get_all_studies()]
+    names = [s.study_name for s in db.retry(db.storage.get_all_studies, what="listing studies")]
     if name not in names:
-        where = describe(getattr(storage, "url", "the database"))
-        raise StorageError(f"no stage-{stage} study {name!r} in {where}; run `psvae-opt stage{stage}` first")
-    study = optuna.load_study(study_name=name, storage=storage)
-    # Each worker process draws from its own stream: equally seeded adaptive samplers in
-    # parallel workers would propose the same points.
+        raise StorageError(f"no stage-{stage} study {name!r} in {db.shown}; run `psvae-opt stage{stage}` first")
+    study = optuna.load_study(study_name=name, storage=db.storage)
+    # Each process draws from its own stream: equally seeded adaptive samplers in parallel
+    # workers would propose the same points.
     study.sampler = space.SAMPLERS[study.user_attrs.get("sampler", "grid")](None)
     return study
 
 
-def _key(params: dict[str, Any]) -> tuple:
+def point_key(params: dict[str, Any]) -> tuple:
     return tuple(sorted((k, round(float(v), 9)) for k, v in params.items()))
 
 
-def enqueue_points(study: optuna.Study, points: list[dict[str, Any]]) -> int:
+def enqueue_points(study: optuna.Study, points: Sequence[dict[str, Any]]) -> int:
     """Queue every grid point that has no complete, running or waiting trial; returns how many.
 
-    Run again after a crash, it queues only what is missing (failed points run again).
+    A point whose attempts failed (an error, or a spent crash budget) is queued again as the
+    next attempt of its lineage: it trains in the first attempt's run folder and resumes its
+    checkpoint, with a new crash budget.
     """
-    taken = {
-        _key(t.system_attrs.get("fixed_params", t.params))
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, *UNFINISHED))
-    }
-    new = [p for p in points if _key(p) not in taken]
-    for params in new:
-        study.enqueue_trial(params)
-    return len(new)
+    by_point: dict[tuple, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_point.setdefault(point_key(trial_queue.point_of(t)), []).append(t)
+    queued = 0
+    for params in points:
+        trials = by_point.get(point_key(params), [])
+        if any(t.state in LIVE for t in trials):
+            continue
+        if trials:
+            trial_queue.queue_again(study, max(trials, key=lambda t: t.number))
+        else:
+            study.enqueue_trial(params)
+        queued += 1
+    return queued
 
 
 def enqueue_budget(study: optuna.Study, n_trials: int) -> int:
     """Queue empty trials (the sampler fills them when popped) up to ``n_trials`` in all."""
-    have = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, *UNFINISHED)))
+    have = len(study.get_trials(deepcopy=False, states=LIVE))
     for _ in range(max(n_trials - have, 0)):
         study.enqueue_trial({})
     return max(n_trials - have, 0)
@@ -107,6 +134,19 @@ def counts(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] += 1
     return {k: v for k, v in out.items() if v}
+
+
+def given_up(study: optuna.Study) -> list[FrozenTrial]:
+    """The last attempts of grid points that spent their crash budget and were not queued again."""
+    latest: dict[int, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False):
+        first = trial_queue.first_number(t)
+        if first not in latest or t.number > latest[first].number:
+            latest[first] = t
+    return sorted(
+        (t for t in latest.values() if t.state == TrialState.FAIL and t.user_attrs.get(trial_queue.GAVE_UP)),
+        key=lambda t: t.number,
+    )
 
 
 def knee_index(values: np.ndarray) -> int:
@@ -125,66 +165,212 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: (t.values[0], t.values[1]))
 
 
-def recommend_stage1(study: optuna.Study) -> dict[str, Any] | None:
-    """The knee of the pixel-MSE / label-MSE front; stored on the study."""
-    front = pareto_front(study)
-    if not front:
-        return None
-    best = front[knee_index(np.array([t.values for t in front]))]
-    rec = {
-        "alpha": float(best.params["alpha"]),
-        "n_unsup": int(best.params["n_unsup"]),
-        "trial": best.number,
-        "run_dir": best.user_attrs.get("run_dir"),
-        "pixel_mse": best.values[0],
-        "label_mse": best.values[1],
-    }
-    study.set_user_attr("recommendation", rec)
-    return rec
+def nondominated(values: np.ndarray) -> np.ndarray:
+    """(n, 2) values, both minimised -> (n,) bool: not dominated by any other row."""
+    keep = np.ones(len(values), bool)
+    for i, v in enumerate(values):
+        worse_or_equal = np.all(values <= v, axis=1) & np.any(values < v, axis=1)
+        keep[i] = not worse_or_equal.any()
+    return keep
 
 
-def seed_summary(study: optuna.Study) -> list[dict[str, Any]]:
-    """Per beta: the number of seeds and the mean and spread (sample std) of every metric."""
-    by_beta: dict[float, list[FrozenTrial]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        by_beta.setdefault(float(t.params["beta"]), []).append(t)
+def summary_metrics(trials: Iterable[FrozenTrial]) -> tuple[str, ...]:
+    """The metrics a summary reports: :data:`BASE_METRICS` and every ``factor_r_*`` the trials have."""
+    factors = sorted({k for t in trials for k in t.user_attrs if k.startswith(FACTOR_PREFIX)})
+    return (*BASE_METRICS, *factors)
+
+
+def group_summary(
+    trials: Sequence[FrozenTrial], by: Sequence[str], *, skip_collapsed: bool = False
+) -> list[dict[str, Any]]:
+    """Per value of the parameters ``by``: seeds and, for every metric, mean, sample std and t interval.
+
+    The one implementation of per-seed statistics (plots and exports read these rows).
+
+    Args:
+        trials: complete trials.
+        by: the grouping parameters, e.g. ("beta",) or ("alpha", "n_unsup").
+        skip_collapsed: leave out trials whose unsupervised latents collapsed (user attribute
+            ``collapsed``), unless every trial of the group collapsed (then ``all_collapsed``).
+
+    Returns:
+        one row per group, ordered by ``by``: the parameters, ``n_seeds``, ``seeds``,
+        ``n_collapsed``, ``all_collapsed``, ``trials`` (numbers used), and ``{metric}_mean``,
+        ``_std``, ``_low``, ``_high`` (95% t interval; None where no trial has the metric).
+    """
+    groups: dict[tuple, list[FrozenTrial]] = {}
+    for t in trials:
+        groups.setdefault(tuple(t.params[k] for k in by), []).append(t)
+    metrics = summary_metrics(trials)
     rows = []
-    for beta in sorted(by_beta):
-        trials = by_beta[beta]
-        row: dict[str, Any] = {
-            "beta": beta,
-            "n_seeds": len(trials),
-            "seeds": sorted(int(t.params["seed"]) for t in trials),
-        }
-        for key in SUMMARY_METRICS:
-            values = np.array([t.user_attrs.get(key) for t in trials if t.user_attrs.get(key) is not None], float)
-            row[f"{key}_mean"] = float(values.mean()) if len(values) else None
-            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else (0.0 if len(values) else None)
+    for key in sorted(groups):
+        members = groups[key]
+        healthy = [t for t in members if not t.user_attrs.get("collapsed")]
+        used = healthy if skip_collapsed and healthy else members
+        row: dict[str, Any] = dict(zip(by, key))
+        row.update(
+            n_seeds=len(members),
+            seeds=sorted(int(t.params.get("seed", 0)) for t in members),
+            n_collapsed=len(members) - len(healthy),
+            all_collapsed=not healthy,
+            trials=sorted(t.number for t in used),
+        )
+        for metric in metrics:
+            iv = t_interval([t.user_attrs[metric] for t in used if t.user_attrs.get(metric) is not None])
+            row.update(_interval_columns(metric, iv))
         rows.append(row)
     return rows
 
 
-def recommend_stage2(study: optuna.Study) -> dict[str, Any] | None:
-    """The beta of lowest mean zu_corr and, within it, the seed of lowest zu_corr; stored."""
-    summary = seed_summary(study)
-    if not summary:
-        return None
-    best = min(summary, key=lambda r: r["train_zu_corr_mean"] if r["train_zu_corr_mean"] is not None else math.inf)
-    trials = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if float(t.params["beta"]) == best["beta"]
+def _interval_columns(metric: str, iv: Interval) -> dict[str, float | None]:
+    def clean(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    return {
+        f"{metric}_mean": clean(iv.mean),
+        f"{metric}_std": clean(iv.std),
+        f"{metric}_low": clean(iv.low),
+        f"{metric}_high": clean(iv.high),
+    }
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def seed_summary(study: optuna.Study, stage: int | None = None) -> list[dict[str, Any]]:
+    """The stage's :func:`group_summary` (stage 2: by beta over healthy seeds; stage 1: by alpha, n_unsup).
+
+    ``stage`` defaults to the study's ``stage`` attribute.
+    """
+    stage = int(stage or study.user_attrs.get("stage", 2))
+    return group_summary(_complete(study), GROUPS[stage], skip_collapsed=stage == 2)
+
+
+def recommend_stage1(study: optuna.Study) -> dict[str, Any] | None:
+    """The knee of the front of seed means of (pixel MSE, label MSE); stored on the study."""
+    rows = [
+        r for r in seed_summary(study, 1) if r["val_pixel_mse_mean"] is not None and r["val_label_mse_mean"] is not None
     ]
-    model = min(trials, key=lambda t: t.user_attrs["train_zu_corr"])
+    if not rows:
+        return None
+    values = np.array([[r["val_pixel_mse_mean"], r["val_label_mse_mean"]] for r in rows])
+    front = [r for r, keep in zip(rows, nondominated(values)) if keep]
+    best = front[knee_index(np.array([[r["val_pixel_mse_mean"], r["val_label_mse_mean"]] for r in front]))]
+    by_number = {t.number: t for t in _complete(study)}
+    trial = by_number[min(best["trials"], key=lambda n: by_number[n].params.get("seed", 0))]
+    rec = {
+        "alpha": float(best["alpha"]),
+        "n_unsup": int(best["n_unsup"]),
+        "n_seeds": best["n_seeds"],
+        "trial": trial.number,
+        "run_dir": trial.user_attrs.get("run_dir"),
+        "pixel_mse": best["val_pixel_mse_mean"],
+        "label_mse": best["val_label_mse_mean"],
+    }
+    study.set_user_attr("seed_summary", rows)
+    study.set_user_attr("recommendation", rec)
+    return rec
+
+
+def _zu_intervals(rows: Sequence[dict[str, Any]]) -> dict[float, Interval]:
+    return {
+        r["beta"]: Interval(
+            len(r["trials"]),
+            r["train_zu_corr_mean"],
+            r["train_zu_corr_std"] or 0.0,
+            r["train_zu_corr_low"],
+            r["train_zu_corr_high"],
+        )
+        for r in rows
+        if r["train_zu_corr_mean"] is not None
+    }
+
+
+def _candidates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The betas a recommendation chooses from: those with a trial whose latents did not collapse;
+    all of them (with a warning) when every trial of every beta collapsed."""
+    candidates = [r for r in rows if not r["all_collapsed"]]
+    warnings = [
+        f"beta {r['beta']:g} left out: every trial collapsed" for r in rows if r["all_collapsed"] and candidates
+    ]
+    if not candidates and rows:
+        candidates = rows
+        warnings.append(
+            "every trial of every beta has a collapsed unsupervised dimension: recommending from all trials"
+        )
+    return candidates, warnings
+
+
+def recommend_stage2(study: optuna.Study) -> dict[str, Any] | None:
+    """The beta of lowest mean training zu_corr over healthy seeds, the verdict against the
+    runner-up, and the recommended model; stored on the study."""
+    rows = seed_summary(study, 2)
+    candidates, warnings = _candidates(rows)
+    intervals = _zu_intervals(candidates)
+    if not intervals:
+        return None
+    verdict = compare(intervals)
+    best = next(r for r in candidates if r["beta"] == verdict.best)
+    by_number = {t.number: t for t in _complete(study)}
+    model = by_number[min(best["trials"], key=lambda n: by_number[n].user_attrs["train_zu_corr"])]
+    runner = intervals.get(verdict.runner_up) if verdict.runner_up is not None else None
     rec = {
         "beta": best["beta"],
         "zu_corr_mean": best["train_zu_corr_mean"],
         "zu_corr_std": best["train_zu_corr_std"],
+        "zu_corr_low": best["train_zu_corr_low"],
+        "zu_corr_high": best["train_zu_corr_high"],
+        "n_seeds": best["n_seeds"],
+        "n_healthy": best["n_seeds"] - best["n_collapsed"],
+        "runner_up": verdict.runner_up,
+        "runner_up_mean": runner.mean if runner else None,
+        "runner_up_low": _finite(runner.low) if runner else None,
+        "runner_up_high": _finite(runner.high) if runner else None,
+        "overlapping": list(verdict.overlapping),
+        "resolved": verdict.resolved,
         "trial": model.number,
         "seed": int(model.params["seed"]),
         "run_dir": model.user_attrs.get("run_dir"),
         "zu_corr": model.user_attrs["train_zu_corr"],
+        "mig": model.user_attrs.get("mig"),
+        "collapsed": bool(model.user_attrs.get("collapsed")),
+        "warnings": warnings,
     }
-    study.set_user_attr("seed_summary", summary)
+    study.set_user_attr("seed_summary", rows)
     study.set_user_attr("recommendation", rec)
     return rec
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def plan_more_seeds(study: optuna.Study, max_seeds: int) -> list[dict[str, Any]]:
+    """Stage 2 ``--seeds auto``: the next round of (beta, seed) points, one per beta not yet told apart.
+
+    Nothing while any trial is waiting or running (a round finishes first), nothing once the
+    recommended beta is resolved. Otherwise the best beta and each beta whose interval overlaps
+    it get their next unused seed, until a beta has tried ``max_seeds`` seeds.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in UNFINISHED for t in trials):
+        return []
+    candidates, _ = _candidates(group_summary(_complete(study), GROUPS[2], skip_collapsed=True))
+    intervals = _zu_intervals(candidates)
+    if not intervals:
+        return []
+    verdict = compare(intervals)
+    if verdict.resolved:
+        return []
+    points = []
+    for beta in (verdict.best, *verdict.overlapping):
+        tried = {int(trial_queue.point_of(t).get("seed", -1)) for t in trials if _beta_of(t) == beta}
+        if len(tried) < max_seeds:
+            points.append({"beta": beta, "seed": next(s for s in range(len(tried) + 1) if s not in tried)})
+    return points
+
+
+def _beta_of(trial: FrozenTrial) -> float | None:
+    beta = trial_queue.point_of(trial).get("beta")
+    return None if beta is None else float(beta)

@@ -1,80 +1,85 @@
 """Workers: processes that pop queued trials of a study and train them until none is left.
 
-The launcher (``stage1``/``stage2``) enqueues every trial before any worker starts; a worker
-only ever pops WAITING trials (atomically, in the database), so no grid point runs twice.
-While a trial trains, a heartbeat thread stamps it; a worker that finds another's trial
-stale fails it, and the retry callback queues a copy that resumes from the run's
-``last.pt``. SIGTERM or Ctrl-C stops a worker after the current batch; its trial is
-re-queued the same way. Local workers are ``psvae-opt worker`` subprocesses, the same
-command a remote machine runs.
+The launcher enqueues every trial before any worker starts; a worker only ever pops WAITING
+trials (atomically, :mod:`psvae_opt.trial_queue`), so no grid point runs twice. While a trial
+trains, a heartbeat thread stamps it. Between trials a worker looks for trials of dead
+workers (no heartbeat for a grace period, by the database's clock) and re-queues them; the
+next attempt resumes from the run's ``last.pt``. A worker that was itself cut off from the
+database waits a whole grace period after it reconnects before it judges others, so an
+outage never fails a live trial (docs/design.md, "Faults").
+
+SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before a time limit or preemption) stop a worker
+after the current batch; its trial is re-queued on the signal budget, not the crash budget.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import optuna
-import sqlalchemy
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt.errors import ConfigError, PsvaeError, StorageError
-from psvae_opt.objectives import TrialContext, objective, original_number
-from psvae_opt.storage import MAX_RETRIES, TRANSIENT, heartbeat_interval, with_retries
+from psvae_opt import trial_queue
+from psvae_opt.errors import PsvaeError, StorageError
+from psvae_opt.objectives import TrialContext, objective
+from psvae_opt.storage import GRACE_BEATS, TRANSIENT, StudyDatabase
+from psvae_opt.study import enqueue_points, plan_more_seeds, point_key
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; training polls it after every batch."""
+    """Set by a stop signal; training polls it before every batch. ``cause`` names the signal."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.cause = ""
 
     def install(self) -> None:
-        def handler(signum: int, _frame) -> None:
-            log.warning("worker %d got %s: stopping after the current batch", os.getpid(), signal.Signals(signum).name)
+        def handler(signum: int, _frame: Any) -> None:
+            self.cause = signal.Signals(signum).name
+            log.warning("worker %d got %s: stopping after the current batch", os.getpid(), self.cause)
             self.event.set()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, handler)
 
     def __call__(self) -> bool:
         return self.event.is_set()
 
 
 class Heartbeat:
-    """Stamps a running trial every interval; notices when the trial was failed as stale."""
+    """Stamps a running trial every interval; notices when another worker failed it as stale."""
 
-    def __init__(
-        self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float, on_lost: Callable[[], None]
-    ):
-        self.storage, self.trial_id, self.interval, self.on_lost = storage, trial_id, interval, on_lost
+    def __init__(self, db: StudyDatabase, study: optuna.Study, tid: int, interval: float, on_lost: Callable[[], None]):
+        self.db, self.study, self.tid, self.interval, self.on_lost = db, study, tid, interval, on_lost
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{tid}")
 
     def _run(self) -> None:
+        failed = False
         while not self.stop.wait(self.interval):
             try:
-                if self.storage.get_trial(self.trial_id).state != TrialState.RUNNING:
-                    log.warning("trial id %d was failed as stale by another worker; stopping it here", self.trial_id)
+                if trial_queue.get_trial(self.study, self.tid).state != TrialState.RUNNING:
+                    log.warning("trial id %d was re-queued by another worker; stopping it here", self.tid)
                     self.on_lost()
                     return
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as exc:
-                log.warning("heartbeat of trial id %d failed: %s", self.trial_id, str(exc).splitlines()[0])
+                trial_queue.stamp(self.study, self.tid)
+                if failed:  # through again: the worker's grace period starts now
+                    self.db.last_failure, failed = time.monotonic(), False
+            except Exception as exc:  # a database outage: try again next beat
+                self.db.last_failure, failed = time.monotonic(), True
+                log.warning("heartbeat of trial id %d failed: %s", self.tid, str(exc).strip().splitlines()[0])
 
     def __enter__(self) -> Heartbeat:
-        self.thread.start()  # the first stamp came with the pop (pop_waiting)
+        self.thread.start()  # the first stamp came with the pop
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -82,250 +87,169 @@ class Heartbeat:
         self.thread.join()
 
 
-def pop_waiting(study: optuna.Study) -> int | None:
-    """Atomically take one WAITING trial (compare-and-set to RUNNING) and stamp its first
-    heartbeat at once, so that it is never RUNNING unwatched; None when none is left."""
-    storage, study_id = study._storage, study._study_id
-    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                trial_id = trial._trial_id
-                with_retries(lambda t=trial_id: storage.record_heartbeat(t), what="stamping a trial")
-                return trial_id
-        except optuna.exceptions.UpdateFinishedTrialError:
+def requeue_stale(study: optuna.Study, grace: float, unwatched: dict[int, float]) -> list[int]:
+    """Re-queue RUNNING trials whose heartbeat is older than ``grace`` seconds (database clock),
+    and those seen without any heartbeat for over ``grace`` seconds (their worker died between
+    taking them and the first stamp); ``unwatched`` remembers when each was first seen so."""
+    requeued = []
+    ages = trial_queue.heartbeat_ages(study)
+    for tid in [t for t in unwatched if t not in ages or ages[t] is not None]:
+        del unwatched[tid]
+    for tid, age in ages.items():
+        if age is None:
+            first_seen = unwatched.setdefault(tid, time.monotonic())
+            if time.monotonic() - first_seen <= grace:
+                continue
+            reason = "its worker died before the first heartbeat"
+        elif age > grace:
+            reason = f"no heartbeat for {age:.0f} s (grace {grace:.0f} s): its worker died"
+        else:
             continue
+        if trial_queue.requeue(study, tid, reason, "crash") is not None:
+            requeued.append(tid)
+    return requeued
+
+
+def judge_others(db: StudyDatabase, study: optuna.Study, grace: float, unwatched: dict[int, float]) -> list[int]:
+    """:func:`requeue_stale`, once this worker has been connected for a whole grace period.
+
+    A worker that was cut off from the database cannot tell a dead worker from one that was
+    cut off as well: both stopped stamping. Waiting ``grace`` seconds after reconnecting gives
+    every live worker time to stamp its trial again, so an outage of any length fails no live
+    trial (as long as each process rides it out: ``PSVAE_OPT_DB_PATIENCE``).
+    """
+    if db.connected_for() < grace:
+        return []
+    return db.retry(lambda: requeue_stale(study, grace, unwatched), what="checking for dead workers")
+
+
+def _duplicate_of(study: optuna.Study, trial: FrozenTrial) -> int | None:
+    """Another live attempt of the same grid point (two processes queued it at once), or None."""
+    if not trial.system_attrs.get("fixed_params"):  # an adaptive trial: its sampler draws its point
+        return None
+    key, first = point_key(trial_queue.point_of(trial)), trial_queue.first_number(trial)
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        same_point = other.number != trial.number and point_key(trial_queue.point_of(other)) == key
+        if same_point and (other.state == TrialState.COMPLETE or trial_queue.first_number(other) != first):
+            return other.number
     return None
 
 
-def requeue_unwatched(study: optuna.Study, older_than: float) -> list[int]:
-    """Re-queue RUNNING trials that never got a heartbeat (their worker died between taking
-    them and the first stamp) once they started more than ``older_than`` seconds ago.
+def _attr_writer(db: StudyDatabase) -> Callable[[optuna.Trial, dict[str, Any]], None]:
+    def write(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            db.retry(lambda k=key, v=value: trial.set_user_attr(k, v), what=f"recording {key} of trial {trial.number}")
 
-    Optuna's stale-trial check skips trials without a heartbeat, so without this such a
-    trial would stay RUNNING forever and its stage would never end.
-    """
-    storage = study._storage
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not running:
-        return []
-    engine = getattr(storage, "_backend", storage).engine  # optuna wraps the RDBStorage in a cache
-    with engine.connect() as conn:
-        stamped = {row[0] for row in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
-    now = datetime.datetime.now()  # datetime_start is the worker's local time: run workers with TZ=UTC
-    orphans = [
-        t._trial_id
-        for t in running
-        if t._trial_id not in stamped
-        and t.datetime_start is not None
-        and (now - t.datetime_start).total_seconds() > older_than
-    ]
-    for trial_id in orphans:
-        log.warning("trial id %d has been RUNNING without a heartbeat for over %.0f s: re-queued", trial_id, older_than)
-        requeue(study, trial_id, "its worker died before the first heartbeat; re-queued")
-    return orphans
+    return write
 
 
-def requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
-    """Fail a trial and queue a retry that resumes from its checkpoint (as for a dead worker)."""
-    storage = study._storage
-    storage.set_trial_user_attr(trial_id, "error", reason)
-    if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, storage.get_trial(trial_id))
-
-
-def _unfinished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
-
-
-def _all_done(study: optuna.Study) -> bool:
-    """No trial waiting or running, seen twice a second apart: a re-queue writes the FAIL and
-    the retry's WAITING copy in two transactions, and a worker looking in between would
-    leave the copy with no one to run it."""
-    if with_retries(lambda: _unfinished(study), what="counting trials"):
-        return False
-    time.sleep(1.0)
-    return with_retries(lambda: _unfinished(study), what="counting trials") == 0
-
-
-def _set_attrs_retrying(trial: optuna.Trial, attrs: dict) -> None:
-    """User attributes, written through a database outage (a restart loses nothing)."""
-    for key, value in attrs.items():
-        with_retries(lambda k=key, v=value: trial.set_user_attr(k, v), what=f"recording {key} of trial {trial.number}")
-
-
-def run_one(study: optuna.Study, trial_id: int, ctx: TrialContext, stop: StopFlag, interval: float) -> TrialState:
-    """Train one popped trial under a heartbeat and record how it ended."""
+def run_one(
+    db: StudyDatabase, study: optuna.Study, tid: int, ctx: TrialContext, stop: StopFlag, interval: float
+) -> TrialState:
+    """Train one popped trial under a heartbeat (every ``interval`` seconds) and record how it ended."""
     lost = threading.Event()
-    ctx.should_stop = lambda: stop() or lost.is_set()
-    storage = study._storage
-    trial = with_retries(lambda: optuna.Trial(study, trial_id), what="opening a trial")
-    first = original_number(with_retries(lambda: storage.get_trial(trial_id), what="reading a trial"))
-    with Heartbeat(storage, trial_id, interval, lost.set):
-        try:
-            values = objective(trial, ctx, first)
-        except KeyboardInterrupt:
-            if lost.is_set():
-                return TrialState.FAIL  # another worker already failed and re-queued it
-            with_retries(lambda: requeue(study, trial_id, "stopped by a signal; re-queued"), what="re-queueing a trial")
-            log.info("trial %d re-queued; its retry resumes from the last epoch", trial.number)
-            return TrialState.FAIL
-        except TRANSIENT + (StorageError,) as exc:  # the database, not the trial, failed: run it again
-            log.error("trial %d lost the database (%s); re-queueing it", trial.number, str(exc).splitlines()[0])
-            with_retries(
-                lambda: requeue(study, trial_id, "the database was unreachable; re-queued"), what="re-queueing a trial"
-            )
-            return TrialState.FAIL
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PsvaeError) else str(exc)
-            log.error("trial %d failed: %s", trial.number, message)
-            with_retries(lambda: storage.set_trial_user_attr(trial_id, "error", message), what="recording an error")
-            with_retries(lambda: storage.set_trial_state_values(trial_id, TrialState.FAIL), what="failing a trial")
-            return TrialState.FAIL
+    trial = db.retry(lambda: optuna.Trial(study, tid), what="opening a trial")
+    frozen = db.retry(lambda: trial_queue.get_trial(study, tid), what="reading a trial")
+    duplicate = db.retry(lambda: _duplicate_of(study, frozen), what="reading the trials")
+    if duplicate is not None:
+        db.retry(lambda: trial_queue.fail(study, tid, f"a duplicate of trial {duplicate}"), what="failing a duplicate")
+        log.info("trial %d is a duplicate of trial %d; dropped", frozen.number, duplicate)
+        return TrialState.FAIL
+    first = trial_queue.first_number(frozen)
+    if first != frozen.number:
+        log.info(
+            "trial %d continues trial %d's run (attempt after %s)", frozen.number, first, trial_queue.lineage(frozen)
+        )
     try:
-        with_retries(lambda: study.tell(trial, values), what="reporting a trial")
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return TrialState.FAIL  # failed as stale meanwhile; its retry reruns from the checkpoint
-    log.info("trial %d complete: %s", trial.number, values)
+        with Heartbeat(db, study, tid, interval, lost.set):
+            values = objective(
+                trial, ctx, first, should_stop=lambda: stop() or lost.is_set(), write_attrs=_attr_writer(db)
+            )
+        told = db.retry(lambda: study.tell(trial, values), what="reporting a trial")
+    except KeyboardInterrupt:
+        if lost.is_set():
+            return TrialState.FAIL  # another worker already re-queued it
+        reason = f"stopped by {stop.cause or 'a signal'}"
+        db.retry(lambda: trial_queue.requeue(study, tid, reason, "signal"), what="re-queueing a trial")
+        return TrialState.FAIL
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
+            return _failed(db, study, tid, frozen.number, exc)
+        log.warning(
+            "trial %d was re-queued by another worker meanwhile; its next attempt resumes its run", frozen.number
+        )
+        return TrialState.FAIL
+    except TRANSIENT + (StorageError,) as exc:  # the database, not the trial, failed: run it again
+        log.error("trial %d lost the database (%s); re-queueing it", frozen.number, str(exc).splitlines()[0])
+        db.retry(lambda: trial_queue.requeue(study, tid, "the database was unreachable", "crash"), what="re-queueing")
+        return TrialState.FAIL
+    except Exception as exc:  # the trial fails, the worker goes on
+        return _failed(db, study, tid, frozen.number, exc)
+    log.info("trial %d complete: %s", frozen.number, values)
+    if ctx.hooks.on_complete is not None:
+        try:
+            ctx.hooks.on_complete(study, told)
+        except Exception as exc:  # tracking is best effort: the trial is complete whatever it says
+            log.warning("trial %d: on_complete hook failed (%s: %s)", frozen.number, type(exc).__name__, exc)
     return TrialState.COMPLETE
 
 
-def run_worker(study: optuna.Study, ctx: TrialContext, stop: StopFlag | None = None) -> int:
-    """Pop and run trials until the study has none waiting or running; returns trials completed."""
-    stop = stop or StopFlag()
-    ctx.write_attrs = _set_attrs_retrying
-    interval = heartbeat_interval()
+def _failed(db: StudyDatabase, study: optuna.Study, tid: int, number: int, exc: BaseException) -> TrialState:
+    message = str(exc) if isinstance(exc, PsvaeError) else f"{type(exc).__name__}: {exc}"
+    log.error("trial %d failed: %s", number, message)
+    db.retry(lambda: trial_queue.fail(study, tid, message), what="failing a trial")
+    return TrialState.FAIL
+
+
+def unfinished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
+
+
+def all_done(db: StudyDatabase, study: optuna.Study) -> bool:
+    """No trial waiting or running, seen twice a second apart: a re-queue writes the FAIL and
+    the next attempt's WAITING copy in two transactions, and a worker looking in between would
+    leave the copy with no one to run it."""
+    if db.retry(lambda: unfinished(study), what="counting trials"):
+        return False
+    time.sleep(1.0)
+    return db.retry(lambda: unfinished(study), what="counting trials") == 0
+
+
+def top_up(study: optuna.Study, max_seeds: int | None) -> int:
+    """Queue the next round of ``--seeds auto`` (nothing when seeds are fixed); returns how many."""
+    if not max_seeds:
+        return 0
+    return enqueue_points(study, plan_more_seeds(study, max_seeds))
+
+
+def run_worker(
+    db: StudyDatabase,
+    study: optuna.Study,
+    ctx: TrialContext,
+    stop: StopFlag,
+    *,
+    interval: float,
+    max_seeds: int | None = None,
+) -> int:
+    """Pop and run trials until the study has none waiting or running; returns trials completed.
+
+    Args:
+        interval: seconds between heartbeats; a trial is stale after GRACE_BEATS of them.
+        max_seeds: stage 2 ``--seeds auto``: the seed budget per beta; when the queue runs dry
+            this worker queues the next round itself (:func:`psvae_opt.study.plan_more_seeds`).
+    """
+    grace = GRACE_BEATS * interval
+    unwatched: dict[int, float] = {}
     done = 0
     while not stop():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            with_retries(lambda: optuna.storages.fail_stale_trials(study), what="checking for dead workers")
-        with_retries(lambda: requeue_unwatched(study, older_than=3 * interval), what="checking for dead workers")
-        trial_id = with_retries(lambda: pop_waiting(study), what="taking a queued trial")
-        if trial_id is None:
-            if _all_done(study):
+        judge_others(db, study, grace, unwatched)
+        tid = db.retry(lambda: trial_queue.pop_waiting(study), what="taking a queued trial")
+        if tid is None:
+            if db.retry(lambda: top_up(study, max_seeds), what="queueing more seeds"):
+                continue
+            if all_done(db, study):
                 break
             stop.event.wait(min(interval, 5))  # others are running: wait in case one dies
             continue
-        done += run_one(study, trial_id, ctx, stop, interval) == TrialState.COMPLETE
+        done += run_one(db, study, tid, ctx, stop, interval) == TrialState.COMPLETE
     return done
-
-
-def worker_command(
-    config: str, overrides: Sequence[str], stage: int, storage: str, extra: Sequence[str] = ()
-) -> list[str]:
-    """The ``psvae-opt worker`` command line for a local worker process."""
-    sets = [a for o in overrides for a in ("--set", o)]
-    return [
-        sys.executable,
-        "-m",
-        "psvae_opt.cli",
-        "worker",
-        "--config",
-        config,
-        *sets,
-        "--stage",
-        str(stage),
-        "--storage",
-        storage,
-        *extra,
-    ]
-
-
-def launch_local(command: list[str], n_workers: int, gpus: Sequence[str], study: optuna.Study, log_dir: Path) -> int:
-    """Start ``n_workers`` worker processes (round-robin over ``gpus``, CPU when none) and wait.
-
-    A worker that dies while trials remain is replaced (at most ``2 n_workers`` times), so a
-    crash costs one re-queued trial, not the stage. Ctrl-C stops every worker cleanly.
-    Returns the number of workers that exited with an error.
-    """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // n_workers) if not gpus else None
-
-    def start(i: int) -> subprocess.Popen:
-        env = dict(os.environ, TZ="UTC", PYTHONUNBUFFERED="1")
-        env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)] if gpus else ""
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
-        out = (log_dir / f"worker-{i}.log").open("a")
-        log.info("worker %d: %s (GPU %s)", i, " ".join(command[2:5]), env["CUDA_VISIBLE_DEVICES"] or "none, CPU")
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    procs = {i: start(i) for i in range(n_workers)}
-    restarts, failures = 0, 0
-    progress = StageProgress(study)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` of the launcher stops its workers too
-    try:
-        while procs:
-            time.sleep(1.0)
-            progress.update()
-            for i, proc in list(procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del procs[i]
-                if code != 0:
-                    failures += 1
-                    log.warning("worker %d exited with %s (log: %s)", i, code, log_dir / f"worker-{i}.log")
-                    if restarts < 2 * n_workers and with_retries(lambda: _unfinished(study), what="counting trials"):
-                        restarts += 1
-                        procs[i] = start(i)
-    except KeyboardInterrupt:
-        log.warning("stopping %d workers; their trials are re-queued", len(procs))
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait()
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        progress.close()
-    return failures
-
-
-def _interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-class StageProgress:
-    """A progress bar of a stage's trials (complete of all), with the epochs of running ones."""
-
-    def __init__(self, study: optuna.Study, every: float = 5.0) -> None:
-        from tqdm import tqdm
-
-        self.study, self.every, self.last, self.logged = study, every, 0.0, -1
-        # on a terminal a live bar; in a log file one line per finished trial instead
-        self.bar = tqdm(total=0, desc=study.study_name, unit="trial", disable=not sys.stderr.isatty())
-
-    def update(self) -> None:
-        if time.monotonic() - self.last < self.every:
-            return
-        self.last = time.monotonic()
-        try:
-            trials = self.study.get_trials(deepcopy=False)
-        except Exception:
-            return
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        self.bar.total = done + len(running) + sum(t.state == TrialState.WAITING for t in trials)
-        self.bar.n = done
-        epochs = ", ".join(f"#{t.number} epoch {t.user_attrs.get('epochs_done', 0)}" for t in running)
-        self.bar.set_postfix_str(f"running: {epochs}" if running else "", refresh=False)
-        self.bar.refresh()
-        if self.bar.disable and done != self.logged:
-            self.logged = done
-            log.info("%s: %d of %d trials complete", self.study.study_name, done, self.bar.total)
-
-    def close(self) -> None:
-        self.last = 0.0
-        self.update()
-        self.bar.close()
-
-
-def check_gpus(gpus: str | None) -> list[str]:
-    """Parse ``--gpus 0,1`` into device ids."""
-    if not gpus:
-        return []
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    if not all(g.isdigit() for g in ids):
-        raise ConfigError(f"--gpus {gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1")
-    return ids

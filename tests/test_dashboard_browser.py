@@ -23,7 +23,8 @@ import optuna
 import pytest
 from PIL import Image
 
-from psvae_opt.storage import open_storage
+from psvae_opt import trial_queue
+from psvae_opt.storage import open_database
 from tests.pgserver import free_port
 from tests.test_search import REPO, study_file
 
@@ -134,7 +135,7 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
     from selenium.webdriver.support.ui import WebDriverWait
 
     config, url = searched
-    storage = open_storage(url, heartbeat=False)
+    storage = open_database(url).storage
     stage1, stage2, rating = (
         optuna.load_study(study_name=n, storage=storage) for n in ("t-stage1", "t-stage2", "t-stage2-rating")
     )
@@ -142,14 +143,14 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
 
     browser.get(f"{server}/dashboard")
     _wait_text(browser, "t-stage1", "t-stage2", "t-stage2-rating")
-    browser.get(f"{server}/dashboard/studies/{stage1._study_id}")
+    browser.get(f"{server}/dashboard/studies/{trial_queue.study_id(stage1)}")
     _wait_text(browser, "pixel_mse", "label_mse", "t-stage1: search summary")
-    browser.get(f"{server}/dashboard/studies/{stage2._study_id}")
+    browser.get(f"{server}/dashboard/studies/{trial_queue.study_id(stage2)}")
     _wait_text(browser, "zu_corr", "pixel_mse", "t-stage2: search summary", "train_zu_corr")
 
     # a stage-2 trial: its four artifacts, the image and the movie loaded by the browser
     trial = stage2.trials[0]
-    browser.get(f"{server}/dashboard/studies/{stage2._study_id}/trials?numbers=0")
+    browser.get(f"{server}/dashboard/studies/{trial_queue.study_id(stage2)}/trials?numbers=0")
     _wait_text(browser, "curves.html", "labels.html", "traversal.png", "traversal.mp4", "t-stage2-rating")
     diagnostics = Path(trial.user_attrs["run_dir"]) / "diagnostics"
     png = browser.find_element(By.CSS_SELECTOR, "img[alt='traversal.png']")
@@ -173,7 +174,7 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
 
     # its rating twin: the form, filled in and submitted
     twin = next(t for t in rating.trials if t.user_attrs["stage2_trial"] == trial.number)
-    browser.get(f"{server}/dashboard/studies/{rating._study_id}/trials?numbers={twin.number}")
+    browser.get(f"{server}/dashboard/studies/{trial_queue.study_id(rating)}/trials?numbers={twin.number}")
     _wait_text(
         browser,
         "Set User Attributes Form",
@@ -189,10 +190,10 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
     browser.save_screenshot(str(OUTPUT / "dashboard_rating.png"))
     browser.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
     deadline = time.monotonic() + 20
-    while "rating_note" not in storage.get_trial(twin._trial_id).user_attrs:
+    while "rating_note" not in storage.get_trial(trial_queue.trial_id(twin)).user_attrs:
         assert time.monotonic() < deadline, "the rating never reached the database"
         time.sleep(0.3)
-    attrs = storage.get_trial(twin._trial_id).user_attrs
+    attrs = storage.get_trial(trial_queue.trial_id(twin)).user_attrs
     assert (attrs["rating_single_feature_dims"], attrs["rating_supervised_clean"], attrs["rating_note"]) == (
         1,
         0.5,

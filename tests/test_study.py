@@ -8,15 +8,18 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from psvae_opt import trial_queue
 from psvae_opt.config import load_config
-from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.errors import ConfigError
+from psvae_opt.intervals import t_interval
+from psvae_opt.storage import open_database
 from psvae_opt.study import (
     counts,
     create_stage,
-    enqueue_budget,
     enqueue_points,
+    given_up,
     knee_index,
-    load_stage,
+    plan_more_seeds,
     recommend_stage1,
     recommend_stage2,
     seed_summary,
@@ -31,67 +34,124 @@ def test_knee_is_the_point_nearest_the_scaled_utopia():
     assert knee_index(np.array([[1.0, 5.0], [1.0, 3.0]])) == 1  # a constant objective is ignored
 
 
-def _stage1_trial(alpha: float, pixel: float, label: float) -> optuna.trial.FrozenTrial:
-    return create_trial(
-        state=TrialState.COMPLETE,
-        values=[pixel, label],
-        params={"alpha": alpha, "n_unsup": 2},
-        distributions={
-            "alpha": CategoricalDistribution([50.0, 100.0, 500.0, 1000.0]),
-            "n_unsup": CategoricalDistribution([2]),
-        },
-        user_attrs={"run_dir": f"/runs/{alpha}"},
-    )
+def stage1_study(rows: list[tuple[float, int, float, float]]) -> optuna.Study:
+    """(alpha, seed, pixel, label) rows as complete stage-1 trials."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_user_attr("stage", 1)
+    dists = {
+        "alpha": CategoricalDistribution([50.0, 100.0, 500.0, 1000.0]),
+        "n_unsup": CategoricalDistribution([2]),
+        "seed": IntDistribution(0, 4),
+    }
+    for alpha, seed, pixel, label in rows:
+        study.add_trial(
+            create_trial(
+                values=[pixel, label],
+                params={"alpha": alpha, "n_unsup": 2, "seed": seed},
+                distributions=dists,
+                user_attrs={"run_dir": f"/runs/{alpha}/{seed}", "val_pixel_mse": pixel, "val_label_mse": label},
+            )
+        )
+    return study
 
 
 def test_stage1_recommendation_is_the_knee_and_is_stored():
-    study = optuna.create_study(directions=["minimize", "minimize"])
-    for alpha, pixel, label in [(50, 0.010, 0.30), (100, 0.011, 0.05), (500, 0.014, 0.03), (1000, 0.030, 0.02)]:
-        study.add_trial(_stage1_trial(float(alpha), pixel, label))
-    study.add_trial(_stage1_trial(100.0, 0.02, 0.10))  # dominated
+    study = stage1_study([(50, 0, 0.010, 0.30), (100, 0, 0.011, 0.05), (500, 0, 0.014, 0.03), (1000, 0, 0.030, 0.02)])
     rec = recommend_stage1(study)
-    assert (rec["alpha"], rec["n_unsup"], rec["trial"], rec["run_dir"]) == (100.0, 2, 1, "/runs/100.0")
+    assert (rec["alpha"], rec["n_unsup"], rec["trial"], rec["run_dir"], rec["n_seeds"]) == (100.0, 2, 1, "/runs/100/0", 1)
     assert study.user_attrs["recommendation"] == rec
 
 
-def _stage2_trial(
-    beta: float, seed: int, zu: float, pixel: float, mig: float | None = None
-) -> optuna.trial.FrozenTrial:
-    attrs = {"train_zu_corr": zu, "val_pixel_mse": pixel, "val_label_mse": 0.1 * seed, "run_dir": f"/r/{beta}/{seed}"}
-    if mig is not None:
-        attrs["mig"] = mig
-    return create_trial(
-        state=TrialState.COMPLETE,
-        values=[zu, pixel],
-        params={"beta": beta, "seed": seed},
-        distributions={"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0, 2)},
-        user_attrs=attrs,
-    )
+def test_stage1_knee_is_computed_on_the_seed_means():
+    """Seed 0 alone would make alpha 100 the knee; over three seeds alpha 500 is."""
+    rows = [(50, s, 0.010, 0.30) for s in range(3)] + [(1000, s, 0.030, 0.02) for s in range(3)]
+    rows += [(100, 0, 0.011, 0.05), (100, 1, 0.016, 0.20), (100, 2, 0.017, 0.22)]  # seed 0 was lucky
+    rows += [(500, 0, 0.014, 0.06), (500, 1, 0.013, 0.04), (500, 2, 0.015, 0.05)]
+    study = stage1_study(rows)
+    rec = recommend_stage1(study)
+    assert (rec["alpha"], rec["n_seeds"]) == (500.0, 3)
+    assert rec["pixel_mse"] == pytest.approx(0.014) and rec["label_mse"] == pytest.approx(0.05)
+    assert rec["trial"] == 9  # the recommended alpha's first seed
+    (row,) = [r for r in study.user_attrs["seed_summary"] if r["alpha"] == 100.0]
+    assert row["val_label_mse_mean"] == pytest.approx(0.47 / 3)
+    seed0 = stage1_study([r for r in rows if r[1] == 0])
+    assert recommend_stage1(seed0)["alpha"] == 100.0
 
 
-def test_seed_summary_and_stage2_recommendation():
+def stage2_study(rows: list[tuple], **extra: dict) -> optuna.Study:
+    """(beta, seed, zu_corr, pixel[, mig[, collapsed]]) rows as complete stage-2 trials."""
     study = optuna.create_study(directions=["minimize", "minimize"])
-    rows = [
-        (1.0, 0, 0.50, 0.010, 0.1),
-        (1.0, 1, 0.30, 0.012, 0.2),
-        (1.0, 2, 0.40, 0.011, 0.3),
-        (5.0, 0, 0.20, 0.020, 0.6),
-        (5.0, 1, 0.10, 0.019, 0.4),
-    ]
-    for beta, seed, zu, pixel, mig in rows:
-        study.add_trial(_stage2_trial(beta, seed, zu, pixel, mig))
+    study.set_user_attr("stage", 2)
+    for beta, seed, zu, pixel, *rest in rows:
+        attrs = {"train_zu_corr": zu, "val_pixel_mse": pixel, "val_label_mse": 0.1 * seed, "run_dir": f"/r/{beta}/{seed}"}
+        if rest:
+            attrs["mig"] = rest[0]
+        if len(rest) > 1:
+            attrs.update(collapsed=rest[1], collapsed_dims=[0] if rest[1] else [])
+        study.add_trial(
+            create_trial(
+                values=[zu, pixel],
+                params={"beta": beta, "seed": seed},
+                distributions={"beta": CategoricalDistribution([1.0, 5.0, 10.0, 20.0]), "seed": IntDistribution(0, 9)},
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def test_seed_summary_intervals_and_the_stage2_recommendation():
+    rows = [(1.0, 0, 0.50, 0.010, 0.1), (1.0, 1, 0.30, 0.012, 0.2), (1.0, 2, 0.40, 0.011, 0.3)]
+    rows += [(5.0, 0, 0.20, 0.020, 0.6), (5.0, 1, 0.10, 0.019, 0.4)]
+    study = stage2_study(rows)
     summary = seed_summary(study)
-    assert [(r["beta"], r["n_seeds"], r["seeds"]) for r in summary] == [(1.0, 3, [0, 1, 2]), (5.0, 2, [0, 1])]
-    assert summary[0]["train_zu_corr_mean"] == pytest.approx(0.4)
-    assert summary[0]["train_zu_corr_std"] == pytest.approx(0.1)
-    assert summary[1]["mig_mean"] == pytest.approx(0.5) and summary[1]["val_pixel_mse_std"] == pytest.approx(
-        np.std([0.02, 0.019], ddof=1)
-    )
+    assert [(r["beta"], r["n_seeds"], r["seeds"], r["n_collapsed"]) for r in summary] == [
+        (1.0, 3, [0, 1, 2], 0),
+        (5.0, 2, [0, 1], 0),
+    ]
+    iv = t_interval([0.5, 0.3, 0.4])
+    assert (summary[0]["train_zu_corr_mean"], summary[0]["train_zu_corr_std"]) == (pytest.approx(0.4), pytest.approx(0.1))
+    assert (summary[0]["train_zu_corr_low"], summary[0]["train_zu_corr_high"]) == (pytest.approx(iv.low), pytest.approx(iv.high))
+    assert summary[1]["mig_mean"] == pytest.approx(0.5)
+    assert summary[1]["val_pixel_mse_std"] == pytest.approx(np.std([0.02, 0.019], ddof=1))
     assert summary[0]["val_loss_mean"] is None  # an attribute no trial has
     rec = recommend_stage2(study)
-    assert (rec["beta"], rec["seed"], rec["trial"]) == (5.0, 1, 4)
-    assert rec["zu_corr_mean"] == pytest.approx(0.15)
+    assert (rec["beta"], rec["seed"], rec["trial"], rec["runner_up"]) == (5.0, 1, 4, 1.0)
+    assert rec["zu_corr_mean"] == pytest.approx(0.15) and rec["mig"] == pytest.approx(0.4)
+    # 5.0: 0.15 +- 12.7 * 0.0707 / sqrt(2) spans 1.0's interval: not told apart
+    assert rec["resolved"] is False and rec["overlapping"] == [1.0]
     assert study.user_attrs["seed_summary"] == summary
+
+
+def test_a_clear_winner_is_resolved():
+    rows = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(3)]
+    rec = recommend_stage2(stage2_study(rows))
+    assert (rec["beta"], rec["runner_up"], rec["resolved"], rec["overlapping"]) == (10.0, 1.0, True, [])
+
+
+def test_the_recommendation_skips_collapsed_trials():
+    rows = [
+        (1.0, 0, 0.40, 0.01, 0.2, False),
+        (1.0, 1, 0.45, 0.01, 0.2, False),
+        (10.0, 0, 0.01, 0.01, 0.1, True),  # lowest zu_corr of all, but a dead dimension
+        (10.0, 1, 0.20, 0.01, 0.6, False),
+        (10.0, 2, 0.25, 0.01, 0.5, False),
+        (20.0, 0, 0.02, 0.01, 0.1, True),
+        (20.0, 1, 0.03, 0.01, 0.1, True),
+    ]
+    study = stage2_study(rows)
+    rec = recommend_stage2(study)
+    assert (rec["beta"], rec["trial"], rec["seed"], rec["collapsed"]) == (10.0, 3, 1, False)
+    assert rec["zu_corr_mean"] == pytest.approx(0.225) and (rec["n_seeds"], rec["n_healthy"]) == (3, 2)
+    assert rec["warnings"] == ["beta 20 left out: every trial collapsed"]
+    by_beta = {r["beta"]: r for r in seed_summary(study)}
+    assert by_beta[10.0]["trials"] == [3, 4] and by_beta[20.0]["all_collapsed"] and by_beta[20.0]["n_collapsed"] == 2
+
+
+def test_every_trial_collapsed_falls_back_with_a_warning():
+    study = stage2_study([(1.0, 0, 0.3, 0.01, 0.1, True), (5.0, 0, 0.1, 0.01, 0.1, True), (5.0, 1, 0.2, 0.01, 0.1, True)])
+    rec = recommend_stage2(study)
+    assert rec["beta"] == 5.0 and rec["trial"] == 1 and rec["collapsed"]
+    assert "every trial of every beta has a collapsed unsupervised dimension" in rec["warnings"][0]
 
 
 def test_recommendations_of_an_empty_study_are_none():
@@ -99,25 +159,57 @@ def test_recommendations_of_an_empty_study_are_none():
     assert recommend_stage1(study) is None and recommend_stage2(study) is None
 
 
-def test_enqueueing_is_idempotent_and_requeues_only_failed_points(tmp_path):
-    storage = f"sqlite:///{tmp_path / 's.db'}"
+def test_auto_seeds_add_one_seed_to_each_beta_not_yet_told_apart():
+    rows = [(1.0, s, 0.9 - 0.01 * s, 0.01) for s in range(3)]  # clearly worst
+    rows += [(5.0, 0, 0.10, 0.01), (5.0, 1, 0.60, 0.01), (5.0, 2, 0.30, 0.01)]  # the seed decides
+    rows += [(10.0, 0, 0.20, 0.01), (10.0, 1, 0.25, 0.01), (10.0, 2, 0.30, 0.01)]
+    study = stage2_study(rows)
+    # best 10.0 (0.25) overlaps 5.0 (0.33 +- 0.62); 1.0 is clear of it
+    assert plan_more_seeds(study, max_seeds=10) == [{"beta": 10.0, "seed": 3}, {"beta": 5.0, "seed": 3}]
+    assert plan_more_seeds(study, max_seeds=3) == []  # the budget is spent
+    study.enqueue_trial({"beta": 10.0, "seed": 3})
+    assert plan_more_seeds(study, max_seeds=10) == []  # a round is still running
+
+
+def test_auto_seeds_stop_once_resolved():
+    rows = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(3)]
+    assert plan_more_seeds(stage2_study(rows), max_seeds=10) == []
+
+
+def test_enqueueing_is_idempotent_and_resumes_failed_points(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 's.db'}")
     cfg = load_config(None, ["study.name=q"])
-    study = create_stage(optuna.storages.RDBStorage(storage), cfg, 1)
-    points = [{"alpha": a, "n_unsup": 2} for a in (50.0, 100.0, 500.0)]
+    study = create_stage(db, cfg, 1)
+    points = [{"alpha": a, "n_unsup": 2, "seed": 0} for a in (50.0, 100.0, 500.0)]
     assert enqueue_points(study, points) == 3
     assert enqueue_points(study, points) == 0
-    study.tell(study.ask(), state=TrialState.FAIL)  # the first point failed for good
+    tid = trial_queue.pop_waiting(study)
+    trial_queue.fail(study, tid, "NaN loss")  # the first point failed for good
     assert enqueue_points(study, points) == 1 and counts(study) == {"WAITING": 3, "FAIL": 1}
-    assert enqueue_budget(study, 5) == 2 and counts(study)["WAITING"] == 5
+    again = study.get_trials(states=(TrialState.WAITING,))[-1]
+    assert trial_queue.point_of(again) == points[0] and trial_queue.first_number(again) == 0
 
 
-def test_a_stage_remembers_its_settings(tmp_path):
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    cfg = load_config(None, ["study.name=m"])
-    study = create_stage(storage, cfg, 2, fixed={"alpha": 100.0, "n_unsup": 2, "seeds": 3})
-    assert study.metric_names == ["zu_corr", "pixel_mse"]
-    assert create_stage(storage, cfg, 2, fixed={"alpha": 100.0, "n_unsup": 2, "seeds": 3}).user_attrs["alpha"] == 100.0
-    with pytest.raises(ConfigError, match="was started with seeds = 3, not 5"):
-        create_stage(storage, cfg, 2, fixed={"alpha": 100.0, "n_unsup": 2, "seeds": 5})
-    with pytest.raises(StorageError, match="no stage-1 study 'm-stage1'"):
-        load_stage(storage, cfg, 1)
+def test_a_study_keeps_its_identity_settings(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 's.db'}")
+    cfg = load_config(None, ["study.name=q"])
+    study = create_stage(db, cfg, 2, settings={"alpha": 100.0, "n_unsup": 2, "seeds": 2})
+    create_stage(db, cfg, 2, settings={"alpha": 100.0, "n_unsup": 2, "seeds": 5})  # more seeds: fine
+    assert optuna.load_study(study_name="q-stage2", storage=db.storage).user_attrs["seeds"] == 5
+    with pytest.raises(ConfigError, match="was started with alpha = 100.0, not 7.0"):
+        create_stage(db, cfg, 2, settings={"alpha": 7.0, "n_unsup": 2, "seeds": 2})
+    assert study.user_attrs["run_key"]
+
+
+def test_given_up_lists_the_last_attempt_of_each_spent_lineage(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 's.db'}")
+    study = create_stage(db, load_config(None, ["study.name=q"]), 1)
+    enqueue_points(study, [{"alpha": 50.0, "n_unsup": 2, "seed": 0}])
+    for _ in range(trial_queue.MAX_CRASH_RETRIES + 1):
+        tid = trial_queue.pop_waiting(study)
+        trial_queue.requeue(study, tid, "killed", "crash")
+    (last,) = given_up(study)
+    assert last.user_attrs["error"] == "killed" and trial_queue.first_number(last) == 0
+    assert trial_queue.point_of(last) == {"alpha": 50.0, "n_unsup": 2, "seed": 0}
+    assert enqueue_points(study, [{"alpha": 50.0, "n_unsup": 2, "seed": 0}]) == 1  # the stage run again
+    assert given_up(study) == []

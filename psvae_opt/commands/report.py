@@ -1,7 +1,8 @@
 """`psvae-opt report summary|curves|labels|traversal|movie`: the guide's diagnostics, as files.
 
-Charts are interactive HTML (plotly), frames PNG and MP4. The same writers make the
-diagnostics every trial uploads to the dashboard (:func:`render_trial_diagnostics`).
+Charts are interactive HTML (plotly), frames PNG and MP4; the writers live in
+:mod:`psvae_opt.diagnostics`. A trial's report uses the trial's own resolved configuration
+(its data file, model and split), whatever the study file says now.
 """
 
 from __future__ import annotations
@@ -11,78 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
-import plotly.graph_objects as go
 
 from psvae_opt import plots, space, traversals
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
-from psvae_opt.data import Session
+from psvae_opt.config import Config, load_config_text
+from psvae_opt.diagnostics import write_curves, write_labels, write_summary
 from psvae_opt.errors import ConfigError
-from psvae_opt.runs import SPLIT_CODES, load_latents
+from psvae_opt.runs import SPLIT_CODES
 from psvae_opt.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
 
 DEFAULT_OUT = "psvae-opt-out"
-
-
-def write_html(fig: go.Figure, path: Path, plotlyjs: bool | str = True) -> Path:
-    """A figure as HTML: self-contained (``plotlyjs=True``) or loading plotly.js from its CDN ("cdn")."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=plotlyjs, full_html=True)
-    return path
-
-
-def write_summary(study: optuna.Study, stage: int, path: Path) -> Path:
-    return write_html(plots.search_summary(study, stage), path)
-
-
-def write_curves(
-    run_dir: Path, path: Path, splits: Sequence[str] = plots.CURVE_SPLITS, plotlyjs: bool | str = True
-) -> Path:
-    curves = [plots.training_curves_data(run_dir, s) for s in splits]
-    return write_html(
-        plots.training_curves_figure(curves, f"{run_dir.name}: training curves ({', '.join(splits)})"), path, plotlyjs
-    )
-
-
-def write_labels(
-    run_dir: Path,
-    session: Session,
-    path: Path,
-    trials: Sequence[int] | None = None,
-    labels: Sequence[int] | None = None,
-    split: str = "val",
-    plotlyjs: bool | str = True,
-) -> Path:
-    """Label traces of ``trials`` (default: the first two trials of ``split``)."""
-    latents = load_latents(run_dir)
-    if not trials:
-        trials = plots.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])[:2] or [0]
-    data = plots.label_traces_data(
-        session.labels,
-        session.masks,
-        latents["y_hat"],
-        session.trial_starts,
-        list(trials),
-        list(labels) if labels else list(range(session.n_labels)),
-        session.label_names,
-    )
-    return write_html(plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
-
-
-def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, device: str = "cpu") -> list[Path]:
-    """What a finished trial uploads: curves.html, labels.html, traversal.png, traversal.mp4.
-
-    Kept cheap next to training: labels over at most two validation trials, one traversal
-    grid of 7 steps, a movie of 3 base frames with 30 steps per sweep. The HTML loads
-    plotly.js from its CDN (a self-contained file would be 4 MB per chart).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = traversals.load_run(run_dir, session, device)
-    return [
-        write_curves(run_dir, out_dir / "curves.html", plotlyjs="cdn"),
-        write_labels(run_dir, session, out_dir / "labels.html", plotlyjs="cdn"),
-        traversals.write_traversal_png(run, session, out_dir / "traversal.png"),
-        traversals.write_traversal_movie(run, session, out_dir / "traversal.mp4"),
-    ]
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -136,27 +75,36 @@ def _add_movie(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=int, default=FPS, help=f"frames per second (default {FPS})")
 
 
-def _study(args: argparse.Namespace):
-    from psvae_opt.storage import open_storage
+def _study(args: argparse.Namespace) -> tuple[optuna.Study, Path]:
+    from psvae_opt.storage import open_database
     from psvae_opt.study import load_stage
 
     cfg = load_config_from(args)
-    study = load_stage(open_storage(args.storage, heartbeat=False), cfg, args.stage)
-    out = Path(args.out or Path(DEFAULT_OUT) / study.study_name)
-    return cfg, study, out
+    study = load_stage(open_database(args.storage, must_exist=True), cfg, args.stage)
+    return study, Path(args.out or Path(DEFAULT_OUT) / study.study_name)
 
 
-def _trial(study: optuna.Study, number: int | None) -> tuple[int, Path]:
-    """The trial's number and run folder (default: the stage's recommendation)."""
+def _trial(study: optuna.Study, number: int | None) -> tuple[int, Path, Config]:
+    """The trial's number, run folder and own configuration (default: the stage's recommendation)."""
     if number is None:
         rec = study.user_attrs.get("recommendation")
         if not rec:
             raise ConfigError(f"study {study.study_name!r} has no recommendation yet; give --trial N")
         number = int(rec["trial"])
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is None or "run_dir" not in trial.user_attrs:
+    if trial is None or "run_dir" not in trial.user_attrs or "config" not in trial.user_attrs:
         raise ConfigError(f"--trial {number}: study {study.study_name!r} has no such trial with a run folder")
-    return number, Path(trial.user_attrs["run_dir"])
+    return number, Path(trial.user_attrs["run_dir"]), load_config_text(trial.user_attrs["config"], f"trial {number}")
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".psvae-opt-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
 
 
 def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
@@ -178,23 +126,27 @@ def _run_report(kind: str):
         from psvae_opt.data import load_session
         from psvae_opt.devices import resolve_device
 
-        cfg, study, out = _study(args)
+        study, out = _study(args)
         if kind == "summary":
+            _writable(out)
             print(write_summary(study, args.stage, out / "summary.html"))
             return 0
-        number, run_dir = _trial(study, args.trial)
+        number, run_dir, cfg = _trial(study, args.trial)
         stem = out / f"trial_{number:04d}"
         if kind == "curves":
+            plots.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
+            _writable(out)
             print(write_curves(run_dir, Path(f"{stem}_curves_{args.split}.html"), [args.split]))
             return 0
         session = load_session(cfg.data.path)
         if kind == "labels":
             labels = _label_indices(args.labels, session.label_names)
+            _writable(out)
             print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
             return 0
-        run_ = traversals.load_run(run_dir, session, resolve_device(cfg.train.device))
+        run_ = traversals.load_run(run_dir, session, resolve_device("auto"))  # wherever the report runs
         code = SPLIT_CODES[args.split]
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        _writable(out)
         if kind == "traversal":
             frame = args.frame if args.frame is not None else traversals.default_base_frames(run_.split, 1, code)[0]
             print(traversals.write_traversal_png(run_, session, Path(f"{stem}_traversal.png"), frame, args.steps))

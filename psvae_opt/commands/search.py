@@ -1,8 +1,6 @@
 """`psvae-opt stage1|stage2|worker|export|status`: the two-stage search service.
 
-A stage command creates (or resumes) its study, queues its trials once, starts local
-workers (or, with ``--workers 0``, leaves them to ``psvae-opt worker`` on other machines),
-then prints the Pareto front and the recommendation it stores on the study.
+Arguments in, text out; what runs is :mod:`psvae_opt.stages`.
 """
 
 from __future__ import annotations
@@ -10,33 +8,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
-from pathlib import Path
+from typing import Any
 
 import optuna
 
-from psvae_opt import space
+from psvae_opt import space, stages
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
-from psvae_opt.commands.dashboard import open_rating_study, save_search_summary, trial_uploader
-from psvae_opt.config import SAMPLER_NAMES, Config
-from psvae_opt.dashboard import record_artifact_dir
-from psvae_opt.data import load_session, split_frames
+from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.export import export_stage
-from psvae_opt.storage import describe, open_storage, resolve_url, with_retries
-from psvae_opt.study import (
-    counts,
-    create_stage,
-    enqueue_budget,
-    enqueue_points,
-    load_stage,
-    pareto_front,
-    recommend_stage1,
-    recommend_stage2,
-)
-from psvae_opt.workers import StopFlag, check_gpus, launch_local, run_worker, worker_command
+from psvae_opt.storage import open_database
+from psvae_opt.study import counts, given_up, load_stage, pareto_front
 
 log = logging.getLogger(__name__)
+
+
+def _seeds(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seeds, or auto") from None
 
 
 def _add_stage(stage: int):
@@ -44,242 +36,210 @@ def _add_stage(stage: int):
         add_config_arguments(p)
         add_storage_argument(p)
         p.add_argument(
-            "--workers", type=int, default=1, help="local worker processes; 0 only creates and queues (default 1)"
+            "--workers", type=int, metavar="N",
+            help="local worker processes, or SLURM array tasks (default 1, or one per GPU); 0 only creates and queues",
+        )  # fmt: skip
+        p.add_argument(
+            "--gpus", metavar="LIST", help="GPUs of the local workers, indices of the visible ones, e.g. 0,1"
         )
-        p.add_argument("--gpus", metavar="LIST", help="GPU ids for the workers, round-robin, e.g. 0,1 (default: CPU)")
+        p.add_argument(
+            "--workers-per-gpu", type=int, default=1, metavar="K", help="workers sharing each GPU (default 1)"
+        )
+        p.add_argument("--launcher", choices=stages.LAUNCHERS, default="local", help="local (default) or slurm")
         p.add_argument(
             "--wait", action="store_true", help="with --workers 0: wait until other workers finish the stage"
         )
+        p.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
+        p.add_argument("--dry-run", action="store_true", help="slurm: print the batch script, submit nothing")
         if stage == 1:
             p.add_argument("--sampler", choices=SAMPLER_NAMES, help="grid (default, from the study file), tpe or nsga2")
             p.add_argument(
                 "--n-trials", type=int, metavar="K", help="trial budget of tpe/nsga2 (default stage1.n_trials)"
             )
+            p.add_argument("--seeds", type=int, metavar="S", help="model seeds per alpha (default stage1.seeds)")
         else:
-            p.add_argument("--seeds", type=int, metavar="S", help="model seeds per beta (default stage2.seeds)")
-            p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
             p.add_argument(
-                "--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation, else model.n_unsup)"
+                "--seeds", type=_seeds, metavar="S|auto", help="model seeds per beta, or auto (default stage2.seeds)"
             )
+            p.add_argument(
+                "--initial-seeds", type=int, metavar="S", help="--seeds auto: seeds to start with (default 3)"
+            )
+            p.add_argument("--max-seeds", type=int, metavar="S", help="--seeds auto: most seeds per beta (default 10)")
+            p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
+            p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
 
     return add
 
 
-def _stage2_settings(args: argparse.Namespace, cfg: Config, storage: optuna.storages.BaseStorage) -> dict:
-    rec = None
-    if args.alpha is None or args.n_unsup is None:
-        try:
-            rec = load_stage(storage, cfg, 1).user_attrs.get("recommendation")
-        except StorageError:
-            rec = None
-    if args.alpha is None and rec is None:
-        raise ConfigError(
-            "stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used"
-        )
-    alpha = args.alpha if args.alpha is not None else rec["alpha"]
-    n_unsup = args.n_unsup if args.n_unsup is not None else (rec["n_unsup"] if rec else cfg.model.n_unsup)
-    seeds = args.seeds if args.seeds is not None else cfg.stage2.seeds
-    if n_unsup < 2:
-        raise ConfigError(
-            f"stage 2 compares unsupervised latents, so it needs n_unsup >= 2 (got {n_unsup}); give --n-unsup 2 or more"
-        )
-    if alpha <= 0 or seeds < 1:
-        raise ConfigError(f"--alpha {alpha} --seeds {seeds}: alpha must be > 0 and seeds >= 1")
-    return {"alpha": float(alpha), "n_unsup": int(n_unsup), "seeds": int(seeds)}
-
-
-def _wait_until_done(study: optuna.Study) -> None:
-    while True:
-        c = with_retries(lambda: counts(study), what="counting trials")
-        if not c.get("RUNNING") and not c.get("WAITING"):
-            return
-        log.info("waiting for workers: %s", c)
-        time.sleep(10)
-
-
-def _print_front(study: optuna.Study, stage: int) -> None:
-    names = space.OBJECTIVES[stage]
-    params = ("alpha", "n_unsup") if stage == 1 else ("beta", "seed")
-    print(f"\nPareto front of {study.study_name} ({names[0]} vs {names[1]}, both minimised):")
-    print(
-        "  trial "
-        + "".join(f"{p:>9}" for p in params)
-        + "".join(f"{n:>12}" for n in names)
-        + f"{'label_r2':>10}{'mig':>8}"
+def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
+    gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
+    if args.gpus is not None and not (gpus and all(g.isdigit() for g in gpus)):
+        raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1")
+    return stages.StageRequest(
+        stage=stage,
+        config_path=args.config,
+        overrides=tuple(args.overrides),
+        storage=args.storage,
+        workers=args.workers,
+        gpus=gpus,
+        workers_per_gpu=args.workers_per_gpu,
+        launcher=args.launcher,
+        wait=args.wait,
+        no_wait=args.no_wait,
+        dry_run=args.dry_run,
+        sampler=getattr(args, "sampler", None),
+        n_trials=getattr(args, "n_trials", None),
+        seeds=args.seeds,
+        initial_seeds=getattr(args, "initial_seeds", None),
+        max_seeds=getattr(args, "max_seeds", None),
+        alpha=getattr(args, "alpha", None),
+        n_unsup=getattr(args, "n_unsup", None),
     )
-    for t in pareto_front(study):
-        mig = t.user_attrs.get("mig")
-        print(
-            f"  {t.number:5d} "
-            + "".join(f"{t.params[p]:>9g}" for p in params)
-            + "".join(f"{v:>12.5f}" for v in t.values)
-            + f"{t.user_attrs.get('val_label_r2', float('nan')):>10.4f}"
-            + (f"{mig:>8.3f}" if mig is not None else f"{'-':>8}")
-        )
 
 
 def _run_stage(stage: int):
     def run(args: argparse.Namespace) -> int:
         cfg = load_config_from(args)
-        url = resolve_url(args.storage)
-        storage = open_storage(url, heartbeat=False)
-        gpus = check_gpus(args.gpus)
-        if args.workers < 0:
-            raise ConfigError(f"--workers {args.workers}: give 0 or more")
-        if args.workers:
-            load_session(cfg.data.path)  # refuse bad data here, not in every worker
-        if stage == 1:
-            sampler = args.sampler or cfg.stage1.sampler
-            study = create_stage(storage, cfg, 1, sampler=sampler)
-            queued = (
-                enqueue_points(study, space.stage1_grid(cfg))
-                if sampler == "grid"
-                else enqueue_budget(study, args.n_trials or cfg.stage1.n_trials)
-            )
-        else:
-            fixed = _stage2_settings(args, cfg, storage)
-            study = create_stage(storage, cfg, 2, fixed=fixed)
-            open_rating_study(storage, study)  # the traversal rating form (psvae_opt.ratings)
-            queued = enqueue_points(study, space.stage2_grid(cfg, fixed["seeds"]))
-        record_artifact_dir(study, cfg)
-        print(f"study {study.study_name} in {describe(url)}: {queued} trials queued; {counts(study)}")
-        failures = 0
-        if args.workers:
-            command = worker_command(args.config, args.overrides, stage, url)
-            log_dir = Path(cfg.study.runs_dir) / study.study_name / "workers"
-            failures = launch_local(command, args.workers, gpus, study, log_dir)
-        elif args.wait:
-            _wait_until_done(study)
-        else:
-            print(
-                f"no local workers; start them with: psvae-opt worker --config {args.config} --stage {stage} "
-                f"--storage {describe(url)}"
-            )
+        req = _request(stage, args)
+        mapped = stages.check_request(req, cfg)
+        if req.dry_run:
+            if req.launcher != "slurm":
+                raise ConfigError("--dry-run prints the SLURM batch script: use it with --launcher slurm")
+            script, path = stages.slurm_script(req, cfg)
+            print(f"# {path} (not written; nothing submitted)\n{script}", end="")
             return 0
-        return _report_stage(study, stage, failures)
+        db = open_database(args.storage)
+        outcome = stages.run_stage(req, cfg, db, mapped)
+        study = outcome.study
+        print(f"study {study.study_name} in {db.shown}: {outcome.queued} trials queued; {counts(study)}")
+        if outcome.job_id:
+            print(f"submitted job array {outcome.job_id} ({req.workers or 1} tasks): {outcome.script_path}")
+        if not outcome.followed:
+            if not outcome.job_id:
+                print(
+                    f"no local workers; start them with: psvae-opt worker --config {args.config} --stage {stage} "
+                    f"(and PSVAE_OPT_STORAGE={db.shown})"
+                )
+            return 0
+        return _print_outcome(stage, outcome)
 
     return run
 
 
-def _report_stage(study: optuna.Study, stage: int, failures: int) -> int:
-    rec = recommend_stage1(study) if stage == 1 else recommend_stage2(study)
-    save_search_summary(study, stage)
-    state = counts(study)
+def _fmt(value: Any, width: int = 9, spec: str = ".4f") -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
+def _print_front(study: optuna.Study, stage: int) -> None:
+    names = space.OBJECTIVES[stage]
+    params = ("alpha", "n_unsup", "seed") if stage == 1 else ("beta", "seed")
+    print(f"\nPareto front of {study.study_name} ({names[0]} vs {names[1]}, both minimised):")
+    head = "".join(f"{p:>9}" for p in params) + "".join(f"{n:>12}" for n in names)
+    print(f"  trial{head}{'label_r2':>10}{'mig':>8}  collapsed")
+    for t in pareto_front(study):
+        attrs = t.user_attrs
+        cells = "".join(f"{t.params.get(p, 0):>9g}" for p in params) + "".join(f"{v:>12.5f}" for v in t.values)
+        collapsed = attrs.get("collapsed_dims") or "-"
+        print(
+            f"  {t.number:5d}{cells}{_fmt(attrs.get('val_label_r2'), 10)}{_fmt(attrs.get('mig'), 8, '.3f')}  {collapsed}"
+        )
+
+
+def _interval(row: dict, key: str) -> str:
+    mean, low, high = row.get(f"{key}_mean"), row.get(f"{key}_low"), row.get(f"{key}_high")
+    if mean is None:
+        return f"{'-':>26}"
+    if low is None or high is None or abs(low) == float("inf"):
+        return f"{mean:>8.3f} [  -inf,    inf]".rjust(26)
+    return f"{mean:>8.3f} [{low:>6.3f}, {high:>6.3f}]".rjust(26)
+
+
+def _print_stage2(outcome: stages.StageOutcome) -> None:
+    print(f"\n{'beta':>6} {'seeds':>6} {'collapsed':>9} {'zu_corr(train) [95% t]':>26} {'pixel_mse':>10} "
+          f"{'label_mse':>10} {'leak':>6} {'mig':>6}")  # fmt: skip
+    for row in outcome.summary:
+        print(
+            f"{row['beta']:>6g} {row['n_seeds']:>6d} {row['n_collapsed']:>9d} {_interval(row, 'train_zu_corr')} "
+            f"{_fmt(row['val_pixel_mse_mean'], 10, '.5f')} {_fmt(row['val_label_mse_mean'], 10)} "
+            f"{_fmt(row['max_label_leak_mean'], 6, '.2f')} {_fmt(row['mig_mean'], 6, '.2f')}"
+        )
+    rec = outcome.recommendation
+    print(f"\nrecommended beta = {rec['beta']:g}: mean zu_corr {_span(rec['zu_corr_mean'], rec['zu_corr_low'], rec['zu_corr_high'])} "
+          f"over {rec['n_healthy']} seed(s) without a collapsed dimension")  # fmt: skip
+    if rec["runner_up"] is None:
+        print("only one beta: nothing to tell it apart from")
+    else:
+        verdict = "distinguishable" if rec["resolved"] else "NOT distinguishable: the intervals overlap"
+        print(f"runner-up beta = {rec['runner_up']:g}: mean zu_corr "
+              f"{_span(rec['runner_up_mean'], rec['runner_up_low'], rec['runner_up_high'])}; {verdict}")  # fmt: skip
+        if not rec["resolved"]:
+            print("  more seeds would tell them apart: run stage 2 again with --seeds auto (or more --seeds)")
+    mig = f", MIG {rec['mig']:.3f}" if rec.get("mig") is not None else ""
+    print(f"recommended model: trial {rec['trial']}, seed {rec['seed']} (zu_corr {rec['zu_corr']:.3f}{mig})")
+    for warning in rec["warnings"]:
+        print(f"warning: {warning}")
+
+
+def _span(mean: float, low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return f"{mean:.3f} (one seed: no interval)"
+    return f"{mean:.3f} (95% t interval {low:.3f} to {high:.3f})"
+
+
+def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
+    study, rec = outcome.study, outcome.recommendation
     _print_front(study, stage)
     if rec is None:
-        print(f"\nno trial completed ({state}); see the worker logs")
+        print(f"\nno trial completed ({outcome.counts}); see the worker logs")
         return 1
     if stage == 1:
-        print(
-            f"\nrecommended alpha = {rec['alpha']:g} (n_unsup = {rec['n_unsup']}): trial {rec['trial']}, "
-            "the knee of the front"
-        )
+        seeds = f", means of {rec['n_seeds']} seeds" if rec["n_seeds"] > 1 else ""
+        print(f"\nrecommended alpha = {rec['alpha']:g} (n_unsup = {rec['n_unsup']}{seeds}): "
+              f"trial {rec['trial']}, the knee of the front")  # fmt: skip
     else:
-        from psvae_opt.study import seed_summary
-
-        print(f"\n{'beta':>6} {'seeds':>6} {'zu_corr(train)':>20} {'pixel_mse':>20} {'label_mse':>20} {'mig':>16}")
-        for row in seed_summary(study):
-            cells = "".join(_mean_std(row, k) for k in ("train_zu_corr", "val_pixel_mse", "val_label_mse", "mig"))
-            print(f"{row['beta']:>6g} {row['n_seeds']:>6d}{cells}")
-        print(
-            f"\nrecommended beta = {rec['beta']:g} (mean zu_corr {rec['zu_corr_mean']:.3f}); "
-            f"recommended model: trial {rec['trial']}, seed {rec['seed']}"
-        )
+        _print_stage2(outcome)
     print(f"run folder {rec['run_dir']}")
-    if state.get("FAIL"):
-        print(f"note: {state['FAIL']} failed attempts ({state}); failed trials keep their error as a user attribute")
-    return 0 if not failures or state.get("COMPLETE") else 1
+    _print_gave_up(outcome.gave_up)
+    fails = outcome.counts.get("FAIL", 0)
+    if fails:
+        print(f"note: {fails} failed attempts ({outcome.counts}); each keeps its error as a user attribute")
+    return 1 if outcome.gave_up or (outcome.worker_failures and not outcome.counts.get("COMPLETE")) else 0
 
 
-def _mean_std(row: dict, key: str) -> str:
-    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
-    return f"{'-':>20}" if mean is None else f"{mean:>12.4f} ± {std:<6.4f}"
+def _print_gave_up(trials: list) -> None:
+    if not trials:
+        return
+    print(f"\nERROR: {len(trials)} grid point(s) gave up after spending their crash budget:")
+    for t in trials:
+        print(f"  trial {t.number} {t.params or t.system_attrs.get('fixed_params')}: {t.user_attrs.get('error')}")
+    print("  run the stage again to resume them from their last saved epoch")
 
 
 def _add_worker(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument(
-        "--stage", type=int, nargs="+", choices=space.STAGES, required=True, help="stage(s) to work on, in order"
-    )
-    p.add_argument(
-        "--wait", type=float, default=0, metavar="SECONDS", help="wait this long for a stage's study to be created"
-    )
+    p.add_argument("--stage", type=int, nargs="+", choices=space.STAGES, required=True, help="stage(s), in order")
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait this long for a stage's study")
     p.add_argument("--progress", action="store_true", help="show a progress bar per trial")
     p.add_argument(
-        "--gpu",
-        metavar="auto|N",
-        help="train on GPU N, or 'auto': the first GPU no other worker of this machine holds "
+        "--gpu", metavar="auto|N",
+        help="train on visible GPU N, or 'auto': the first GPU no other worker of this machine holds "
         "(for workers that see every GPU, as docker compose replicas do); default train.device",
-    )
-
-
-def _wait_for_study(storage, cfg: Config, stage: int, seconds: float) -> optuna.Study:
-    """The stage's study once it exists and has trials (or once ``seconds`` have passed)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            study = with_retries(lambda: load_stage(storage, cfg, stage), what="loading the study")
-            if (
-                with_retries(lambda s=study: s.get_trials(deepcopy=False), what="reading the study")
-                or time.monotonic() >= deadline
-            ):
-                return study
-        except StorageError:
-            if time.monotonic() >= deadline:
-                raise
-        time.sleep(5)
-
-
-def _choose_gpu(args: argparse.Namespace) -> tuple[list[str], object]:
-    """``--gpu``: the ``--set`` override of train.device, and the GPU lock held while working."""
-    if args.gpu is None:
-        return [], None
-    if args.gpu != "auto":
-        if not args.gpu.isdigit():
-            raise ConfigError(f"--gpu {args.gpu!r}: give auto or a GPU index such as 0")
-        return [f"train.device=cuda:{args.gpu}"], None
-    import torch
-
-    from psvae_opt.devices import claim_gpu
-
-    gpu, lock = claim_gpu(torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    log.info("worker %d takes GPU %d", os.getpid(), gpu)
-    return [f"train.device=cuda:{gpu}"], lock
+    )  # fmt: skip
 
 
 def _run_worker(args: argparse.Namespace) -> int:
     from psvae_opt.devices import tune_cpu_allocator
-    from psvae_opt.objectives import TrialContext
+    from psvae_opt.workers import StopFlag
 
-    device, _gpu_lock = _choose_gpu(args)  # the lock is held until the worker exits
-    args.overrides = [*args.overrides, *device]
     cfg = load_config_from(args)
+    if args.gpu is not None and args.gpu != "auto" and not args.gpu.isdigit():
+        raise ConfigError(f"--gpu {args.gpu!r}: give auto or the index of a visible GPU such as 0")
     tune_cpu_allocator()
-    storage = open_storage(args.storage, heartbeat=True)
-    session, frames = None, None
     stop = StopFlag()
     stop.install()
-    total = 0
-    for stage in args.stage:
-        study = _wait_for_study(storage, cfg, stage, args.wait)
-        if session is None:  # after the wait: the launcher may be the one writing the data
-            session = load_session(cfg.data.path)
-            frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
-        attrs = study.user_attrs
-        ctx = TrialContext(
-            cfg,
-            stage,
-            session,
-            frames,
-            sampler=attrs.get("sampler", "grid"),
-            seeds=attrs.get("seeds", 1),
-            fixed={k: attrs[k] for k in ("alpha", "n_unsup") if k in attrs},
-            progress=args.progress,
-            study_key=attrs.get("run_key"),
-        )
-        ctx.on_finish = trial_uploader(study, session, cfg)
-        total += run_worker(study, ctx, stop)
+    db = open_database(args.storage, must_exist=True)  # the launcher creates the database
+    total = stages.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
     print(f"worker {os.getpid()}: {total} trials completed")
     return 0
 
@@ -288,20 +248,12 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
     p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="folder for pareto.csv/json/html (and seeds_summary.csv)"
-    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    study = load_stage(open_storage(args.storage, heartbeat=False), cfg, args.stage)
-    if not pareto_front(study):
-        raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
-    # trials may have finished since the launcher stored its recommendation (or it did not wait)
-    (recommend_stage1 if args.stage == 1 else recommend_stage2)(study)
-    save_search_summary(study, args.stage)  # for stages whose workers ran elsewhere
-    for path in export_stage(study, args.stage, args.out):
+    for path in stages.export(cfg, open_database(args.storage, must_exist=True), args.stage, args.out):
         print(path)
     return 0
 
@@ -313,25 +265,28 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 def _run_status(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    url = resolve_url(args.storage)
-    storage = open_storage(url, heartbeat=False)
-    print(f"storage {describe(url)}")
+    db = open_database(args.storage, must_exist=True)
+    print(f"storage {db.shown}")
     for stage in space.STAGES:
         try:
-            study = load_stage(storage, cfg, stage)
+            study = load_stage(db, cfg, stage)
         except StorageError:
             print(f"stage {stage}: not started ({space.study_name(cfg, stage)})")
             continue
         rec = study.user_attrs.get("recommendation")
         state = ", ".join(f"{k.lower()} {v}" for k, v in counts(study).items()) or "no trials"
         print(f"stage {stage}: {study.study_name}: {state}")
-        if rec:
-            what = (
-                f"alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']}"
-                if stage == 1
-                else f"beta = {rec['beta']:g}, seed {rec['seed']}"
+        if rec and stage == 1:
+            print(
+                f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} (trial {rec['trial']}, {rec['run_dir']})"
             )
-            print(f"  recommended {what} (trial {rec['trial']}, {rec['run_dir']})")
+        elif rec:
+            verdict = "distinguishable from" if rec.get("resolved") else "NOT distinguishable from"
+            runner = f"; {verdict} the runner-up beta {rec['runner_up']:g}" if rec.get("runner_up") is not None else ""
+            print(
+                f"  recommended beta = {rec['beta']:g}, seed {rec['seed']} (trial {rec['trial']}, {rec['run_dir']}){runner}"
+            )
+        _print_gave_up(given_up(study))
     return 0
 
 
@@ -341,6 +296,8 @@ COMMANDS = {
     "worker": Command(
         "join a study and run its queued trials (any machine that reaches the database)", _add_worker, _run_worker
     ),
-    "export": Command("write a stage's Pareto front (CSV, JSON, HTML) and seed summary", _add_export, _run_export),
-    "status": Command("trial counts by state and the current recommendations", _add_status, _run_status),
+    "export": Command(
+        "write a stage's Pareto front, seed summary and failures (CSV, JSON, HTML)", _add_export, _run_export
+    ),
+    "status": Command("trial counts by state, the recommendations and trials that gave up", _add_status, _run_status),
 }

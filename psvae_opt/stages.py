@@ -1,0 +1,408 @@
+"""Running the search: a stage from request to recommendation, and a worker from start to exit.
+
+What the ``stage1``/``stage2``/``worker``/``export``/``status`` commands do, with the
+printing left to them (docs/design.md, "Search protocol" and "Service"):
+
+- :func:`check_request` refuses a bad request before anything is created (no database file,
+  no run folder);
+- :func:`run_stage` creates (or resumes) the stage's study, queues its grid once, starts the
+  workers (local processes or a SLURM job array), follows them to the end and stores the
+  recommendation;
+- :func:`join` is a worker: it waits for the studies, loads the data once and runs trials.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from psvae_opt import devices, launchers, slurm, space
+from psvae_opt.config import Config, replace
+from psvae_opt.dashboard import record_artifact_dir
+from psvae_opt.data import load_session, split_frames
+from psvae_opt.diagnostics import TrialUploader, save_search_summary
+from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.export import export_stage
+from psvae_opt.objectives import TrialContext, TrialHooks
+from psvae_opt.storage import StudyDatabase, heartbeat_interval, resolve_url, sqlite_path
+from psvae_opt.study import (
+    BASE_METRICS,
+    counts,
+    create_stage,
+    enqueue_budget,
+    enqueue_points,
+    given_up,
+    load_stage,
+    recommend_stage1,
+    recommend_stage2,
+    seed_summary,
+)
+from psvae_opt.workers import StopFlag, run_worker, top_up
+
+log = logging.getLogger(__name__)
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """What a stage command asks for (its command-line options)."""
+
+    stage: int
+    config_path: str
+    overrides: tuple[str, ...] = ()
+    storage: str | None = None
+    workers: int | None = None
+    gpus: tuple[str, ...] = ()
+    workers_per_gpu: int = 1
+    launcher: Literal["local", "slurm"] = "local"
+    wait: bool = False  # with no local workers: follow the stage until others finish it
+    no_wait: bool = False  # slurm: return once the array is submitted
+    dry_run: bool = False  # slurm: print the batch script, submit nothing
+    sampler: str | None = None
+    n_trials: int | None = None
+    seeds: int | Literal["auto"] | None = None
+    initial_seeds: int | None = None  # --seeds auto; default stage2.initial_seeds
+    max_seeds: int | None = None  # --seeds auto; default stage2.max_seeds
+    alpha: float | None = None
+    n_unsup: int | None = None
+
+
+@dataclass
+class StageOutcome:
+    """What a stage command prints."""
+
+    study: optuna.Study | None
+    queued: int = 0
+    worker_failures: int = 0
+    followed: bool = True
+    script: str | None = None
+    script_path: Path | None = None
+    job_id: str | None = None
+    recommendation: dict[str, Any] | None = None
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    gave_up: list[FrozenTrial] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def check_request(req: StageRequest, cfg: Config) -> list[str]:
+    """Refuse a bad request in one line, before a database or folder is created.
+
+    Returns:
+        the ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs (CUDA checked).
+    """
+    if req.workers is not None and req.workers < 0:
+        raise ConfigError(f"--workers {req.workers}: give 0 or more")
+    if req.workers_per_gpu < 1:
+        raise ConfigError(f"--workers-per-gpu {req.workers_per_gpu}: give 1 or more")
+    if req.n_trials is not None and req.n_trials < 1:
+        raise ConfigError(f"--n-trials {req.n_trials}: give 1 or more")
+    if req.alpha is not None and not (math.isfinite(req.alpha) and req.alpha > 0):
+        raise ConfigError(f"--alpha {req.alpha}: give a finite label weight > 0")
+    if req.n_unsup is not None and req.n_unsup < 2:
+        raise ConfigError(
+            f"stage 2 compares unsupervised latents, so it needs n_unsup >= 2 (got {req.n_unsup}); give --n-unsup 2 or more"
+        )
+    if isinstance(req.seeds, int) and req.seeds < 1:
+        raise ConfigError(f"--seeds {req.seeds}: give 1 or more (or auto in stage 2)")
+    initial, most = seed_budget(req, cfg)
+    if req.seeds == "auto" and not 2 <= initial <= most:
+        raise ConfigError(
+            f"--initial-seeds {initial} --max-seeds {most}: need 2 <= initial <= max (an interval needs two seeds)"
+        )
+    sampler = req.sampler or cfg.stage1.sampler
+    if req.stage == 1 and sampler != "grid" and (req.seeds or cfg.stage1.seeds) > 1:
+        raise ConfigError(f"--sampler {sampler} draws alphas one trial at a time; --seeds applies to the grid")
+    url = resolve_url(req.storage)
+    if req.launcher == "slurm" and url.startswith("sqlite"):
+        raise ConfigError(
+            "--launcher slurm needs a database server: compute nodes cannot share a SQLite file safely "
+            "(file locks over NFS); give --storage postgresql+psycopg://... (README, 'On a SLURM cluster')"
+        )
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    if req.stage == 2 and req.alpha is None and path is not None and not path.exists():
+        raise ConfigError("stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used")
+    mapped = local_devices(req) if req.launcher == "local" else []
+    if (n_local_workers(req, mapped) and req.launcher == "local") or (req.launcher == "slurm" and not req.dry_run):
+        if cfg.study.mlflow_uri:
+            require_mlflow(cfg.study.mlflow_uri)
+        load_session(cfg.data.path)  # refuse bad data here, not in every worker
+    return mapped
+
+
+def seed_budget(req: StageRequest, cfg: Config) -> tuple[int, int]:
+    """``--seeds auto``: (seeds per beta to start with, the most seeds a beta gets)."""
+    initial = req.initial_seeds if req.initial_seeds is not None else cfg.stage2.initial_seeds
+    return initial, req.max_seeds if req.max_seeds is not None else cfg.stage2.max_seeds
+
+
+def local_devices(req: StageRequest) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs; CUDA checked first."""
+    if not req.gpus:
+        return []
+    mapped = devices.visible_devices(req.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    devices.require_cuda(f"--gpus {','.join(req.gpus)}")
+    return mapped
+
+
+def n_local_workers(req: StageRequest, mapped: list[str]) -> int:
+    if req.workers is not None:
+        return req.workers
+    return len(mapped) * req.workers_per_gpu if mapped else 1
+
+
+def _stage2_settings(req: StageRequest, cfg: Config, db: StudyDatabase) -> dict[str, Any]:
+    rec = None
+    if req.alpha is None or req.n_unsup is None:
+        try:
+            rec = load_stage(db, cfg, 1).user_attrs.get("recommendation")
+        except StorageError:
+            rec = None
+    if req.alpha is None and rec is None:
+        raise ConfigError(
+            "stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used"
+        )
+    n_unsup = req.n_unsup if req.n_unsup is not None else (rec["n_unsup"] if rec else cfg.model.n_unsup)
+    if n_unsup < 2:
+        raise ConfigError(
+            f"stage 2 compares unsupervised latents, so it needs n_unsup >= 2 (got {n_unsup}); give --n-unsup 2 or more"
+        )
+    seeds = req.seeds if req.seeds is not None else cfg.stage2.seeds
+    settings = {"alpha": float(req.alpha if req.alpha is not None else rec["alpha"]), "n_unsup": int(n_unsup)}
+    if seeds == "auto":
+        initial, most = seed_budget(req, cfg)
+        settings.update(seeds="auto", initial_seeds=initial, max_seeds=most)
+    else:
+        settings.update(seeds=int(seeds), max_seeds=None)
+    return settings
+
+
+def _start(req: StageRequest, cfg: Config, db: StudyDatabase) -> tuple[optuna.Study, int]:
+    """Create (or resume) the stage's study and queue what it lacks."""
+    if req.stage == 1:
+        sampler = req.sampler or cfg.stage1.sampler
+        seeds = req.seeds if isinstance(req.seeds, int) else cfg.stage1.seeds
+        study = create_stage(db, cfg, 1, sampler=sampler, settings={"seeds": seeds})
+        if sampler == "grid":
+            queued = db.retry(lambda: enqueue_points(study, space.stage1_grid(cfg, seeds)), what="queueing the grid")
+        else:
+            n = req.n_trials or cfg.stage1.n_trials
+            queued = db.retry(lambda: enqueue_budget(study, n), what="queueing trials")
+    else:
+        settings = _stage2_settings(req, cfg, db)
+        study = create_stage(db, cfg, 2, settings=settings)
+        first = settings["initial_seeds"] if settings["seeds"] == "auto" else settings["seeds"]
+        queued = db.retry(lambda: enqueue_points(study, space.stage2_grid(cfg, first)), what="queueing the grid")
+    record_artifact_dir(study, cfg)
+    return study, queued
+
+
+def slurm_folder(cfg: Config, stage: int) -> Path:
+    """Where a stage's batch script and task logs live: beside its run folders."""
+    return Path(cfg.study.runs_dir).resolve() / space.study_name(cfg, stage) / "slurm"
+
+
+def slurm_script(req: StageRequest, cfg: Config) -> tuple[str, Path]:
+    """The stage's batch script and where it is kept."""
+    folder = slurm_folder(cfg, req.stage)
+    per_task = max(cfg.slurm.gpus_per_task, 1) * req.workers_per_gpu
+    settings = replace(cfg, slurm={"workers_per_task": per_task}).slurm
+    script = slurm.batch_script(
+        settings,
+        job_name=space.study_name(cfg, req.stage),
+        n_tasks=req.workers or 1,
+        worker_argv=launchers.worker_argv(req.config_path, req.overrides, [req.stage], ["--wait", "600"]),
+        workers_per_task=per_task,
+        log_dir=folder / "logs",
+        workdir=Path.cwd(),
+    )
+    return script, folder / f"stage{req.stage}.sbatch"
+
+
+def run_stage(req: StageRequest, cfg: Config, db: StudyDatabase, mapped: list[str]) -> StageOutcome:
+    """Create or resume the stage, run its workers, follow them and store the recommendation.
+
+    Args:
+        mapped: the local workers' devices, from :func:`check_request`.
+    """
+    n_workers = n_local_workers(req, mapped)
+    study, queued = _start(req, cfg, db)
+    outcome = StageOutcome(study, queued)
+    env = launchers.worker_env(db)
+    if req.launcher == "slurm":
+        outcome.script, outcome.script_path = slurm_script(req, cfg)
+        outcome.script_path.parent.mkdir(parents=True, exist_ok=True)
+        (outcome.script_path.parent / "logs").mkdir(exist_ok=True)
+        outcome.script_path.write_text(outcome.script)
+        outcome.job_id = slurm.submit(outcome.script_path, env={launchers.ENV_VAR: db.url})
+        if req.no_wait:
+            outcome.followed = False
+            return outcome
+        outcome.worker_failures = launchers.follow_slurm(outcome.job_id, req.workers or 1, study, db)
+    elif n_workers:
+        argv = launchers.worker_argv(req.config_path, req.overrides, [req.stage])
+        log_dir = Path(cfg.study.runs_dir) / study.study_name / "workers"
+        outcome.worker_failures = launchers.launch_local(argv, env, mapped, n_workers, study, db, log_dir)
+    elif req.wait:
+        launchers.wait_until_done(study, db)
+    else:
+        outcome.followed = False
+        return outcome
+    return finish_stage(study, req.stage, db, outcome)
+
+
+def finish_stage(study: optuna.Study, stage: int, db: StudyDatabase, outcome: StageOutcome) -> StageOutcome:
+    """Recommend, save the summary chart, collect what the printout needs."""
+    max_seeds = study.user_attrs.get("max_seeds")
+    if db.retry(lambda: top_up(study, max_seeds), what="queueing more seeds"):
+        log.warning("the workers stopped before --seeds auto finished; run the stage again to add seeds")
+    recommend = recommend_stage1 if stage == 1 else recommend_stage2
+    outcome.recommendation = db.retry(lambda: recommend(study), what="storing the recommendation")
+    save_search_summary(study, stage)
+    outcome.summary = seed_summary(study, stage)
+    outcome.gave_up = given_up(study)
+    outcome.counts = counts(study)
+    return outcome
+
+
+def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[Path]:
+    """Recompute the recommendation (trials may have finished since) and write the stage's files."""
+    study = load_stage(db, cfg, stage)
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
+    (recommend_stage1 if stage == 1 else recommend_stage2)(study)
+    save_search_summary(study, stage)
+    return export_stage(db.storage, study, stage, out)
+
+
+def _worker_device(gpu: str | None, cfg: Config) -> tuple[Config, object]:
+    """``--gpu N|auto``: the trial device, CUDA checked; and the GPU lock held while working."""
+    if gpu is None:
+        if cfg.train.device.startswith("cuda"):
+            devices.require_cuda(f"train.device = {cfg.train.device!r}")
+        return cfg, None
+    if gpu != "auto" and not gpu.isdigit():
+        raise ConfigError(f"--gpu {gpu!r}: give auto or the index of a visible GPU such as 0")
+    devices.require_cuda(f"--gpu {gpu}")
+    import torch
+
+    lock = None
+    index = int(gpu) if gpu != "auto" else None
+    if index is None:
+        index, lock = devices.claim_gpu(torch.cuda.device_count())
+        log.info("worker %d takes GPU %d", os.getpid(), index)
+    elif index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--gpu {index}: this worker sees {torch.cuda.device_count()} GPU(s) (0..{torch.cuda.device_count() - 1})"
+        )
+    return replace(cfg, train={"device": f"cuda:{index}"}), lock
+
+
+def _wait_for_study(db: StudyDatabase, cfg: Config, stage: int, seconds: float) -> optuna.Study:
+    """The stage's study once it exists and has trials (or once ``seconds`` have passed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            study = load_stage(db, cfg, stage)
+            if db.retry(lambda s=study: s.get_trials(deepcopy=False), what="reading the study"):
+                return study
+            if time.monotonic() >= deadline:
+                return study
+        except StorageError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(5)
+
+
+def require_mlflow(uri: str) -> None:
+    """Refuse ``study.mlflow_uri`` in one line when the ``mlflow`` extra is not installed."""
+    missing = [m for m in ("mlflow", "optuna_integration") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"study.mlflow_uri = {uri!r} needs {' and '.join(missing)}: pip install 'psvae-opt[mlflow]' "
+            '(or set study.mlflow_uri = "")'
+        )
+
+
+def mlflow_hook(uri: str, stage: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Log each complete trial to MLflow: one run per trial in the experiment named after the
+    study, with the trial's parameters, the stage's two objective values and the main metrics
+    (:data:`~psvae_opt.study.BASE_METRICS`, test errors) as metrics and its user attributes as tags."""
+    require_mlflow(uri)
+    import mlflow
+    from optuna_integration.mlflow import MLflowCallback
+
+    if "://" not in uri:  # a local folder: MLflow's file store at its absolute path, whatever a worker's cwd
+        uri = Path(uri).resolve().as_uri()
+    if uri.startswith("file:"):  # MLflow 3 refuses its file store (in maintenance) unless allowed
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    with warnings.catch_warnings():  # deprecated since optuna-integration 4.9, removed in 6 (the extra pins < 6)
+        warnings.simplefilter("ignore", FutureWarning)
+        callback = MLflowCallback(tracking_uri=uri, metric_name=list(space.OBJECTIVES[stage]))
+
+    def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        callback(study, trial)
+        run = mlflow.last_active_run()  # the run the callback just wrote
+        names = (*BASE_METRICS, "test_pixel_mse", "test_label_mse", "test_label_r2")
+        values = {k: float(trial.user_attrs[k]) for k in names if _finite(trial.user_attrs.get(k))}
+        if run is not None and values:
+            mlflow.log_metrics(values, run_id=run.info.run_id)
+
+    return log_trial
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def context(
+    cfg: Config, stage: int, study: optuna.Study, data: tuple, db: StudyDatabase, progress: bool
+) -> TrialContext:
+    """The frozen context of a worker's trials of one stage."""
+    session, frames = data
+    attrs = study.user_attrs
+    seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else attrs.get("seeds", 1)
+    seed_upper = (cfg.stage1.model_seed + seeds - 1) if stage == 1 else seeds - 1
+    uploader = TrialUploader(db.storage, study, session, cfg)
+    on_complete = mlflow_hook(cfg.study.mlflow_uri, stage) if cfg.study.mlflow_uri else None
+    return TrialContext(
+        cfg,
+        stage,
+        session,
+        frames,
+        sampler=attrs.get("sampler", "grid"),
+        seed_upper=seed_upper,
+        fixed={k: attrs[k] for k in ("alpha", "n_unsup") if k in attrs},
+        study_key=attrs.get("run_key"),
+        progress=progress,
+        hooks=TrialHooks(on_epoch=uploader.on_epoch, on_finish=uploader.on_finish, on_complete=on_complete),
+    )
+
+
+def join(
+    cfg: Config, db: StudyDatabase, stages: list[int], *, gpu: str | None, wait: float, progress: bool, stop: StopFlag
+) -> int:
+    """Work on the stages in order until none has a trial left; returns the trials completed."""
+    cfg, _lock = _worker_device(gpu, cfg)  # the lock is held until the worker exits
+    interval = heartbeat_interval()
+    data = None
+    total = 0
+    for stage in stages:
+        study = _wait_for_study(db, cfg, stage, wait)
+        if data is None:  # after the wait: the launcher may be the one writing the data
+            session = load_session(cfg.data.path)
+            data = (session, split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode))
+        ctx = context(cfg, stage, study, data, db, progress)
+        max_seeds = study.user_attrs.get("max_seeds") if study.user_attrs.get("seeds") == "auto" else None
+        total += run_worker(db, study, ctx, stop, interval=interval, max_seeds=max_seeds)
+    return total
