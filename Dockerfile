@@ -1,15 +1,57 @@
 # The psvae-opt image of the worker, init and dashboard services (docker-compose.yml).
-# pip's default torch wheel for Linux carries CUDA, so the same image trains on a GPU.
+#
+#   docker compose build                                        # torch's CUDA 12.8 build
+#   TORCH_BUILD=cu126 docker compose build                      # a host driver older than CUDA 12.8
+#   PSVAE_UID=$(id -u) PSVAE_GID=$(id -g) docker compose build  # run as you (see USER below)
+#
+# TORCH_BUILD is a build of the PyTorch wheel index (cpu, cu126, cu128, cu130) or "pypi"
+# (PyPI's default wheel), at the version of constraints.txt. The driver is the host's (NVIDIA
+# Container Toolkit): pick the newest build not newer than the CUDA version `nvidia-smi` shows
+# on the host, as scripts/install.sh does on a machine without Docker.
 FROM python:3.11-slim
 
-ENV TZ=UTC PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ARG TORCH_BUILD=cu128
+ARG TORCH_INDEX=https://download.pytorch.org/whl
+# The services run as this user, not root. ./demo is bind-mounted at /work/demo and must be
+# writable by it: create ./demo before `docker compose up` (Docker would create it owned by
+# root) and build with your own ids (PSVAE_UID/PSVAE_GID in docker-compose.yml) when they are
+# not 1000.
+ARG UID=1000
+ARG GID=1000
+
+ENV TZ=UTC PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /work
 
-COPY pyproject.toml constraints.txt README.md ./
+# gcc: torch.compile (train.compile = true) builds small C launchers at run time
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
+# Torch, then the other dependencies, each in a layer of its own before the source is
+# copied: an edit of the code rebuilds only the last layers, without downloading them again.
+COPY constraints.txt ./
+RUN torch_version="$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' constraints.txt)" \
+ && if [ "$TORCH_BUILD" = pypi ]; then \
+      pip install -c constraints.txt torch; \
+    else \
+      pip install --index-url "$TORCH_INDEX/$TORCH_BUILD" "torch==$torch_version+$TORCH_BUILD"; \
+    fi \
+ && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+COPY pyproject.toml ./
+RUN python -c "import subprocess, sys, tomllib; \
+deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-c', 'constraints.txt', *deps])"
+
+COPY README.md ./
 COPY psvae_opt ./psvae_opt
-RUN pip install -c constraints.txt torch && pip install -c constraints.txt .
+RUN pip install --no-deps -c constraints.txt . && rm -rf build psvae_opt.egg-info
 
 COPY studies ./studies
+RUN groupadd --gid "$GID" psvae \
+ && useradd --uid "$UID" --gid "$GID" --create-home --shell /usr/sbin/nologin psvae \
+ && mkdir -p /work/demo \
+ && chown psvae:psvae /work /work/demo
+USER psvae
 # run folders, artifacts and data are volumes (see docker-compose.yml)
 ENTRYPOINT ["psvae-opt"]
 CMD ["--help"]

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config, [f"data.path={data}", f"train.max_epochs={args.epochs}", "train.device=cpu", *args.overrides]
     )
     session = load_session(data)
-    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
+    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode)
     print(
         f"demo data: {session.n_frames} frames {session.frame_shape}, {len(frames['train'])} for training; "
         f"model channels {list(cfg.model.channels)}, {torch.get_num_threads()} CPU threads, "

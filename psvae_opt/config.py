@@ -1,7 +1,7 @@
 """Study files: TOML parsed into frozen dataclasses.
 
 A study file has one table per section (``[data]``, ``[model]``, ``[loss]``, ``[train]``,
-``[study]``, ``[stage1]``, ``[stage2]``); every key has a default, unknown keys and wrong
+``[study]``, ``[stage1]``, ``[stage2]``, ``[slurm]``); every key has a default, unknown keys and wrong
 types are refused with the key path named. ``--set section.key=value`` overrides are applied
 to the parsed tables before validation, so they obey the same rules.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from psvae_opt.errors import ConfigError
 
 KL_ESTIMATORS = ("mss", "mws")
 PRECISIONS = ("auto", "fp32", "bf16")
+SPLIT_MODES = ("blocked", "behavenet")
 SAMPLER_NAMES = ("grid", "tpe", "nsga2")
 
 
@@ -29,28 +32,50 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+MLFLOW_SCHEMES = ("", "file", "http", "https")  # "": a local folder (or MLflow off)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Names and places shared by both search stages."""
 
     name: str = "psvae"
     runs_dir: str = "runs"
+    # An unsupervised dimension whose posterior means vary less than this over the training
+    # frames (their std; the prior's is 1) is "collapsed": it encodes next to nothing, and
+    # being constant it correlates with nothing, which the zu_corr criterion would reward.
+    collapse_std: float = 0.25
+    # MLflow tracking of finished trials: "" = off; a local folder, file://..., or http(s)://host:port.
+    mlflow_uri: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "study.name", "must not be empty")
+        _require(0 <= self.collapse_std < 1, "study.collapse_std", "must be in [0, 1) (0 = never collapsed)")
+        scheme = self.mlflow_uri.partition("://")[0] if "://" in self.mlflow_uri else ""
+        _require(
+            scheme in MLFLOW_SCHEMES,
+            "study.mlflow_uri",
+            f'{self.mlflow_uri!r}: give a local folder, file:///PATH or http(s)://HOST:PORT ("" = off)',
+        )
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which HDF5 file to train on and how to split its trials."""
 
-    path: str = "demo.h5"
+    path: str | tuple[str, ...] = "demo.h5"  # one session file, or several (each may be a glob)
     split: str = "8;1;1;0"
     data_seed: int = 0
+    split_mode: str = "blocked"  # or "behavenet": BehaveNet's own assignment of the same scheme
 
     def __post_init__(self) -> None:
         parse_split(self.split)
         _require(self.data_seed >= 0, "data.data_seed", "must be >= 0")
+        _require(
+            self.split_mode in SPLIT_MODES,
+            "data.split_mode",
+            f"{self.split_mode!r} is not one of {', '.join(SPLIT_MODES)}",
+        )
 
     @property
     def split_counts(self) -> tuple[int, int, int, int]:
@@ -97,7 +122,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the PS-VAE objective (DESIGN section 3)."""
+    """Weights of the PS-VAE objective (docs/design.md, "Loss")."""
 
     alpha: float = 1000.0
     beta: float = 1.0
@@ -151,12 +176,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Stage1Config:
-    """The alpha search (DESIGN section 5)."""
+    """The alpha search (docs/design.md, "Search protocol")."""
 
     alphas: tuple[float, ...] = (50.0, 100.0, 500.0, 1000.0)
     n_unsup: tuple[int, ...] = (2,)
     beta: float = 1.0
     model_seed: int = 0
+    seeds: int = 1  # model seeds per grid point: model_seed, model_seed + 1, ...; the knee uses their means
     sampler: str = "grid"
     n_trials: int = 16
     alpha_min: float = 10.0
@@ -168,6 +194,7 @@ class Stage1Config:
         _require(len(self.n_unsup) > 0, "stage1.n_unsup", "needs at least one value")
         _require(min(self.n_unsup) >= 0, "stage1.n_unsup", "values must be >= 0")
         _require(self.model_seed >= 0, "stage1.model_seed", "must be >= 0")
+        _require(self.seeds >= 1, "stage1.seeds", "must be >= 1")
         _require(
             self.sampler in SAMPLER_NAMES,
             "stage1.sampler",
@@ -183,15 +210,127 @@ class Stage1Config:
 
 @dataclass(frozen=True)
 class Stage2Config:
-    """The beta search with seed repeats (DESIGN section 5)."""
+    """The beta search with seed repeats (docs/design.md, "Search protocol")."""
 
     betas: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
-    seeds: int = 5
+    seeds: int = 5  # model seeds per beta (the command line's --seeds auto adds them as needed)
+    initial_seeds: int = 3  # --seeds auto: seeds per beta to start with
+    max_seeds: int = 10  # --seeds auto: the most seeds a beta gets
 
     def __post_init__(self) -> None:
         _require(len(self.betas) > 0, "stage2.betas", "needs at least one value")
         _require(min(self.betas) >= 0, "stage2.betas", "values must be >= 0")
         _require(self.seeds >= 1, "stage2.seeds", "must be >= 1")
+        _require(
+            2 <= self.initial_seeds <= self.max_seeds,
+            "stage2.initial_seeds",
+            f"need 2 <= stage2.initial_seeds ({self.initial_seeds}) <= stage2.max_seeds ({self.max_seeds})",
+        )
+
+
+SLURM_TIME_FORMATS = "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]] or UNLIMITED"
+# sbatch options psvae-opt writes itself (value: the key that sets it, "" = not settable)
+SLURM_OWN_OPTIONS = {
+    "--array": "",
+    "--output": "",
+    "--error": "",
+    "--signal": "slurm.signal_seconds",
+    "--export": "",
+    "--job-name": "",
+    "--partition": "slurm.partition",
+    "--time": "slurm.time",
+    "--gres": "slurm.gpus_per_task",
+    "--gpus-per-task": "slurm.gpus_per_task",
+    "--cpus-per-task": "slurm.cpus_per_task",
+    "--mem": "slurm.mem",
+    "--gpus": "slurm.gpus_per_task",
+    "--ntasks": "",
+    "--nodes": "",
+}
+_SLURM_SHORT = {"-a": "--array", "-o": "--output", "-e": "--error", "-J": "--job-name", "-p": "--partition"}
+_SLURM_SHORT |= {"-t": "--time", "-c": "--cpus-per-task", "-G": "--gpus", "-n": "--ntasks", "-N": "--nodes"}
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds of a SLURM time limit (sbatch --time), None for UNLIMITED/INFINITE; raises ValueError."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = rest.split(":")
+    if not (days.isdigit() or "-" not in text) or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        raise ValueError(text)
+    if days:  # DAYS-HOURS[:MINUTES[:SECONDS]]
+        h, m, s = (list(map(int, parts)) + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + s
+    if len(parts) == 3:
+        h, m, s = map(int, parts)
+    else:  # MINUTES or MINUTES:SECONDS
+        h, m, s = 0, int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+    return (h * 60 + m) * 60 + s
+
+
+def slurm_extra_line(item: str) -> str:
+    """An entry of slurm.extra as the #SBATCH line it becomes ("--qos=high" or "#SBATCH --qos=high")."""
+    option = item.strip().removeprefix("#SBATCH").strip()
+    name = option.split("=", 1)[0].split()[0] if option else ""
+    name = _SLURM_SHORT.get(name[:2], name) if len(name) > 1 and name[1] != "-" else name
+    if "\n" in item or "\r" in item or not name.startswith("-"):
+        raise ConfigError(
+            f'slurm.extra: {item!r} is not an sbatch option; give entries like "--qos=high" or "#SBATCH -A lab"'
+        )
+    if name in SLURM_OWN_OPTIONS:
+        key = SLURM_OWN_OPTIONS[name]
+        fix = f"set {key} instead" if key else "psvae-opt writes it itself"
+        raise ConfigError(f"slurm.extra: {item!r}: {fix}")
+    return f"#SBATCH {option}"
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """How workers run as a SLURM job array (``--launcher slurm``); "" or 0 = the cluster's default."""
+
+    partition: str = ""
+    time: str | int = ""  # the time limit of each array task, in sbatch --time formats (a number: minutes)
+    gpus_per_task: int = 1  # GPUs of each array task (0 = CPU-only tasks)
+    workers_per_task: int = 1  # worker processes of each task, spread evenly over its GPUs
+    cpus_per_task: int = 0
+    mem: str = ""  # memory of each task, e.g. "16G"
+    signal_seconds: int = 120  # USR1 this long before the time limit (or at preemption); 0 = none
+    extra: tuple[str, ...] = ()  # further sbatch options, e.g. ["--qos=high", "#SBATCH --account=lab"]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time", str(self.time))  # time = 90 in a study file: "90" minutes
+        _require(
+            re.fullmatch(r"([\w.-]+(,[\w.-]+)*)?", self.partition) is not None,
+            "slurm.partition",
+            f"{self.partition!r} is not a partition name (or comma-separated names)",
+        )
+        try:
+            limit = slurm_time_seconds(self.time) if self.time else None
+        except ValueError:
+            raise ConfigError(f"slurm.time: {self.time!r} is not {SLURM_TIME_FORMATS}") from None
+        _require(self.gpus_per_task >= 0, "slurm.gpus_per_task", "must be >= 0 (0 = CPU-only tasks)")
+        _require(self.workers_per_task >= 1, "slurm.workers_per_task", "must be >= 1")
+        _require(
+            self.gpus_per_task == 0 or self.workers_per_task % self.gpus_per_task == 0,
+            "slurm.workers_per_task",
+            f"{self.workers_per_task} is not a multiple of slurm.gpus_per_task ({self.gpus_per_task}), "
+            "so the GPUs would not get equal shares",
+        )
+        _require(self.cpus_per_task >= 0, "slurm.cpus_per_task", "must be >= 0 (0 = the cluster's default)")
+        _require(
+            re.fullmatch(r"(\d+[KMGTkmgt]?)?", self.mem) is not None,
+            "slurm.mem",
+            f"{self.mem!r} is not a memory size such as 16G or 16000M",
+        )
+        _require(0 <= self.signal_seconds <= 65535, "slurm.signal_seconds", "must be in 0..65535 (0 = no signal)")
+        _require(
+            not limit or self.signal_seconds < limit,
+            "slurm.signal_seconds",
+            f"{self.signal_seconds} s is not below the time limit slurm.time = {self.time!r}",
+        )
+        for item in self.extra:
+            slurm_extra_line(item)
 
 
 @dataclass(frozen=True)
@@ -205,6 +344,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 def _convert(value: Any, kind: Any, key: str) -> Any:
@@ -217,10 +357,23 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML has inf and nan; no key of a study takes them
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(kind) in (typing.Union, types.UnionType):
+        for arm in typing.get_args(kind):  # the first type the value fits
+            try:
+                return _convert(value, arm, key)
+            except ConfigError:
+                pass
+        names = " or ".join(
+            f"a list of {typing.get_args(a)[0].__name__}" if typing.get_origin(a) is tuple else a.__name__
+            for a in typing.get_args(kind)
+        )
+        raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     elif typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
         if isinstance(value, list):
@@ -284,6 +437,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         return _build(Config, table, "")
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
+
+
+def load_config_text(text: str, where: str) -> Config:
+    """A configuration written by :func:`dump_config` (a trial's ``config`` attribute, a run's config.toml)."""
+    try:
+        return _build(Config, tomllib.loads(text), "")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: its configuration is not valid TOML ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _toml_value(value: Any) -> str:

@@ -1,11 +1,17 @@
-"""Where training runs: the device (and which GPU a worker takes), its precision, frames held
-on it, the CPU allocator."""
+"""Where training runs: the device (and which GPU a worker takes, whether CUDA works and why
+not), its precision, frames held on it, the CPU allocator."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import re
+import shutil
+import stat
+import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -60,7 +66,7 @@ def tune_cpu_allocator() -> bool:
 
 
 GPU_LOCKS_ENV = "PSVAE_OPT_GPU_LOCKS"
-DEFAULT_GPU_LOCKS = "/tmp/psvae-opt-gpu-locks"
+DEFAULT_GPU_LOCKS = "/tmp/psvae-opt-gpu-locks"  # + "-UID": one private folder per user
 
 
 def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) -> tuple[int, IO[str]]:
@@ -69,18 +75,28 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) 
     Workers that all see every GPU (``docker compose --scale worker=N`` cannot give replicas
     different devices) take slot 0 of GPU 0, 1, ... in turn, then slot 1 of each, so N
     workers spread evenly. A slot is a lock file held (``flock``) for the life of the
-    process: a worker that dies frees its GPU. ``lock_dir`` (default
-    ``$PSVAE_OPT_GPU_LOCKS``, else /tmp/psvae-opt-gpu-locks) must be shared by the workers
-    of one machine and by no other machine.
+    process: a worker that dies frees its GPU. The lock folder must be shared by the workers
+    of one machine and by no other machine: ``lock_dir``, else ``$PSVAE_OPT_GPU_LOCKS``, else
+    ``/tmp/psvae-opt-gpu-locks-UID``.
+
+    The default folder is private to the user (mode 0700; refused when it is a symbolic link,
+    another user's or writable by others), since in the world-writable /tmp anyone could
+    plant links in a shared one: workers of one user coordinate, different users' do not.
+    A folder given explicitly is used as it is (for example a group's folder); lock files
+    are never followed through a symbolic link nor truncated before they are held, and
+    another user's lock file counts as held.
 
     Returns:
         (GPU index, the open lock file: keep it open while the GPU is in use).
     """
     if n_gpus < 1:
         raise ConfigError("--gpu auto: no CUDA GPU is visible to this worker")
-    folder = Path(lock_dir or os.environ.get(GPU_LOCKS_ENV) or DEFAULT_GPU_LOCKS)
+    given = lock_dir or os.environ.get(GPU_LOCKS_ENV)
+    folder = Path(given or f"{DEFAULT_GPU_LOCKS}-{os.getuid()}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not given:
+            _check_private(folder)
         return _take_slot(folder, n_gpus, slots)
     except OSError as exc:
         raise ConfigError(
@@ -88,31 +104,193 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) 
         ) from None
 
 
+def _check_private(folder: Path) -> None:
+    st = os.lstat(folder)
+    problem = (
+        "a symbolic link"
+        if stat.S_ISLNK(st.st_mode)
+        else "not a folder"
+        if not stat.S_ISDIR(st.st_mode)
+        else f"owned by uid {st.st_uid}"
+        if st.st_uid != os.getuid()
+        else "writable by other users"
+        if st.st_mode & 0o022
+        else ""
+    )
+    if problem:
+        raise ConfigError(
+            f"--gpu auto: the lock folder {folder} is {problem}, not this user's own; "
+            f"remove it or set {GPU_LOCKS_ENV} to a folder of yours"
+        )
+
+
 def _take_slot(folder: Path, n_gpus: int, slots: int) -> tuple[int, IO[str]]:
     import fcntl
 
     for slot in range(slots):
         for gpu in range(n_gpus):
-            fh = (folder / f"gpu{gpu}.slot{slot}.lock").open("w")
+            path = folder / f"gpu{gpu}.slot{slot}.lock"
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except PermissionError:
+                continue  # another user's lock file: treat the slot as held
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ConfigError(
+                        f"--gpu auto: {path} is a symbolic link, not a lock file; remove it (left untouched)"
+                    ) from None
+                raise
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise ConfigError(f"--gpu auto: {path} is not a regular file; remove it")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                fh.close()
+                os.close(fd)
                 continue
+            os.ftruncate(fd, 0)  # ours now: the pid of a dead holder goes
+            fh = os.fdopen(fd, "w")
             fh.write(f"{os.getpid()}\n")
             fh.flush()
             return gpu, fh
     raise ConfigError(f"--gpu auto: all {slots} slots of the {n_gpus} GPUs are held (lock files in {folder})")
 
 
+def visible_devices(requested: Sequence[str], inherited: str | None) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES entry of each GPU index of ``--gpus`` (as parsed into strings).
+
+    Indices count the GPUs the launcher itself sees: with ``inherited`` (its own
+    CUDA_VISIBLE_DEVICES) "3,5", index 1 is device "5"; entries may be UUIDs (GPU-..., MIG-...),
+    which pass through. Without ``inherited`` (None) the indices are the physical ones.
+    """
+    if inherited is None:
+        return list(requested)
+    visible = parse_visible(inherited)
+    if not visible:
+        raise ConfigError(
+            f"--gpus {','.join(requested)}: CUDA_VISIBLE_DEVICES={inherited!r} hides every GPU from this launcher; "
+            "unset it or list the GPUs to use there"
+        )
+    for index in requested:
+        if not index.isdigit() or int(index) >= len(visible):
+            raise ConfigError(
+                f"--gpus {','.join(requested)}: {index} is not the index of a visible GPU; "
+                f"CUDA_VISIBLE_DEVICES={inherited} shows {len(visible)} (indices 0..{len(visible) - 1})"
+            )
+    return [visible[int(i)] for i in requested]
+
+
+def parse_visible(value: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: entries up to the first invalid one (so "-1"
+    or "" hide every GPU); an entry is an index or a UUID (GPU-..., MIG-...)."""
+    entries = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        entries.append(entry)
+    return entries
+
+
+def _nvidia_smi() -> tuple[tuple[int, int] | None, str | None]:
+    """The CUDA version the driver supports (from nvidia-smi's header), or the problem."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None, "no NVIDIA driver (nvidia-smi not found)"
+    try:
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"nvidia-smi did not run ({exc})"
+    if out.returncode != 0:
+        first = next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()), "no output")
+        return None, f"the NVIDIA driver does not answer (nvidia-smi: {first})"
+    match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", out.stdout)
+    return ((int(match.group(1)), int(match.group(2))) if match else None), None
+
+
+def _diagnose() -> tuple[str, str] | None:
+    """(cause, fix) when CUDA is not usable here, else None."""
+    reinstall = "run `bash scripts/install.sh` on this machine (it installs the torch build its driver supports)"
+    cpu = "or train on the CPU (no --gpus/--gpu, train.device = auto or cpu)"
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA", f"{reinstall}, {cpu}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not parse_visible(visible):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU", "unset it or list the GPUs to use"
+    init_error = None
+    try:
+        torch.cuda.init()
+        if torch.cuda.device_count() > 0:
+            return None
+    except Exception as exc:  # torch raises RuntimeError, AssertionError or AcceleratorError here
+        init_error = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    driver, problem = _nvidia_smi()
+    if problem:
+        return problem, f"run on a machine with an NVIDIA GPU and driver, {cpu}"
+    built = tuple(int(p) for p in torch.version.cuda.split(".")[:2])
+    if driver is not None and driver < built:
+        return (
+            f"the NVIDIA driver supports CUDA up to {driver[0]}.{driver[1]}, older than this torch's CUDA "
+            f"{torch.version.cuda}",
+            f"update the driver, or {reinstall}",
+        )
+    if init_error:
+        return f"CUDA failed to start ({init_error})", "check `nvidia-smi` and the GPU's state"
+    return "no CUDA GPU is visible", "check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
+
+
+def cuda_problem() -> str | None:
+    """None when CUDA is usable in this process, else why not, in words: torch built without
+    CUDA, no NVIDIA driver, a driver older than torch's CUDA, no GPU visible, or the error of
+    CUDA's start."""
+    found = _diagnose()
+    return found[0] if found else None
+
+
+def require_cuda(what: str) -> None:
+    """Raise a one-line ConfigError naming ``what`` asked for a GPU, the cause and the fix."""
+    found = _diagnose()
+    if found:
+        raise ConfigError(f"{what}: CUDA is not usable here: {found[0]}; {found[1]}")
+
+
 def resolve_device(name: str) -> torch.device:
-    """ "auto" is the first GPU when there is one, else the CPU."""
+    """ "auto" is the first GPU when CUDA is usable, else the CPU, silently (a study file that
+    runs anywhere); "cuda" and "cuda:N" refuse to start without a usable GPU N, naming why."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but no CUDA GPU is visible; use auto or cpu")
+    if device.type == "cuda":
+        require_cuda(f"train.device = {name!r}")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device = {name!r}: this process sees {count} GPU(s) (cuda:0..cuda:{count - 1}); "
+                "check CUDA_VISIBLE_DEVICES"
+            )
     return device
+
+
+GPU_MEMORY_MARGIN = 2 * 2**30  # bytes kept free for training: weights, Adam, activations, cuDNN workspaces
+
+
+def check_gpu_memory(n_bytes: int, device: torch.device, what: str = "the dataset") -> None:
+    """Refuse (one line) to copy ``n_bytes`` onto a GPU that has not that much free plus
+    :data:`GPU_MEMORY_MARGIN`.
+
+    Free memory is what the device reports now (``torch.cuda.mem_get_info``): workers that
+    start together all see the same, so the check catches a dataset too large for the GPU's
+    share, not every race.
+    """
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    if n_bytes + GPU_MEMORY_MARGIN > free:
+        gib = 2**30
+        raise ConfigError(
+            f"{what} needs {n_bytes / gib:.1f} GiB on {device} plus {GPU_MEMORY_MARGIN / gib:.0f} GiB to train, "
+            f"but only {free / gib:.1f} GiB of its {total / gib:.1f} GiB are free; run fewer workers per GPU, "
+            "a smaller dataset (data synth --size), or use a larger GPU"
+        )
 
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -144,7 +322,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def to_device(session: Session, split_frames: dict[str, np.ndarray], device: torch.device) -> DeviceData:
-    """Copy frames (as uint8), labels and split indices to ``device`` once."""
+    """Copy frames (as uint8), labels and split indices to ``device`` once (on a GPU, after
+    :func:`check_gpu_memory`)."""
+    arrays = [session.images, session.labels, session.masks, *split_frames.values()]
+    check_gpu_memory(sum(a.nbytes for a in arrays), device, what=f"the dataset {session.path}")
     return DeviceData(
         frames=torch.from_numpy(session.images).to(device),
         labels=torch.from_numpy(session.labels).to(device),

@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 import plotly.graph_objects as go
 
-from psvae_opt import dashboard, plots, ratings, traversals
+from psvae_opt import dashboard, plots, ratings, run_plots, traversals
 from psvae_opt.config import Config
 from psvae_opt.data import Session
 from psvae_opt.devices import resolve_device
@@ -52,11 +52,11 @@ def write_summary(study: optuna.Study, stage: int, path: Path) -> Path:
 
 
 def write_curves(
-    run_dir: Path, path: Path, splits: Sequence[str] = plots.CURVE_SPLITS, plotlyjs: bool | str = True
+    run_dir: Path, path: Path, splits: Sequence[str] = run_plots.CURVE_SPLITS, plotlyjs: bool | str = True
 ) -> Path:
-    curves = [plots.training_curves_data(run_dir, s) for s in splits]
+    curves = [run_plots.training_curves_data(run_dir, s) for s in splits]
     title = f"{run_dir.name}: training curves ({', '.join(splits)})"
-    return write_html(plots.training_curves_figure(curves, title), path, plotlyjs)
+    return write_html(run_plots.training_curves_figure(curves, title), path, plotlyjs)
 
 
 def write_labels(
@@ -72,14 +72,14 @@ def write_labels(
     before a second of one), each titled with its session and trial name."""
     latents = load_latents(run_dir)
     if not trials:
-        pool = plots.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])
+        pool = run_plots.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])
         firsts: dict[int, int] = {}  # session -> its first trial of the split
         for t in pool:
             firsts.setdefault(int(session.trial_sessions[t]), t)
         chosen = [*firsts.values(), *(t for t in pool if t not in firsts.values())]
         trials = sorted(chosen[:2]) or [0]
     sessions = [session.session_names[s] for s in session.trial_sessions]
-    data = plots.label_traces_data(
+    data = run_plots.label_traces_data(
         session.labels,
         session.masks,
         latents["y_hat"],
@@ -90,7 +90,7 @@ def write_labels(
         trial_names=[name.removeprefix(f"{s}/") for name, s in zip(session.trial_names, sessions)],
         trial_sessions=sessions,
     )
-    return write_html(plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
+    return write_html(run_plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
 
 
 def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, device: str = "cpu") -> list[Path]:

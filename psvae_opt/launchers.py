@@ -5,7 +5,8 @@ reaches it through its environment (``PSVAE_OPT_STORAGE``), never its command li
 ``ps`` would show a password. ``local`` starts worker processes on this machine (one GPU
 each, or several per GPU); ``slurm`` submits them as one job array (:mod:`psvae_opt.slurm`).
 Either way the launcher then follows the stage: a progress bar of its trials, dead local
-workers replaced, and it returns once no trial waits or runs.
+workers replaced, a job array that ended before the stage (time limits, preemption) submitted
+again, and it returns once no trial waits or runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import optuna
@@ -158,26 +159,70 @@ def wait_until_done(study: optuna.Study, db: StudyDatabase, poll: float = 10.0) 
         progress.close()
 
 
-def follow_slurm(job_id: str, n_tasks: int, study: optuna.Study, db: StudyDatabase, poll: float = 5.0) -> int:
-    """Follow a submitted job array until all its tasks have ended; returns the tasks that failed.
+def follow_slurm(
+    job_id: str,
+    n_tasks: int,
+    study: optuna.Study,
+    db: StudyDatabase,
+    resubmit: Callable[[int], str] | None = None,
+    poll: float = 5.0,
+) -> int:
+    """Follow a submitted job array until the stage is done; returns the tasks that failed.
 
-    The tasks end on their own once no trial is left. Ctrl-C stops following, not the job.
+    The tasks end on their own once no trial is left, or earlier at a time limit or a
+    preemption: their workers re-queue their trials and exit. An array that ends with trials
+    left is submitted again by ``resubmit(k)`` (the new job id; ``k`` tasks, one per trial
+    left, at most ``n_tasks``), and so on, except after a cancelled task (``scancel``: the user
+    stops the stage) or two arrays in a row that changed nothing (their tasks fail at once:
+    their logs say why). Ctrl-C stops following, not the job.
     """
-    from psvae_opt import slurm
-
     progress = StageProgress(study)
+    failed, stalled = 0, 0
     try:
         while True:
-            states = slurm.task_states(job_id, n_tasks)
-            progress.update()
-            if all(state in slurm.DONE_STATES for state in states.values()):
+            before = db.retry(lambda: _changes(study), what="reading the study")
+            states = _follow_array(job_id, n_tasks, progress, poll)
+            failed += _report_failures(job_id, states)
+            left = db.retry(lambda: unfinished(study), what="counting trials")
+            if not left or resubmit is None:
                 break
-            time.sleep(poll)
+            stalled = stalled + 1 if db.retry(lambda: _changes(study), what="reading the study") == before else 0
+            if "CANCELLED" in states.values() or stalled > 1:
+                why = "a task was cancelled" if "CANCELLED" in states.values() else "it changed nothing (see its logs)"
+                log.warning("job array %s ended with %d trial(s) left and %s; run the stage again", job_id, left, why)
+                break
+            old, n_tasks = job_id, min(left, n_tasks)
+            job_id = resubmit(n_tasks)
+            log.warning("job array %s ended with %d trial(s) left: submitted it again as %s", old, left, job_id)
     except KeyboardInterrupt:
         log.warning("stopped following job %s; its tasks keep running (scancel %s stops them)", job_id, job_id)
         raise
     finally:
         progress.close()
+    return failed
+
+
+def _changes(study: optuna.Study) -> tuple[int, int]:
+    """What an array changes when it works: trials (a re-queue adds one) and complete trials."""
+    trials = study.get_trials(deepcopy=False)
+    return len(trials), sum(t.state == TrialState.COMPLETE for t in trials)
+
+
+def _follow_array(job_id: str, n_tasks: int, progress: StageProgress, poll: float) -> dict[int, str]:
+    """Wait until every task of a job array has ended; returns how each ended."""
+    from psvae_opt import slurm
+
+    while True:
+        states = slurm.task_states(job_id, n_tasks)
+        progress.update()
+        if all(state in slurm.DONE_STATES for state in states.values()):
+            return states
+        time.sleep(poll)
+
+
+def _report_failures(job_id: str, states: dict[int, str]) -> int:
+    from psvae_opt import slurm
+
     failed = {task: state for task, state in states.items() if state not in ("COMPLETED", slurm.FINISHED)}
     for task, state in failed.items():
         log.warning("array task %s_%d ended %s", job_id, task, state)

@@ -48,11 +48,21 @@ class LossTerms(NamedTuple):
 
 
 def anneal_weights(epoch: float, anneal_epochs: int, beta: float) -> tuple[float, float]:
-    """(kappa_e, beta_e): rise linearly from 0 to (1, beta) over ``anneal_epochs`` (0 = off)."""
-    if anneal_epochs <= 0:
-        return 1.0, float(beta)
-    ramp = min(max(epoch / anneal_epochs, 0.0), 1.0)
+    """(kappa_e, beta_e) of training epoch ``epoch`` (0 = the first): BehaveNet's schedule.
+
+    BehaveNet's weights are ``linspace(0, 1, anneal_epochs)`` (times beta), indexed by its epoch
+    counter, whose epoch 0 only evaluates the untrained network; its first training epoch takes
+    the second value. So training epoch e (0-based) has weight (e + 1) / (anneal_epochs - 1),
+    full weight from e = anneal_epochs - 2 on, and ``anneal_epochs`` of 0, 1 or 2 weight every
+    training epoch fully (0 = off).
+    """
+    ramp = min(max((epoch + 1) / (anneal_epochs - 1), 0.0), 1.0) if anneal_epochs > 2 else 1.0
     return ramp, ramp * float(beta)
+
+
+def first_full_weight_epoch(anneal_epochs: int) -> int:
+    """The first training epoch (0-based) whose annealed weights are full: annealing is complete."""
+    return max(anneal_epochs - 2, 0)
 
 
 def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Metrics of DESIGN section 4, one implementation each, pure numpy.
+"""Metrics (docs/design.md, "Training and metrics"), one implementation each, pure numpy.
 
 The functions use only array arithmetic and reductions, so :func:`pixel_mse` also runs on
 torch tensors batch by batch in the trainer without moving frames off the device.
@@ -106,3 +106,30 @@ def mutual_information_gap(latents: np.ndarray, factors: np.ndarray, n_bins: int
         mi = sorted((discrete_mutual_information(lat[:, j], fac[:, k]) for j in range(lat.shape[1])), reverse=True)
         gaps.append((mi[0] - (mi[1] if len(mi) > 1 else 0.0)) / h)
     return float(np.mean(gaps)) if gaps else float("nan")
+
+
+def dimension_kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """Mean KL of each latent's posterior to the N(0, 1) prior: (N, D) means and log-variances -> (D,) nats.
+
+    A dimension the model does not use has posteriors equal to the prior: KL near 0.
+    """
+    return (0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)).mean(0)
+
+
+def correlations(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Pearson r of every column of ``a`` with every column of ``b``: (N, D), (N, F) -> (D, F).
+
+    ``mask`` (N, F) of 1/0 restricts each column of ``b`` (and ``a`` with it) to its valid rows.
+    A column without variance (on the rows used) correlates 0 with everything.
+    """
+    mask = np.ones(b.shape, bool) if mask is None else mask > 0
+    out = np.zeros((a.shape[1], b.shape[1]))
+    for f in range(b.shape[1]):
+        rows = mask[:, f]
+        if rows.sum() < 2:
+            continue
+        x = a[rows] - a[rows].mean(0)
+        y = b[rows, f] - b[rows, f].mean()
+        denom = np.sqrt((x**2).sum(0) * (y**2).sum())
+        out[:, f] = np.where(denom > 0, (x * y[:, None]).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
+    return out

@@ -1,8 +1,8 @@
-"""The guide's charts (DESIGN section 7, items 1-3): each a pure data function plus a plotly renderer.
+"""The guide's charts of a study (docs/design.md, "Diagnostics"): each a pure data function plus
+a plotly renderer; the charts of one run are in :mod:`psvae_opt.run_plots`.
 
 - search summary: a stage's metrics against the searched weight, mean and spread over seeds;
-- training curves of one run, for the training or the validation split;
-- label reconstructions: true and predicted label traces over chosen trials, R^2 per label.
+- Pareto front: every trial's two objectives, the front and the recommendation.
 
 The data functions return frozen dataclasses of numpy arrays (tests check those); the
 renderers only draw them.
@@ -10,11 +10,8 @@ renderers only draw them.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -22,17 +19,14 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from psvae_opt import metrics
-from psvae_opt.errors import ConfigError, DataError
-from psvae_opt.runs import SPLIT_CODES, read_metrics
+from psvae_opt.space import OBJECTIVES
+from psvae_opt.study import FACTOR_PREFIX, group_summary, summary_metrics
 
-SUMMARY_METRICS = {
+SUMMARY_PANELS = {  # the metrics that get a panel; stage 2 adds each factor_r_* the trials have
     1: ("val_pixel_mse", "val_label_mse"),
-    2: ("val_pixel_mse", "val_label_mse", "val_icmi", "val_tc", "val_dwkl", "train_zu_corr"),
+    2: ("val_pixel_mse", "val_label_mse", "val_icmi", "val_tc", "val_dwkl", "train_zu_corr", "max_label_leak"),
 }
 SUMMARY_AXES = {1: ("alpha", "n_unsup"), 2: ("beta", None)}  # (x parameter, one line per value of)
-CURVE_METRICS = ("loss", "pixel_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl")
-CURVE_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -42,8 +36,8 @@ class SummarySeries:
     Attributes:
         group: the value of the grouping parameter (stage 1: n_unsup), None in stage 2.
         x: (P,) sorted distinct values of the weight (alpha or beta).
-        n: (P,) trials (seeds) at each x.
-        mean, std: metric -> (P,) mean and sample std (ddof 1; 0 for one trial, NaN for none).
+        n: (P,) trials (seeds) summarised at each x (stage 2: those whose latents did not collapse).
+        mean, std: metric -> (P,) mean and sample std (0 for one trial, NaN for none).
     """
 
     group: float | None
@@ -64,43 +58,37 @@ class SearchSummary:
     series: tuple[SummarySeries, ...]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std as :func:`psvae_opt.study.seed_summary` computes them."""
-    if not values:
-        return math.nan, math.nan
-    arr = np.asarray(values, float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
 def search_summary_data(study: optuna.Study, stage: int) -> SearchSummary:
     """Per value of the searched weight (and, in stage 1, per n_unsup): mean and spread of each metric.
 
-    Metrics are the trials' user attributes of :data:`SUMMARY_METRICS`; a trial without one
-    (e.g. ``train_zu_corr`` undefined) is left out of that metric only.
+    The statistics are :func:`psvae_opt.study.group_summary`'s (stage 2 over the seeds whose
+    latents did not collapse, as the recommendation); a trial without a metric (e.g.
+    ``train_zu_corr`` undefined) is left out of that metric only.
     """
     x_name, group_name = SUMMARY_AXES[stage]
-    cells: dict[float | None, dict[float, list]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        group = float(t.params[group_name]) if group_name else None
-        cells.setdefault(group, {}).setdefault(float(t.params[x_name]), []).append(t)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    factors = tuple(m for m in summary_metrics(trials) if m.startswith(FACTOR_PREFIX)) if stage == 2 else ()
+    panels = SUMMARY_PANELS[stage] + factors
+    by = (x_name, group_name) if group_name else (x_name,)
+    rows = group_summary(trials, by, skip_collapsed=stage == 2)
+    groups = sorted({r[group_name] for r in rows}) if group_name else [None] if rows else []
     series = []
-    for group in sorted(cells, key=lambda g: -math.inf if g is None else g):
-        by_x = cells[group]
-        xs = sorted(by_x)
-        stats = {
-            m: [_mean_std([t.user_attrs[m] for t in by_x[x] if t.user_attrs.get(m) is not None]) for x in xs]
-            for m in SUMMARY_METRICS[stage]
-        }
+    for group in groups:
+        mine = sorted((r for r in rows if group is None or r[group_name] == group), key=lambda r: r[x_name])
+
+        def column(key: str, mine: list = mine) -> np.ndarray:
+            return np.array([math.nan if r[key] is None else r[key] for r in mine], float)
+
         series.append(
             SummarySeries(
-                group=group,
-                x=np.array(xs),
-                n=np.array([len(by_x[x]) for x in xs]),
-                mean={m: np.array([s[0] for s in v]) for m, v in stats.items()},
-                std={m: np.array([s[1] for s in v]) for m, v in stats.items()},
+                group=None if group is None else float(group),
+                x=np.array([float(r[x_name]) for r in mine]),
+                n=np.array([len(r["trials"]) for r in mine]),
+                mean={m: column(f"{m}_mean") for m in panels},
+                std={m: column(f"{m}_std") for m in panels},
             )
         )
-    return SearchSummary(stage, x_name, group_name, SUMMARY_METRICS[stage], tuple(series))
+    return SearchSummary(stage, x_name, group_name, panels, tuple(series))
 
 
 def search_summary_figure(data: SearchSummary, title: str = "") -> go.Figure:
@@ -117,8 +105,8 @@ def search_summary_figure(data: SearchSummary, title: str = "") -> go.Figure:
             name = f"{data.group_name} = {s.group:g}" if data.group_name else "mean ± std over seeds"
             fig.add_scatter(
                 x=s.x.tolist(),
-                y=s.mean[metric].tolist(),
-                error_y={"type": "data", "array": s.std[metric].tolist(), "visible": True},
+                y=_plain(s.mean[metric]),
+                error_y={"type": "data", "array": _plain(s.std[metric]), "visible": True},
                 mode="lines+markers",
                 name=name,
                 legendgroup=name,
@@ -135,19 +123,9 @@ def search_summary_figure(data: SearchSummary, title: str = "") -> go.Figure:
     return fig
 
 
-@dataclass(frozen=True)
-class TrainingCurves:
-    """Per-epoch metrics of one run and split.
-
-    Attributes:
-        epochs: (E,) epoch numbers; values: metric -> (E,) values of :data:`CURVE_METRICS`.
-        best_epoch: the epoch of the kept checkpoint (from summary.json), None before it exists.
-    """
-
-    split: str
-    epochs: np.ndarray
-    values: dict[str, np.ndarray]
-    best_epoch: int | None
+def _plain(values: np.ndarray) -> list[float | None]:
+    """A list for plotly, NaN as None (a gap)."""
+    return [None if math.isnan(v) else float(v) for v in values]
 
 
 def search_summary(study: optuna.Study, stage: int) -> go.Figure:
@@ -155,152 +133,83 @@ def search_summary(study: optuna.Study, stage: int) -> go.Figure:
     return search_summary_figure(search_summary_data(study, stage), f"{study.study_name}: search summary")
 
 
-def training_curves_data(run_dir: str | Path, split: str) -> TrainingCurves:
-    """The rows of ``metrics.csv`` of one split, epoch by epoch."""
-    if split not in CURVE_SPLITS:
-        raise ConfigError(f"--split {split!r}: choose one of {', '.join(CURVE_SPLITS)}")
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.csv").exists():
-        raise DataError(f"{run_dir}: no metrics.csv; the run has not trained an epoch yet (or the folder is wrong)")
-    rows = sorted((r for r in read_metrics(run_dir) if r["split"] == split), key=lambda r: r["epoch"])
-    summary = run_dir / "summary.json"
-    best = json.loads(summary.read_text())["best_epoch"] if summary.exists() else None
-    return TrainingCurves(
-        split=split,
-        epochs=np.array([r["epoch"] for r in rows], int),
-        values={m: np.array([r[m] for r in rows], float) for m in CURVE_METRICS},
-        best_epoch=best,
-    )
-
-
-def training_curves_figure(curves: Sequence[TrainingCurves], title: str = "") -> go.Figure:
-    """One panel per metric of :data:`CURVE_METRICS`, one line per split, the kept epoch dashed."""
-    cols = 4
-    fig = make_subplots(rows=2, cols=cols, subplot_titles=CURVE_METRICS)
-    colors = {"train": "#1f77b4", "val": "#d62728"}
-    for i, metric in enumerate(CURVE_METRICS):
-        row, col = divmod(i, cols)
-        for c in curves:
-            fig.add_scatter(
-                x=c.epochs.tolist(),
-                y=c.values[metric].tolist(),
-                mode="lines",
-                name=c.split,
-                legendgroup=c.split,
-                line={"color": colors.get(c.split)},
-                showlegend=i == 0,
-                row=row + 1,
-                col=col + 1,
-            )
-        fig.update_xaxes(title_text="epoch", row=row + 1, col=col + 1)
-    best = next((c.best_epoch for c in curves if c.best_epoch is not None), None)
-    if best is not None:
-        for i in range(len(CURVE_METRICS)):
-            fig.add_vline(x=best, line={"dash": "dash", "color": "gray"}, row=i // cols + 1, col=i % cols + 1)
-    fig.update_layout(
-        title=title or "training curves" + (f" (dashed: kept epoch {best})" if best is not None else ""),
-        template="plotly_white",
-    )
-    return fig
-
-
 @dataclass(frozen=True)
-class LabelTraces:
-    """True and predicted labels over chosen trials, shown one after another.
+class ParetoData:
+    """The Pareto chart of a stage: every complete trial, which are on the front, the recommendation.
 
     Attributes:
-        label_names: (L',) names of the shown labels.
-        trials: session trial indices shown, in order.
-        frames: (N,) session frame indices of those trials, concatenated.
-        trial_starts: (len(trials) + 1,) offsets of each trial within ``frames``.
-        true: (N, L') labels, NaN where masked; predicted: (N, L') predictions.
-        r2: (L',) R^2 of each label over the shown valid entries.
+        names: the two objectives (both minimised).
+        numbers: (n,) trial numbers; labels: their parameters as text.
+        values: (n, 2) objective values; on_front: (n,) bool.
+        recommended: (2,) the recommended point (stage 1: the seed means of the recommended
+            alpha; stage 2: the recommended model), or None.
     """
 
-    label_names: tuple[str, ...]
-    trials: tuple[int, ...]
-    frames: np.ndarray
-    trial_starts: np.ndarray
-    true: np.ndarray
-    predicted: np.ndarray
-    r2: np.ndarray
+    names: tuple[str, str]
+    numbers: tuple[int, ...]
+    labels: tuple[str, ...]
+    values: np.ndarray
+    on_front: np.ndarray
+    recommended: np.ndarray | None
 
 
-def label_traces_data(
-    labels: np.ndarray,
-    masks: np.ndarray,
-    y_hat: np.ndarray,
-    trial_starts: np.ndarray,
-    trials: Sequence[int],
-    label_idx: Sequence[int],
-    label_names: Sequence[str],
-) -> LabelTraces:
-    """Label traces of ``trials`` for the labels ``label_idx``.
-
-    Args:
-        labels, masks, y_hat: (T, L) labels, validity and predictions of every session frame.
-        trial_starts: (n_trials + 1,) frame offsets of the session's trials.
-        label_names: (L,) names of all labels.
-    """
-    n_trials = len(trial_starts) - 1
-    bad = [t for t in trials if not 0 <= t < n_trials]
-    if bad or not trials:
-        raise ConfigError(f"trials {list(trials)}: give trial indices between 0 and {n_trials - 1}")
-    if not label_idx or not all(0 <= k < labels.shape[1] for k in label_idx):
-        raise ConfigError(f"labels {list(label_idx)}: give label indices between 0 and {labels.shape[1] - 1}")
-    frames = np.concatenate([np.arange(trial_starts[t], trial_starts[t + 1]) for t in trials])
-    lengths = [trial_starts[t + 1] - trial_starts[t] for t in trials]
-    cols = list(label_idx)
-    y, m, p = labels[frames][:, cols], masks[frames][:, cols], y_hat[frames][:, cols]
-    r2, _ = metrics.label_r2_per_label(y, p, m)
-    return LabelTraces(
-        label_names=tuple(label_names[k] for k in cols),
-        trials=tuple(int(t) for t in trials),
-        frames=frames,
-        trial_starts=np.concatenate([[0], np.cumsum(lengths)]).astype(int),
-        true=np.where(m > 0, y, np.nan),
-        predicted=p.astype(float),
-        r2=r2,
+def pareto_data(study: optuna.Study, stage: int) -> ParetoData:
+    """The data of :func:`pareto_figure`."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = {t.number for t in study.best_trials}
+    rec = study.user_attrs.get("recommendation")
+    recommended = None
+    if rec and stage == 1:
+        recommended = np.array([rec["pixel_mse"], rec["label_mse"]], float)
+    elif rec:
+        recommended = next((np.array(t.values, float) for t in trials if t.number == rec["trial"]), None)
+    return ParetoData(
+        names=OBJECTIVES[stage],
+        numbers=tuple(t.number for t in trials),
+        labels=tuple(", ".join(f"{k}={v:g}" for k, v in sorted(t.params.items())) for t in trials),
+        values=np.array([t.values for t in trials], float).reshape(-1, 2),
+        on_front=np.array([t.number in front for t in trials], bool),
+        recommended=recommended,
     )
 
 
-def split_trials(split_of_frame: np.ndarray, trial_starts: np.ndarray, code: int = SPLIT_CODES["val"]) -> list[int]:
-    """Session trials whose first frame is in the split ``code`` (splits are by trial)."""
-    return [t for t in range(len(trial_starts) - 1) if split_of_frame[trial_starts[t]] == code]
-
-
-def label_traces_figure(data: LabelTraces, title: str = "") -> go.Figure:
-    """One row per label: true trace in black, prediction in colour, trial boundaries dotted."""
-    titles = [f"{n} (R² = {r:.3f})" for n, r in zip(data.label_names, data.r2)]
-    fig = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.04)
-    x = list(range(len(data.frames)))
-    for k in range(len(titles)):
+def pareto_figure(data: ParetoData, title: str) -> go.Figure:
+    """Scatter of every trial, the front highlighted and joined, the recommendation starred."""
+    x_name, y_name = data.names
+    values, on = data.values, data.on_front
+    hover = [f"trial {n}: {lab}" for n, lab in zip(data.numbers, data.labels)]
+    fig = go.Figure()
+    fig.add_scatter(
+        x=values[~on, 0].tolist(),
+        y=values[~on, 1].tolist(),
+        mode="markers",
+        name="dominated",
+        marker={"color": "lightgray", "size": 9},
+        text=[h for h, o in zip(hover, on) if not o],
+    )
+    order = np.argsort(values[on, 0])
+    front_hover = [h for h, o in zip(hover, on) if o]
+    front_labels = [lab for lab, o in zip(data.labels, on) if o]
+    fig.add_scatter(
+        x=values[on, 0][order].tolist(),
+        y=values[on, 1][order].tolist(),
+        mode="lines+markers+text",
+        name="Pareto front",
+        marker={"size": 11},
+        hovertext=[front_hover[i] for i in order],
+        text=[front_labels[i] for i in order],
+        textposition="top center",
+        cliponaxis=False,
+    )
+    if data.recommended is not None:
         fig.add_scatter(
-            x=x,
-            y=data.true[:, k].tolist(),
-            mode="lines",
-            name="true",
-            legendgroup="true",
-            line={"color": "black"},
-            showlegend=k == 0,
-            row=k + 1,
-            col=1,
+            x=[float(data.recommended[0])],
+            y=[float(data.recommended[1])],
+            mode="markers",
+            name="recommended",
+            marker={"symbol": "star", "size": 18, "color": "crimson"},
         )
-        fig.add_scatter(
-            x=x,
-            y=data.predicted[:, k].tolist(),
-            mode="lines",
-            name="predicted",
-            legendgroup="predicted",
-            line={"color": "#d62728"},
-            showlegend=k == 0,
-            row=k + 1,
-            col=1,
-        )
-        for start in data.trial_starts[1:-1]:
-            fig.add_vline(x=start - 0.5, line={"dash": "dot", "color": "gray"}, row=k + 1, col=1)
-    fig.update_xaxes(title_text=f"frame (trials {', '.join(map(str, data.trials))})", row=len(titles), col=1)
     fig.update_layout(
-        title=title or "label reconstructions", template="plotly_white", height=max(300, 180 * len(titles))
+        title=title, xaxis_title=f"{x_name} (minimise)", yaxis_title=f"{y_name} (minimise)", template="plotly_white"
     )
     return fig

@@ -2,13 +2,17 @@
 
 - ``metrics.csv``: one row per epoch and split, columns :data:`CSV_COLUMNS`;
 - ``best.pt`` / ``last.pt``: checkpoints, written atomically (a kill never leaves half a file);
-- ``latents.npz``: ``mu`` and ``y_hat`` of every frame, and ``split``, each frame's
-  :data:`SPLIT_CODES` code (-1 for frames in no split).
+- ``latents.npz``: ``mu``, ``logvar`` and ``y_hat`` of every frame, ``split``, each frame's
+  :data:`SPLIT_CODES` code (-1 for frames in no split), and ``session``, each frame's session
+  index (int16; files written before sessions existed lack it and read as all zeros);
+- ``summary.json``: the best checkpoint's metrics of every split and, with several sessions,
+  ``per_session``: session name -> split -> metrics.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +26,7 @@ from psvae_opt.errors import DataError
 METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
 CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # latents.npz "split" values
+SESSION_DTYPE = np.int16  # latents.npz "session" values: a study has far fewer than 32767 sessions
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -50,12 +55,26 @@ def truncate_rows(path: Path, last_epoch: int) -> None:
 
 
 def load_latents(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a run's ``latents.npz``; a one-line error when the run has not finished."""
+    """The arrays of a run's ``latents.npz``; a one-line error when the run has not finished.
+
+    ``session`` is (T,) int16; a file of an older version without it reads as one session (zeros).
+    """
     path = Path(run_dir) / "latents.npz"
     if not path.exists():
         raise DataError(f"{run_dir}: no latents.npz; the run has not finished (or the folder is wrong)")
     with np.load(path) as latents:
-        return dict(latents)
+        arrays = dict(latents)
+    if "session" not in arrays:
+        arrays["session"] = np.zeros(len(arrays["mu"]), SESSION_DTYPE)
+    return arrays
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    """A finished run's ``summary.json``; a one-line error when there is none."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no summary.json; the run has not finished (or the folder is wrong)")
+    return json.loads(path.read_text())
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float | str]]:

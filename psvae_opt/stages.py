@@ -8,18 +8,16 @@ printing left to them (docs/design.md, "Search protocol" and "Service"):
 - :func:`run_stage` creates (or resumes) the stage's study, queues its grid once, starts the
   workers (local processes or a SLURM job array), follows them to the end and stores the
   recommendation;
-- :func:`join` is a worker: it waits for the studies, loads the data once and runs trials.
+- :func:`export` writes a stage's files.
+
+A worker's side is :mod:`psvae_opt.worker_process`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
-import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,16 +26,14 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from psvae_opt import devices, launchers, slurm, space
-from psvae_opt.config import Config, replace
+from psvae_opt.config import Config
 from psvae_opt.dashboard import record_artifact_dir
-from psvae_opt.data import load_session, split_frames
-from psvae_opt.diagnostics import TrialUploader, save_search_summary
+from psvae_opt.data import load_session
+from psvae_opt.diagnostics import save_search_summary
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.export import export_stage
-from psvae_opt.objectives import TrialContext, TrialHooks
-from psvae_opt.storage import StudyDatabase, heartbeat_interval, resolve_url, sqlite_path
+from psvae_opt.storage import StudyDatabase, resolve_url, sqlite_path
 from psvae_opt.study import (
-    BASE_METRICS,
     counts,
     create_stage,
     enqueue_budget,
@@ -48,10 +44,18 @@ from psvae_opt.study import (
     recommend_stage2,
     seed_summary,
 )
-from psvae_opt.workers import StopFlag, run_worker, top_up
+from psvae_opt.worker_process import require_mlflow
+from psvae_opt.workers import top_up
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")
+NEEDS_ALPHA = "stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used"
+
+
+def _too_few_unsup(n_unsup: int) -> ConfigError:
+    return ConfigError(
+        f"stage 2 compares unsupervised latents, so it needs n_unsup >= 2 (got {n_unsup}); give --n-unsup 2 or more"
+    )
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,7 @@ def check_request(req: StageRequest, cfg: Config) -> list[str]:
     if req.alpha is not None and not (math.isfinite(req.alpha) and req.alpha > 0):
         raise ConfigError(f"--alpha {req.alpha}: give a finite label weight > 0")
     if req.n_unsup is not None and req.n_unsup < 2:
-        raise ConfigError(
-            f"stage 2 compares unsupervised latents, so it needs n_unsup >= 2 (got {req.n_unsup}); give --n-unsup 2 or more"
-        )
+        raise _too_few_unsup(req.n_unsup)
     if isinstance(req.seeds, int) and req.seeds < 1:
         raise ConfigError(f"--seeds {req.seeds}: give 1 or more (or auto in stage 2)")
     initial, most = seed_budget(req, cfg)
@@ -124,20 +126,38 @@ def check_request(req: StageRequest, cfg: Config) -> list[str]:
     if req.stage == 1 and sampler != "grid" and (req.seeds or cfg.stage1.seeds) > 1:
         raise ConfigError(f"--sampler {sampler} draws alphas one trial at a time; --seeds applies to the grid")
     url = resolve_url(req.storage)
-    if req.launcher == "slurm" and url.startswith("sqlite"):
-        raise ConfigError(
-            "--launcher slurm needs a database server: compute nodes cannot share a SQLite file safely "
-            "(file locks over NFS); give --storage postgresql+psycopg://... (README, 'On a SLURM cluster')"
-        )
+    if req.launcher == "slurm":
+        check_slurm_request(req, cfg, url)
     path = sqlite_path(url) if url.startswith("sqlite") else None
     if req.stage == 2 and req.alpha is None and path is not None and not path.exists():
-        raise ConfigError("stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used")
+        raise ConfigError(NEEDS_ALPHA)
     mapped = local_devices(req) if req.launcher == "local" else []
     if (n_local_workers(req, mapped) and req.launcher == "local") or (req.launcher == "slurm" and not req.dry_run):
         if cfg.study.mlflow_uri:
             require_mlflow(cfg.study.mlflow_uri)
         load_session(cfg.data.path)  # refuse bad data here, not in every worker
     return mapped
+
+
+def check_slurm_request(req: StageRequest, cfg: Config, url: str) -> None:
+    """What ``--launcher slurm`` cannot do, refused in one line; the script is rendered once
+    here, so that what it refuses (a log folder with a space) is refused before the study exists."""
+    if url.startswith("sqlite"):
+        raise ConfigError(
+            "--launcher slurm needs a database server: compute nodes cannot share a SQLite file safely "
+            "(file locks over NFS); give --storage postgresql+psycopg://... (README, 'On a SLURM cluster')"
+        )
+    if req.workers == 0:
+        raise ConfigError(
+            "--launcher slurm --workers 0: give the number of array tasks (1 or more); "
+            "to only create and queue the stage, use --launcher local --workers 0"
+        )
+    if req.gpus:
+        raise ConfigError(
+            f"--gpus {','.join(req.gpus)} picks GPUs of this machine; array tasks get theirs from SLURM: "
+            "set slurm.gpus_per_task instead (--set slurm.gpus_per_task=N)"
+        )
+    slurm_script(req, cfg)
 
 
 def seed_budget(req: StageRequest, cfg: Config) -> tuple[int, int]:
@@ -169,14 +189,10 @@ def _stage2_settings(req: StageRequest, cfg: Config, db: StudyDatabase) -> dict[
         except StorageError:
             rec = None
     if req.alpha is None and rec is None:
-        raise ConfigError(
-            "stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used"
-        )
+        raise ConfigError(NEEDS_ALPHA)
     n_unsup = req.n_unsup if req.n_unsup is not None else (rec["n_unsup"] if rec else cfg.model.n_unsup)
     if n_unsup < 2:
-        raise ConfigError(
-            f"stage 2 compares unsupervised latents, so it needs n_unsup >= 2 (got {n_unsup}); give --n-unsup 2 or more"
-        )
+        raise _too_few_unsup(n_unsup)
     seeds = req.seeds if req.seeds is not None else cfg.stage2.seeds
     settings = {"alpha": float(req.alpha if req.alpha is not None else rec["alpha"]), "n_unsup": int(n_unsup)}
     if seeds == "auto":
@@ -215,10 +231,11 @@ def slurm_folder(cfg: Config, stage: int) -> Path:
 def slurm_script(req: StageRequest, cfg: Config) -> tuple[str, Path]:
     """The stage's batch script and where it is kept."""
     folder = slurm_folder(cfg, req.stage)
-    per_task = max(cfg.slurm.gpus_per_task, 1) * req.workers_per_gpu
-    settings = replace(cfg, slurm={"workers_per_task": per_task}).slurm
+    per_task = cfg.slurm.workers_per_task
+    if req.workers_per_gpu > 1:  # --workers-per-gpu K: K workers on each of the task's GPUs (or its CPUs)
+        per_task = max(cfg.slurm.gpus_per_task, 1) * req.workers_per_gpu
     script = slurm.batch_script(
-        settings,
+        cfg.slurm,
         job_name=space.study_name(cfg, req.stage),
         n_tasks=req.workers or 1,
         worker_argv=launchers.worker_argv(req.config_path, req.overrides, [req.stage], ["--wait", "600"]),
@@ -244,11 +261,18 @@ def run_stage(req: StageRequest, cfg: Config, db: StudyDatabase, mapped: list[st
         outcome.script_path.parent.mkdir(parents=True, exist_ok=True)
         (outcome.script_path.parent / "logs").mkdir(exist_ok=True)
         outcome.script_path.write_text(outcome.script)
-        outcome.job_id = slurm.submit(outcome.script_path, env={launchers.ENV_VAR: db.url})
+        url = {launchers.ENV_VAR: db.url}
+        outcome.job_id = slurm.submit(outcome.script_path, env=url)
         if req.no_wait:
             outcome.followed = False
             return outcome
-        outcome.worker_failures = launchers.follow_slurm(outcome.job_id, req.workers or 1, study, db)
+        outcome.worker_failures = launchers.follow_slurm(
+            outcome.job_id,
+            req.workers or 1,
+            study,
+            db,
+            resubmit=lambda tasks: slurm.submit(outcome.script_path, env=url, tasks=tasks),
+        )
     elif n_workers:
         argv = launchers.worker_argv(req.config_path, req.overrides, [req.stage])
         log_dir = Path(cfg.study.runs_dir) / study.study_name / "workers"
@@ -283,126 +307,3 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
     (recommend_stage1 if stage == 1 else recommend_stage2)(study)
     save_search_summary(study, stage)
     return export_stage(db.storage, study, stage, out)
-
-
-def _worker_device(gpu: str | None, cfg: Config) -> tuple[Config, object]:
-    """``--gpu N|auto``: the trial device, CUDA checked; and the GPU lock held while working."""
-    if gpu is None:
-        if cfg.train.device.startswith("cuda"):
-            devices.require_cuda(f"train.device = {cfg.train.device!r}")
-        return cfg, None
-    if gpu != "auto" and not gpu.isdigit():
-        raise ConfigError(f"--gpu {gpu!r}: give auto or the index of a visible GPU such as 0")
-    devices.require_cuda(f"--gpu {gpu}")
-    import torch
-
-    lock = None
-    index = int(gpu) if gpu != "auto" else None
-    if index is None:
-        index, lock = devices.claim_gpu(torch.cuda.device_count())
-        log.info("worker %d takes GPU %d", os.getpid(), index)
-    elif index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"--gpu {index}: this worker sees {torch.cuda.device_count()} GPU(s) (0..{torch.cuda.device_count() - 1})"
-        )
-    return replace(cfg, train={"device": f"cuda:{index}"}), lock
-
-
-def _wait_for_study(db: StudyDatabase, cfg: Config, stage: int, seconds: float) -> optuna.Study:
-    """The stage's study once it exists and has trials (or once ``seconds`` have passed)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            study = load_stage(db, cfg, stage)
-            if db.retry(lambda s=study: s.get_trials(deepcopy=False), what="reading the study"):
-                return study
-            if time.monotonic() >= deadline:
-                return study
-        except StorageError:
-            if time.monotonic() >= deadline:
-                raise
-        time.sleep(5)
-
-
-def require_mlflow(uri: str) -> None:
-    """Refuse ``study.mlflow_uri`` in one line when the ``mlflow`` extra is not installed."""
-    missing = [m for m in ("mlflow", "optuna_integration") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigError(
-            f"study.mlflow_uri = {uri!r} needs {' and '.join(missing)}: pip install 'psvae-opt[mlflow]' "
-            '(or set study.mlflow_uri = "")'
-        )
-
-
-def mlflow_hook(uri: str, stage: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Log each complete trial to MLflow: one run per trial in the experiment named after the
-    study, with the trial's parameters, the stage's two objective values and the main metrics
-    (:data:`~psvae_opt.study.BASE_METRICS`, test errors) as metrics and its user attributes as tags."""
-    require_mlflow(uri)
-    import mlflow
-    from optuna_integration.mlflow import MLflowCallback
-
-    if "://" not in uri:  # a local folder: MLflow's file store at its absolute path, whatever a worker's cwd
-        uri = Path(uri).resolve().as_uri()
-    if uri.startswith("file:"):  # MLflow 3 refuses its file store (in maintenance) unless allowed
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    with warnings.catch_warnings():  # deprecated since optuna-integration 4.9, removed in 6 (the extra pins < 6)
-        warnings.simplefilter("ignore", FutureWarning)
-        callback = MLflowCallback(tracking_uri=uri, metric_name=list(space.OBJECTIVES[stage]))
-
-    def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        callback(study, trial)
-        run = mlflow.last_active_run()  # the run the callback just wrote
-        names = (*BASE_METRICS, "test_pixel_mse", "test_label_mse", "test_label_r2")
-        values = {k: float(trial.user_attrs[k]) for k in names if _finite(trial.user_attrs.get(k))}
-        if run is not None and values:
-            mlflow.log_metrics(values, run_id=run.info.run_id)
-
-    return log_trial
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def context(
-    cfg: Config, stage: int, study: optuna.Study, data: tuple, db: StudyDatabase, progress: bool
-) -> TrialContext:
-    """The frozen context of a worker's trials of one stage."""
-    session, frames = data
-    attrs = study.user_attrs
-    seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else attrs.get("seeds", 1)
-    seed_upper = (cfg.stage1.model_seed + seeds - 1) if stage == 1 else seeds - 1
-    uploader = TrialUploader(db.storage, study, session, cfg)
-    on_complete = mlflow_hook(cfg.study.mlflow_uri, stage) if cfg.study.mlflow_uri else None
-    return TrialContext(
-        cfg,
-        stage,
-        session,
-        frames,
-        sampler=attrs.get("sampler", "grid"),
-        seed_upper=seed_upper,
-        fixed={k: attrs[k] for k in ("alpha", "n_unsup") if k in attrs},
-        study_key=attrs.get("run_key"),
-        progress=progress,
-        hooks=TrialHooks(on_epoch=uploader.on_epoch, on_finish=uploader.on_finish, on_complete=on_complete),
-    )
-
-
-def join(
-    cfg: Config, db: StudyDatabase, stages: list[int], *, gpu: str | None, wait: float, progress: bool, stop: StopFlag
-) -> int:
-    """Work on the stages in order until none has a trial left; returns the trials completed."""
-    cfg, _lock = _worker_device(gpu, cfg)  # the lock is held until the worker exits
-    interval = heartbeat_interval()
-    data = None
-    total = 0
-    for stage in stages:
-        study = _wait_for_study(db, cfg, stage, wait)
-        if data is None:  # after the wait: the launcher may be the one writing the data
-            session = load_session(cfg.data.path)
-            data = (session, split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode))
-        ctx = context(cfg, stage, study, data, db, progress)
-        max_seeds = study.user_attrs.get("max_seeds") if study.user_attrs.get("seeds") == "auto" else None
-        total += run_worker(db, study, ctx, stop, interval=interval, max_seeds=max_seeds)
-    return total

@@ -1,4 +1,4 @@
-"""Training and evaluation of one PS-VAE (DESIGN section 4).
+"""Training and evaluation of one PS-VAE (docs/design.md, "Training and metrics").
 
 ``fit`` is the only place where ``backward()`` and ``step()`` happen. It knows the model only
 through its interface (``forward``, ``encode``, ``decode``, ``predict_labels``) and writes a
@@ -9,13 +9,15 @@ run folder:
 - ``best.pt``       the best checkpoint (lowest validation loss once annealing is complete),
                     loadable with ``torch.load(..., weights_only=True)``;
 - ``last.pt``       the resume checkpoint, rewritten every epoch;
-- ``latents.npz``   latent means of every frame from the best checkpoint;
-- ``summary.json``  train/val/test metrics of the best checkpoint.
+- ``latents.npz``   latent means and log-variances of every frame from the best checkpoint;
+- ``summary.json``  train/val/test metrics of the best checkpoint;
+- ``events.out.tfevents.*``  the per-epoch metrics for TensorBoard (:mod:`psvae_opt.event_log`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,9 +32,12 @@ from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
 from psvae_opt.data import Session
 from psvae_opt.devices import DeviceData, autocast, resolve_device, resolve_precision, to_device
 from psvae_opt.errors import ConfigError, DataError, TrainingError
-from psvae_opt.losses import LossTerms, psvae_loss
+from psvae_opt.event_log import EventLog
+from psvae_opt.losses import LossTerms, first_full_weight_epoch, psvae_loss
 from psvae_opt.model import PSVAE, ModelOutput
-from psvae_opt.runs import SPLIT_CODES, append_rows, save_atomic, truncate_rows
+from psvae_opt.runs import METRIC_NAMES, SESSION_DTYPE, SPLIT_CODES, append_rows, save_atomic, truncate_rows
+
+log = logging.getLogger(__name__)
 
 TRAIN_ROW_FRAMES = 512  # per-epoch training rows: a fixed subset (the final summary uses every frame)
 
@@ -86,7 +91,7 @@ def evaluate(
     batch_size: int = 1024,
     channels_last: bool = False,
     seed: int = 0,
-) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
     """Every metric of :data:`METRIC_NAMES` on the frames ``idx``, in fp32 whatever the training
     precision: metrics and latents (which MIG and traversals read) keep their digits, and a
     forward pass costs little next to training.
@@ -99,7 +104,8 @@ def evaluate(
     overlapping posteriors and would inflate TC and DWKL.
 
     Returns:
-        (metrics, mu (N, K) latent means, y_hat (N, L) label predictions), arrays on the CPU.
+        (metrics, mu (N, K) latent means, y_hat (N, L) label predictions, logvar (N, K) latent
+        log-variances), arrays on the CPU.
     """
     model.eval()
     device = data.frames.device
@@ -110,7 +116,7 @@ def evaluate(
     if len(batches) > 1:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(idx.device)
     sums = dict.fromkeys(LossTerms._fields + ("pixel_mse",), 0.0)
-    mus, y_hats = [], []
+    mus, y_hats, logvars = [], [], []
     for a, b in batches:
         x, y, mask = data.batch(idx[order[a:b]], channels_last)
         mu, logvar = model.encode(x)
@@ -136,14 +142,16 @@ def evaluate(
         sums["pixel_mse"] += metrics.pixel_mse(x, x_mean) * (b - a)
         mus.append(mu.cpu())
         y_hats.append(y_hat.cpu())
+        logvars.append(logvar.cpu())
     back = torch.argsort(order).cpu()  # rows in the order of idx again
     mu_all, y_hat_all = torch.cat(mus)[back].numpy(), torch.cat(y_hats)[back].numpy()
+    logvar_all = torch.cat(logvars)[back].numpy()
     y_np, m_np = data.labels[idx].cpu().numpy(), data.masks[idx].cpu().numpy()
     result = {k: sums[k] / n for k in ("loss", "kl_s", "icmi", "tc", "dwkl", "pixel_mse")}
     result["label_mse"] = metrics.label_mse(y_np, y_hat_all, m_np)
     result["label_r2"] = metrics.label_r2(y_np, y_hat_all, m_np)
     result["zu_corr"] = metrics.zu_corr(mu_all[:, model.n_labels :])
-    return result, mu_all, y_hat_all
+    return result, mu_all, y_hat_all, logvar_all
 
 
 def train_step(
@@ -246,7 +254,7 @@ class _Trainer:
         path = self.run_dir / "last.pt"
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_state(path, self.device)
         self._check_same_run(state.get("fingerprint"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -309,7 +317,9 @@ class _Trainer:
             )
         return mean
 
-    def evaluate(self, idx: Tensor, epoch: float | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    def evaluate(
+        self, idx: Tensor, epoch: float | None = None
+    ) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
         return evaluate(
             self.model,
             self.data,
@@ -322,7 +332,7 @@ class _Trainer:
         )
 
     def annealed(self, epoch: int) -> bool:
-        return epoch >= self.loss_cfg.anneal_epochs
+        return epoch >= first_full_weight_epoch(self.loss_cfg.anneal_epochs)
 
     def end_epoch(self, val_loss: float) -> bool:
         """Keep the best checkpoint; returns True when early stopping says stop."""
@@ -367,12 +377,21 @@ def fit(
     from tqdm import tqdm  # the progress bar is the only thing the trainer shows
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_text is not None:
-        (run_dir / "config.toml").write_text(config_text)
     t = _Trainer(model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir)
-    t.resume()
+    if t.resume():  # the folder is checked to hold this very run before anything is written
+        log.info("%s: resuming at epoch %d of %d", run_dir, t.epoch, train_cfg.max_epochs)
     resumed_from = t.epoch
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_text is not None:
+            (run_dir / "config.toml").write_text(config_text)
+        events = EventLog(run_dir, METRIC_NAMES)
+        if resumed_from:
+            events.rewrite(run_dir / "metrics.csv")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run folder {run_dir} ({exc.strerror or exc}); choose another one"
+        ) from None
     start = time.perf_counter()
     bar = tqdm(total=train_cfg.max_epochs, initial=t.epoch, desc=run_dir.name, unit="epoch", disable=not progress)
     stopped_early = t.patience_spent()  # a resumed run that had stopped early stays stopped
@@ -380,6 +399,7 @@ def fit(
         epoch = t.epoch
         t.train_epoch(should_stop)
         rows = {"train": t.evaluate(t.train_rows_idx)[0], "val": t.evaluate(t.data.splits["val"])[0]}
+        events.add_epoch(epoch, rows)
         if not np.isfinite(rows["val"]["loss"]):
             raise TrainingError(
                 f"the validation loss became {rows['val']['loss']} at epoch {epoch} while the training loss "
@@ -396,29 +416,50 @@ def fit(
             bar.close()
             raise KeyboardInterrupt(f"stopped after epoch {epoch}; {run_dir / 'last.pt'} resumes it")
     bar.close()
-    return _finish(t, time.perf_counter() - start, resumed_from)
+    return _finish(t, session, time.perf_counter() - start, resumed_from)
 
 
-def _finish(t: _Trainer, seconds: float, resumed_from: int) -> FitResult:
-    """Reload the best checkpoint, evaluate every split, write latents and the summary."""
-    best = torch.load(t.run_dir / "best.pt", map_location=t.device, weights_only=True)
+def _finish(t: _Trainer, session: Session, seconds: float, resumed_from: int) -> FitResult:
+    """Reload the best checkpoint, evaluate every split, write latents and the summary.
+
+    With several sessions the summary adds ``per_session`` (session name -> split -> metrics,
+    each split's frames of that session evaluated alone; a split with fewer than 2 frames
+    of a session is left out), and ``latents.npz`` always holds each frame's session index.
+    """
+    best = load_state(t.run_dir / "best.pt", t.device)
     t.model.load_state_dict(best["model"])
     final_epoch = max(t.epoch - 1, int(best["epoch"]))
     summary_metrics, n_frames = {}, len(t.data.frames)
     mu = np.zeros((n_frames, t.model.n_latents), np.float32)
+    logvar = np.zeros((n_frames, t.model.n_latents), np.float32)
     y_hat = np.zeros((n_frames, t.model.n_labels), np.float32)
     split_of = np.full(n_frames, -1, np.int8)
+    frame_sessions = session.frame_sessions.astype(SESSION_DTYPE)
+    per_session: dict[str, dict[str, dict[str, float]]] = {}
     for split, code in SPLIT_CODES.items():
         idx = t.data.splits.get(split)
         if idx is None or len(idx) < 2:
             continue
-        summary_metrics[split], mu_s, y_s = t.evaluate(idx, epoch=final_epoch)
+        summary_metrics[split], mu_s, y_s, lv_s = t.evaluate(idx, epoch=final_epoch)
         where = idx.cpu().numpy()
-        mu[where], y_hat[where], split_of[where] = mu_s, y_s, code
+        mu[where], y_hat[where], logvar[where], split_of[where] = mu_s, y_s, lv_s, code
+        for s, name in enumerate(session.session_names if session.n_sessions > 1 else ()):
+            mine = np.flatnonzero(frame_sessions[where] == s)
+            if len(mine) >= 2:
+                own = idx[torch.from_numpy(mine).to(idx.device)]
+                per_session.setdefault(name, {})[split] = t.evaluate(own, epoch=final_epoch)[0]
     rest = np.flatnonzero(split_of < 0)  # frames in no split (gap trials) still get latents
     if len(rest):
-        _, mu[rest], y_hat[rest] = t.evaluate(torch.from_numpy(rest).to(t.device), epoch=final_epoch)
-    np.savez(t.run_dir / "latents.npz", mu=mu, y_hat=y_hat, split=split_of, n_labels=t.model.n_labels)
+        _, mu[rest], y_hat[rest], logvar[rest] = t.evaluate(torch.from_numpy(rest).to(t.device), epoch=final_epoch)
+    np.savez(
+        t.run_dir / "latents.npz",
+        mu=mu,
+        logvar=logvar,
+        y_hat=y_hat,
+        split=split_of,
+        session=frame_sessions,
+        n_labels=t.model.n_labels,
+    )
     result = FitResult(
         run_dir=t.run_dir,
         best_epoch=int(best["epoch"]),
@@ -428,6 +469,8 @@ def _finish(t: _Trainer, seconds: float, resumed_from: int) -> FitResult:
         resumed_from=resumed_from,
     )
     summary = {**asdict(result), "run_dir": str(t.run_dir), "seconds": seconds, "device": str(t.device)}
+    if per_session:
+        summary["per_session"] = per_session
     (t.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return result
 
@@ -438,6 +481,26 @@ def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_
     if not path.exists():
         raise DataError(f"{run_dir}: no best.pt; the run has not finished an epoch (or the folder is wrong)")
     model = build_model(model_cfg, frame_shape, n_labels, seed=0)
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
+    state = load_state(path, device)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise DataError(
+            f"{path} does not hold a model of this configuration ({str(exc).strip().splitlines()[0]}); "
+            "report on the trial's own run folder"
+        ) from None
     return model.to(device).eval()
+
+
+def load_state(path: Path, device: torch.device | str) -> dict:
+    """A checkpoint's dictionary; a one-line error when the file cannot be read."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot load the checkpoint ({reason[:200]}); the file is damaged") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise DataError(f"{path}: not a psvae-opt checkpoint (no model state)")
+    return state

@@ -157,37 +157,44 @@ def auto_scale(frame_shape: Sequence[int]) -> int:
     return max(1, 128 // max(frame_shape[1], 1))
 
 
-def grid_image(grid: TraversalGrid, scale: int | None = None) -> Image.Image:
+def grid_image(grid: TraversalGrid, scale: int | None = None, title: str = "") -> Image.Image:
     """Rows = dims; columns = input, its reconstruction, the sweep, then the sweep minus the reconstruction.
 
     Differences are coloured on each row's own scale (its largest |difference|, printed in
     the row label), so the faint changes of an unsupervised dim are not drowned by a paw's.
+    A ``title`` (where the base frame comes from) gets a strip of its own above the column heads.
     """
     k_dims, n_steps = grid.values.shape
     tile_h, tile_w = _tile(grid.base).shape
     scale = scale or auto_scale(grid.base.shape)
     th, tw, gap = tile_h * scale, tile_w * scale, 8
+    top = TITLE_HEIGHT * (2 if title else 1)
     diffs = grid.diffs  # a property that computes them
     limits = np.abs(diffs).reshape(k_dims, -1).max(1)  # per row: small changes stay visible
     sweep_x = LABEL_WIDTH + 2 * (tw + 2) + gap
     diff_x = sweep_x + n_steps * (tw + 2) + gap
-    img = np.full((TITLE_HEIGHT + k_dims * (th + 2), diff_x + n_steps * (tw + 2), 3), 255, np.uint8)
+    img = np.full((top + k_dims * (th + 2), diff_x + n_steps * (tw + 2), 3), 255, np.uint8)
     for k in range(k_dims):
-        y = TITLE_HEIGHT + k * (th + 2)
+        y = top + k * (th + 2)
         for s in range(n_steps):
             x0, x1 = sweep_x + s * (tw + 2), diff_x + s * (tw + 2)
             img[y : y + th, x0 : x0 + tw] = _gray(_tile(grid.frames[k, s]), scale)
             img[y : y + th, x1 : x1 + tw] = _diverging(_tile(diffs[k, s]), float(limits[k]), scale)
-    y = TITLE_HEIGHT  # the input and its reconstruction, on the first row
+    y = top  # the input and its reconstruction, on the first row
     img[y : y + th, LABEL_WIDTH : LABEL_WIDTH + tw] = _gray(_tile(grid.original), scale)
     img[y : y + th, LABEL_WIDTH + tw + 2 : LABEL_WIDTH + 2 * tw + 2] = _gray(_tile(grid.base), scale)
     out = Image.fromarray(img)
     draw = ImageDraw.Draw(out)
-    draw.text((LABEL_WIDTH, 1), "input, recon", fill=(0, 0, 0))
-    draw.text((sweep_x, 1), "generated: lower -> upper", fill=(0, 0, 0))
-    draw.text((diff_x, 1), "minus recon (red +, blue -; white to full colour = 0 to the row's max |d|)", fill=(0, 0, 0))
+    if title:
+        draw.text((2, 1), title, fill=(0, 0, 0))
+    heads = top - TITLE_HEIGHT + 1
+    draw.text((LABEL_WIDTH, heads), "input, recon", fill=(0, 0, 0))
+    draw.text((sweep_x, heads), "generated: lower -> upper", fill=(0, 0, 0))
+    draw.text(
+        (diff_x, heads), "minus recon (red +, blue -; white to full colour = 0 to the row's max |d|)", fill=(0, 0, 0)
+    )
     for k, name in enumerate(grid.names):
-        y = TITLE_HEIGHT + k * (th + 2) + th // 2 - 18
+        y = top + k * (th + 2) + th // 2 - 18
         draw.text((2, y), name, fill=(0, 0, 0))
         draw.text((2, y + 12), f"{grid.values[k, 0]:.2f} .. {grid.values[k, -1]:.2f}", fill=(90, 90, 90))
         draw.text((2, y + 24), f"max |d| {limits[k]:.2f}", fill=(90, 90, 90))
@@ -218,11 +225,14 @@ def movie_frames(
     n_steps: int = MOVIE_STEPS,
     n_blank: int = 10,
     scale: int | None = None,
+    captions: Sequence[str] = (),
 ) -> np.ndarray:
     """Frames of a traversal movie: one panel per dim, all dims swept together, base after base.
 
     Args:
         bases: (B, K) latent means of the base frames.
+        captions: (B,) where each base frame comes from, shown in a strip above the panels
+            while its sweep plays (no strip when empty).
 
     Returns:
         (T, H, W, 3) uint8, T = B (2 n_steps - 1) + (B - 1) n_blank; blank frames are black.
@@ -232,19 +242,24 @@ def movie_frames(
     scale = scale or auto_scale(model.frame_shape)
     tile_h, tile_w = _tile(np.zeros(model.frame_shape)).shape
     cols, _, height, width = movie_layout(k_dims, (tile_h, tile_w), scale)
+    top = TITLE_HEIGHT if len(captions) else 0
+    height += top
     template = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(template)
     origins = []
     for k, name in enumerate(names):
         r, c = divmod(k, cols)
-        x, y = c * tile_w * scale, r * (TITLE_HEIGHT + tile_h * scale)
+        x, y = c * tile_w * scale, top + r * (TITLE_HEIGHT + tile_h * scale)
         draw.text((x + 2, y + 1), name, fill=(255, 255, 255))
         origins.append((y + TITLE_HEIGHT, x))
-    template_arr = np.asarray(template)
     out = []
     for b, base in enumerate(bases):
         if b:
             out.extend(np.zeros((n_blank, height, width, 3), np.uint8))
+        captioned = template.copy()
+        if len(captions):
+            ImageDraw.Draw(captioned).text((2, 1), captions[b], fill=(255, 255, 0))
+        template_arr = np.asarray(captioned)
         frames = decode(model, sweep_latents(base, lower, upper, phase))  # (K, S, C, H, W)
         for s in range(len(phase)):
             frame = template_arr.copy()
@@ -304,6 +319,11 @@ def load_run(run_dir: str | Path, session: Session, device: str | torch.device =
             f"{run_dir} holds latents of {len(mu)} frames but {session.path} has {session.n_frames}; "
             "give its own data file"
         )
+    if not np.array_equal(latents["session"], session.frame_sessions):
+        raise ConfigError(
+            f"{run_dir} holds latents of other sessions than {', '.join(map(str, session.paths))} "
+            "(another order or other files); give the run's own data.path"
+        )
     train = split == SPLIT_CODES["train"]
     lower, upper = traversal_ranges(
         mu[train],
@@ -322,6 +342,14 @@ def default_base_frames(split: np.ndarray, count: int, code: int = SPLIT_CODES["
     return [int(pool[i]) for i in np.linspace(0, len(pool) - 1, count + 2).round().astype(int)[1:-1]]
 
 
+def frame_origin(session: Session, frame: int) -> str:
+    """Where a frame of the (concatenated) data comes from: ``session: trial, frame i (data frame f)``."""
+    trial = int(np.searchsorted(session.trial_starts, frame, side="right")) - 1
+    name = session.session_names[session.trial_sessions[trial]]
+    trial_name = session.trial_names[trial].removeprefix(f"{name}/")
+    return f"{name}: {trial_name}, frame {frame - int(session.trial_starts[trial])} (data frame {frame})"
+
+
 def _check_frames(frames: Sequence[int], n_frames: int, n_steps: int) -> None:
     if not frames or not all(0 <= f < n_frames for f in frames):
         raise ConfigError(f"base frames {list(frames)}: give frame indices between 0 and {n_frames - 1}")
@@ -338,7 +366,7 @@ def write_traversal_png(
     grid = traversal_grid(
         run.model, run.mu[frame], session.images[frame] / 255.0, run.lower, run.upper, run.names, n_steps
     )
-    grid_image(grid).save(path)
+    grid_image(grid, title=f"base frame: {frame_origin(session, frame)}").save(path)
     return Path(path)
 
 
@@ -356,6 +384,8 @@ def write_traversal_movie(
     _check_frames(frames, session.n_frames, n_steps)
     if fps < 1:
         raise ConfigError(f"--fps {fps}: give 1 or more frames per second")
+    captions = [f"base {i + 1}/{len(frames)}: {frame_origin(session, f)}" for i, f in enumerate(frames)]
+    bases = run.mu[frames]
     return write_mp4(
-        movie_frames(run.model, run.mu[frames], run.lower, run.upper, run.names, n_steps, n_blank), path, fps
+        movie_frames(run.model, bases, run.lower, run.upper, run.names, n_steps, n_blank, captions=captions), path, fps
     )

@@ -67,6 +67,30 @@ def one_line_error(result: CliResult) -> str:
     return lines[0]
 
 
+def _without_root_file_powers() -> None:
+    """In a child process of root: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set,
+    so that after exec file and folder permissions bind root as they bind any user."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_cli_unprivileged(args, cwd: Path) -> CliResult:
+    """``psvae-opt ARGS`` in a child process that permissions bind (root, as in CI, may write anywhere)."""
+    import subprocess
+    import sys
+
+    code = f"import sys\nfrom psvae_opt.cli import main\nsys.exit(main({[str(a) for a in args]!r}))"
+    powers = _without_root_file_powers if os.geteuid() == 0 else None
+    r = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=powers, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    return CliResult(r.returncode, r.stdout, r.stderr)
+
+
 def random_frames(n: int, shape=(1, 32, 32), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
 
@@ -83,6 +107,29 @@ def postgres():
     server = PostgresServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A one-node SLURM cluster for the whole test session (skipped only outside CI when missing);
+    SLURM_CONF points this process and its children at it."""
+    from tests.slurmcluster import SlurmCluster, missing_binaries
+
+    missing = missing_binaries()
+    if missing or os.geteuid() != 0:
+        why = f"{', '.join(missing)} not installed" if missing else "its daemons need root"
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM: {why}; scripts/system-deps.sh installs slurm-wlm and munge")
+        pytest.skip(f"SLURM: {why} (Debian packages slurm-wlm, munge)")
+    cluster = SlurmCluster()
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    cluster.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from psvae_opt.cli import main
 from psvae_opt.data import synth_session, write_session
@@ -222,6 +223,17 @@ CASES = {
     ),
     "status without a database": Case(_missing_db(["status"]), "no study database at"),
     "export without a database": Case(_missing_db(["export"]), "no study database at"),
+    "stage1 --gpus 0 where CUDA is unusable": Case(
+        lambda w, t: (
+            ["stage1", "--config", w.config, "--storage", f"sqlite:///{t / 'n.db'}", "--gpus", "0"],
+            [t / "n.db"],
+        ),
+        "CUDA",
+    ),
+    "train.device = cuda where CUDA is unusable": Case(
+        lambda w, t: (["train", "--config", w.config, "--set", "train.device=cuda", "--out", t / "run"], [t / "run"]),
+        "CUDA",
+    ),
     "train --out on another run's folder": Case(
         lambda w, t: (["train", "--config", w.config, "--set", "loss.beta=7", "--out", w.run_dir()], [w.run_dir()]),
         "holds a run of another configuration",
@@ -232,6 +244,8 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_bad_input_is_one_line_and_changes_nothing(name: str, world: World, tmp_path: Path, capsys):
     case = CASES[name]
+    if "CUDA is unusable" in name and torch.cuda.is_available():
+        pytest.skip("CUDA works here")
     args, watched = case.setup(world, tmp_path)
     args = [str(a).replace("CFG", str(world.config)).replace("URL", world.url) for a in args]
     before = snapshot(watched)

@@ -17,11 +17,11 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
-from psvae_opt import dashboard, ratings
-from psvae_opt.commands.dashboard import save_search_summary, trial_uploader
+from psvae_opt import dashboard, ratings, trial_queue
 from psvae_opt.config import load_config
+from psvae_opt.diagnostics import TrialUploader, save_search_summary, trial_note
 from psvae_opt.export import export_stage
-from psvae_opt.storage import open_storage
+from psvae_opt.storage import open_database
 from tests.conftest import one_line_error
 from tests.test_search import study_file
 
@@ -30,7 +30,7 @@ DISTS = {"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0,
 
 @pytest.fixture
 def storage(tmp_path: Path) -> optuna.storages.RDBStorage:
-    return open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
+    return open_database(f"sqlite:///{tmp_path / 's.db'}").storage
 
 
 def stage2(storage, name: str = "t-stage2") -> optuna.Study:
@@ -52,7 +52,7 @@ def running_trial(study: optuna.Study, beta: float, seed: int, **attrs) -> optun
 
 def test_the_rating_form_is_registered_once_with_three_user_attribute_widgets(storage):
     rating = ratings.open_rating_study(storage, stage2(storage), n_unsup=3)
-    form = storage.get_study_system_attrs(rating._study_id)[ratings.FORM_KEY]
+    form = trial_queue.study_system_attrs(rating)[ratings.FORM_KEY]
     assert rating.study_name == "t-stage2-rating" and form["output_type"] == "user_attr"
     assert [w["user_attr_key"] for w in form["widgets"]] == list(ratings.RATING_ATTRS)
     slider, choice, note = form["widgets"]
@@ -61,7 +61,7 @@ def test_the_rating_form_is_registered_once_with_three_user_attribute_widgets(st
     assert choice["choices"] == ["yes", "partly", "no"] and choice["values"] == [1.0, 0.5, 0.0]
     assert note["type"] == "text" and note["optional"] is True
     again = ratings.open_rating_study(storage, optuna.load_study(study_name="t-stage2", storage=storage), n_unsup=3)
-    assert again._study_id == rating._study_id
+    assert trial_queue.study_id(again) == trial_queue.study_id(rating)
 
 
 def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, tmp_path: Path):
@@ -90,12 +90,13 @@ def test_a_twin_copies_its_trial_once_and_its_ratings_reach_the_export(storage, 
     ]
     stored = {m.filename: (tmp_path / "artifacts" / m.artifact_id).read_bytes() for m in metas}
     assert stored["traversal.png"] == files[0].read_bytes()
-    assert ratings.ratings_by_trial(study) == {}
+    assert ratings.ratings_by_trial(storage, study) == {}
     # what the dashboard's form posts: the twin's user attributes
-    storage.set_trial_user_attr(twins[1]._trial_id, ratings.SINGLE_FEATURE, 2)
-    storage.set_trial_user_attr(twins[1]._trial_id, ratings.NOTE, "z_u0 jaw, z_u1 chest")
-    assert ratings.ratings_by_trial(study) == {1: {ratings.SINGLE_FEATURE: 2, ratings.NOTE: "z_u0 jaw, z_u1 chest"}}
-    export_stage(study, 2, tmp_path / "export")
+    storage.set_trial_user_attr(trial_queue.trial_id(twins[1]), ratings.SINGLE_FEATURE, 2)
+    storage.set_trial_user_attr(trial_queue.trial_id(twins[1]), ratings.NOTE, "z_u0 jaw, z_u1 chest")
+    expected = {1: {ratings.SINGLE_FEATURE: 2, ratings.NOTE: "z_u0 jaw, z_u1 chest"}}
+    assert ratings.ratings_by_trial(storage, study) == expected
+    export_stage(storage, study, 2, tmp_path / "export")
     with (tmp_path / "export" / "ratings.csv").open() as fh:
         rows = {int(r["trial"]): r for r in csv.DictReader(fh)}
     assert rows[1][ratings.SINGLE_FEATURE] == "2" and rows[1][ratings.NOTE] == "z_u0 jaw, z_u1 chest"
@@ -114,7 +115,7 @@ def test_stage1_exports_carry_no_rating_columns(storage, tmp_path: Path):
             distributions={"alpha": CategoricalDistribution([50.0]), "n_unsup": CategoricalDistribution([2])},
         )
     )
-    export_stage(study, 1, tmp_path)
+    export_stage(storage, study, 1, tmp_path)
     with (tmp_path / "pareto.csv").open() as fh:
         header = next(csv.reader(fh))
     assert not [c for c in header if c.startswith("rating_")] and not (tmp_path / "ratings.csv").exists()
@@ -145,7 +146,7 @@ def test_the_search_summary_is_saved_on_the_study(storage):
             )
         )
     save_search_summary(study, 2)
-    attrs = storage.get_study_system_attrs(study._study_id)
+    attrs = trial_queue.study_system_attrs(study)
     key = "dashboard:plot_data:search-summary-stage2:"
     figure = json.loads("".join(attrs[f"{key}{i}"] for i in range(len([k for k in attrs if k.startswith(key)]))))
     pixel = next(t for t in figure["data"] if t["yaxis"] == "y")  # first panel: val_pixel_mse
@@ -165,7 +166,7 @@ def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Pa
     trial = running_trial(study, 1.0, 0)
     result = FitResult(run_dir=tmp_path / "missing", best_epoch=0, epochs_run=1, annealing_complete=True, metrics={})
     with caplog.at_level(logging.WARNING):
-        trial_uploader(study, load_session(tiny_h5), cfg)(trial, cfg, result)
+        TrialUploader(storage, study, load_session(tiny_h5), cfg).on_finish(trial, cfg, result)
     assert "trial 0: diagnostics not uploaded" in caplog.text
     assert study.trials[0].state == TrialState.RUNNING and "diagnostics_seconds" not in study.trials[0].user_attrs
     assert optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=storage) == []
@@ -177,7 +178,7 @@ def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5
     config = study_file(tmp_path, tiny_h5, betas=(1.0,))
     r = cli("stage2", "--config", config, "--storage", url, "--workers", "1", "--seeds", "2", "--alpha", "100")
     assert r.code == 0, r.err
-    storage = open_storage(url, heartbeat=False)
+    storage = open_database(url).storage
     study = optuna.load_study(study_name="t-stage2", storage=storage)
     assert study.user_attrs["artifact_dir"] == str(tmp_path / "runs" / "artifacts")
     for t in study.trials:
@@ -189,10 +190,8 @@ def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5
         assert stored.read_bytes() == (Path(t.user_attrs["run_dir"]) / "diagnostics" / "traversal.png").read_bytes()
     twins = optuna.load_study(study_name="t-stage2-rating", storage=storage).trials
     assert sorted(t.user_attrs["stage2_trial"] for t in twins) == [0, 1]
-    assert any(
-        k.startswith("dashboard:plot_data:search-summary-stage2:")
-        for k in storage.get_study_system_attrs(study._study_id)
-    )
+    keys = trial_queue.study_system_attrs(study)
+    assert any(k.startswith("dashboard:plot_data:search-summary-stage2:") for k in keys)
     out = tmp_path / "report"
     common = ("--config", config, "--storage", url, "--stage", "2", "--out", out)
     assert cli("report", "summary", *common).code == 0
@@ -204,7 +203,7 @@ def test_a_search_uploads_each_trials_diagnostics_and_report_writes_them(tiny_h5
     html = (out / "trial_0001_labels.html").read_text()
     assert "paw_front_x (R" in html and "paw_hind_y (R" in html and "paw_hind_x (R" not in html
     assert cli("report", "traversal", *common, "--trial", "0", "--frame", "5", "--steps", "3").code == 0
-    assert Image.open(out / "trial_0000_traversal.png").size[1] == 14 + 6 * (4 * 32 + 2)
+    assert Image.open(out / "trial_0000_traversal.png").size[1] == 2 * 14 + 6 * (4 * 32 + 2)
     assert cli("report", "movie", *common, "--trial", "0", "--frames", "1,2", "--steps", "4", "--fps", "10").code == 0
     with av.open(str(out / "trial_0000_traversal.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 2 * 7 + 10
@@ -222,6 +221,13 @@ def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(t
     args = build_parser().parse_args(["dashboard", "--config", "study.toml"])
     assert (args.host, args.port) == ("127.0.0.1", 8080)
     config = study_file(tmp_path, tiny_h5)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert "--port 70000: give a port between 1 and 65535" in one_line_error(
+        cli("dashboard", "--config", config, "--storage", url, "--port", "70000")
+    )
+    assert "no study database at" in one_line_error(cli("dashboard", "--config", config, "--storage", url))
+    assert not (tmp_path / "s.db").exists()
+    assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -234,3 +240,39 @@ def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(t
         "dashboard", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--artifacts", blocker / "art"
     )
     assert f"--artifacts {blocker / 'art'}: cannot create the artifact folder" in one_line_error(r)
+
+
+def test_a_running_trials_curves_artifact_is_refreshed_in_place(storage, tmp_path: Path, tiny_config):
+    from psvae_opt.data import load_session, split_frames
+    from psvae_opt.trainer import fit
+
+    study = stage2(storage)
+    cfg = load_config(None, [f"study.runs_dir={tmp_path / 'runs'}"])
+    dashboard.record_artifact_dir(study, cfg)
+    session = load_session(tiny_config.data.path)
+    frames = split_frames(session, tiny_config.data.split_counts, tiny_config.data.data_seed)
+    trial = running_trial(study, 1.0, 0)
+    uploader = TrialUploader(storage, study, session, cfg, refresh_seconds=0.0)
+    run = tmp_path / "run"
+    seen = []
+
+    def on_epoch(epoch: int, rows: dict) -> None:
+        uploader.on_epoch(trial, run, epoch, rows)
+        (meta,) = optuna.artifacts.get_all_artifact_meta(study.trials[0], storage=storage)
+        seen.append((meta.artifact_id, (tmp_path / "runs" / "artifacts" / meta.artifact_id).read_text()))
+
+    fit(tiny_config.model, tiny_config.loss, tiny_config.train, session, frames, run, progress=False, on_epoch=on_epoch)
+    ids = {artifact for artifact, _ in seen[1:]}
+    assert len(seen) == 3 and len(ids) == 1  # one artifact, uploaded once, then rewritten
+    assert seen[1][1] != seen[2][1]  # its content changed while the trial ran: one more epoch of curves
+    assert study.trials[0].state == TrialState.RUNNING
+
+
+def test_the_note_of_a_collapsed_trial_says_so(storage):
+    study = stage2(storage)
+    trial = running_trial(study, 1.0, 0, collapsed=True, collapsed_dims=[1], zu_std=[0.9, 0.12])
+    note = trial_note(trial, 0.25, ("t-stage2-rating", 3))
+    assert "**Collapsed:** unsupervised dimension(s) [1]" in note and "0.120" in note and "below 0.25" in note
+    assert "trial 3" in note
+    healthy = running_trial(study, 5.0, 0, collapsed=False, collapsed_dims=[], zu_std=[0.9, 0.8])
+    assert trial_note(healthy, 0.25, None) == ""

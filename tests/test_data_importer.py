@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from psvae_opt.cli import main
 from psvae_opt.data import load_session
 from psvae_opt.data.importer import label_arrays
 from psvae_opt.data.poses import read_poses
-from psvae_opt.data.video import read_image, resize_frames, unscale_points
-from tests.conftest import one_line_error
-from tests.test_data_poses import write_dlc_csv
+from psvae_opt.data.video import read_image, resize_frames, scale_points, unscale_points
+from tests.conftest import one_line_error, run_cli_unprivileged
+from tests.test_data_poses import write_dlc_csv, write_pose_nwb, write_slp
 from tests.test_data_video import moving_frames, write_video
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -353,7 +354,7 @@ def test_labeled_frames_whose_image_is_missing_are_refused(tmp_path: Path, cli):
 def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, cli):
     import optuna
 
-    from psvae_opt.storage import open_storage
+    from psvae_opt.storage import open_database
 
     study_file = Path(__file__).resolve().parents[1] / "studies" / "mirror-mouse.toml"
     url = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -369,7 +370,7 @@ def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, c
     sets = [a for s in tiny for a in ("--set", s)]
     r = cli("stage1", "--config", study_file, *sets, "--workers", "1", "--storage", url)
     assert r.code == 0, r.err
-    study = optuna.load_study(study_name="mirror-mouse-stage1", storage=open_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name="mirror-mouse-stage1", storage=open_database(url).storage)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.params["alpha"] for t in trials) == [100.0, 1000.0]
     r2 = {t.params["alpha"]: t.user_attrs["val_label_r2"] for t in trials}
@@ -397,3 +398,207 @@ def test_views_with_one_file_name_in_two_folders_are_told_apart(small: dict, tmp
         r"the views differ in length \(.*side.avi has 23, .*cam2/side.avi has 20 frames\)",
         small,
     )
+
+
+# -- more pose formats, one labels file per view ----------------------------------------------------
+
+
+def source_pixels(s) -> np.ndarray:
+    """(T, K, 2) label coordinates mapped back to each source video's pixels, from the z-scored labels."""
+    means, stds = np.asarray(s.attrs["label_means"]), np.asarray(s.attrs["label_stds"])
+    sc = s.labels * stds + means  # stored-frame pixels
+    hw = np.asarray(s.attrs["label_source_size"], dtype=np.float64)  # (2K, 2): (H, W) per label
+    k = s.n_labels // 2
+    size = s.frame_shape[-1]
+    x = (sc[:, :k] + 0.5) * hw[:k, 1] / size - 0.5
+    y = (sc[:, k:] + 0.5) * hw[k:, 0] / size - 0.5
+    return np.stack([x, y], axis=-1)
+
+
+def test_a_slp_import_maps_frames_tracks_and_scores(tmp_path: Path, cli):
+    rng = np.random.default_rng(7)
+    xy = np.stack([rng.uniform(0, 48, (6, 2, 2)), rng.uniform(0, 40, (6, 2, 2))], axis=-1)  # (6, 2 animals, 2, 2)
+    xy[3, 1] = np.nan  # animal 1 absent from frame 3
+    scores = rng.uniform(0.3, 1.0, (6, 2, 2))
+    labels = write_slp(tmp_path / "p.slp", xy, scores)  # frames 0-5 of an 8-frame video; its length not recorded
+    video = write_video(tmp_path / "v.avi", moving_frames(8, 40, 48))
+    out = tmp_path / "out.h5"
+    r = cli(
+        "data", "import", "--video", video, "--labels", labels, "--out", out, "--size", "16", "--track", "1",
+        "--likelihood-threshold", "0.5",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert "p.slp ends at frame 5; the video's later frames (of 8) have no pose and are masked" in r.out
+    s = load_session(out)
+    assert s.n_frames == 8 and s.label_names == ("head_x", "tail_x", "head_y", "tail_y")
+    assert s.attrs["labels_format"] == "sleap-slp"
+    valid = np.isfinite(xy[:, 1]).all(axis=-1) & (scores[:, 1] >= 0.5)  # (6, 2) of animal 1
+    np.testing.assert_array_equal(s.masks[:6], np.concatenate([valid, valid], axis=1))
+    assert (s.masks[6:] == 0).all() and 0 < valid.mean() < 1
+    back = source_pixels(s)[:6]
+    np.testing.assert_allclose(back[valid], xy[:, 1][valid], atol=1e-3)  # animal 1, not animal 0
+
+
+def test_an_nwb_import_takes_the_chosen_pose_estimation(tmp_path: Path, cli):
+    rng = np.random.default_rng(8)
+    mice = {m: (rng.uniform(5, 35, (9, 2, 2)), rng.uniform(0.5, 1, (9, 2))) for m in ("mouse1", "mouse2")}
+    labels = write_pose_nwb(tmp_path / "p.nwb", mice, timestamps=np.arange(9) / 30)
+    video = write_video(tmp_path / "v.avi", moving_frames(9, 40, 48))
+    out = tmp_path / "out.h5"
+    args = ["data", "import", "--video", video, "--labels", labels, "--out", out, "--size", "16"]
+    line = one_line_error(cli(*args))
+    assert "holds 2 PoseEstimation containers (mouse1, mouse2); choose one with --pose-estimation" in line
+    assert not out.exists()
+    r = cli(*args, "--pose-estimation", "mouse2", "--likelihood-threshold", "0.75")
+    assert r.code == 0, r.err
+    s = load_session(out)
+    xy, confidence = mice["mouse2"]
+    valid = confidence >= 0.75
+    np.testing.assert_array_equal(s.masks, np.concatenate([valid, valid], axis=1))
+    np.testing.assert_allclose(source_pixels(s)[valid], xy[valid], atol=1e-3)
+    assert s.attrs["labels_format"] == "nwb" and s.label_names == ("nose_x", "tail_x", "nose_y", "tail_y")
+
+
+@pytest.fixture
+def two_views(tmp_path: Path) -> dict:
+    """A side view 40x48 (H x W) with nose and paw, a bottom view 30x60 with paw and tail; 23 frames."""
+    rng = np.random.default_rng(9)
+    side = np.column_stack([rng.uniform(0, 48, 23), rng.uniform(0, 40, 23), rng.uniform(0.5, 1, 23)] * 2)
+    bottom = np.column_stack([rng.uniform(0, 60, 23), rng.uniform(0, 30, 23), rng.uniform(0.5, 1, 23)] * 2)
+    return {
+        "videos": [
+            write_video(tmp_path / "side.avi", moving_frames(23, 40, 48)),
+            write_video(tmp_path / "bottom.avi", moving_frames(23, 30, 60, seed=1)),
+        ],
+        "labels": [
+            write_dlc_csv(tmp_path / "side.csv", ["nose", "paw"], side),
+            write_dlc_csv(tmp_path / "bottom.csv", ["paw", "tail"], bottom),
+        ],
+        "values": [side, bottom],
+        "out": tmp_path / "out" / "two.h5",
+    }
+
+
+def _two_view_import(cli, v: dict, *extra, labels=None):
+    args = ["data", "import", "--out", v["out"], "--size", "16", "--likelihood-threshold", "0.6"]
+    for video in v["videos"]:
+        args += ["--video", video]
+    for file in v["labels"] if labels is None else labels:
+        args += ["--labels", file]
+    return cli(*args, *extra)
+
+
+def test_one_labels_file_per_view_keeps_each_view_in_its_own_pixels(two_views: dict, cli):
+    r = _two_view_import(cli, two_views)
+    assert r.code == 0, r.err
+    s = load_session(two_views["out"])
+    names = ["nose_side", "paw_side", "paw_bottom", "tail_bottom"]
+    assert s.label_names == tuple([f"{n}_x" for n in names] + [f"{n}_y" for n in names])
+    assert list(s.attrs["keypoint_names"]) == names and list(s.attrs["view_names"]) == ["side", "bottom"]
+    assert s.attrs["label_source_size"].tolist() == [[40, 48], [40, 48], [30, 60], [30, 60]] * 2
+    assert s.attrs["view_frame_sizes"].tolist() == [[40, 48], [30, 60]]
+    assert list(s.attrs["labels_files"]) == ["side.csv", "bottom.csv"] and s.frame_shape == (2, 16, 16)
+    side, bottom = two_views["values"]
+    want = np.concatenate(
+        [np.stack([v[:, 0::3], v[:, 1::3]], axis=-1) for v in (side, bottom)], axis=1
+    )  # (23, 4, 2) in each view's pixels
+    likelihood = np.concatenate([side[:, 2::3], bottom[:, 2::3]], axis=1)
+    valid = likelihood >= 0.6
+    np.testing.assert_array_equal(s.masks, np.concatenate([valid, valid], axis=1))
+    np.testing.assert_allclose(source_pixels(s)[valid], want[valid], atol=1e-3)
+    sc = np.stack([s.labels_sc[:, :4], s.labels_sc[:, 4:]], axis=-1)
+    np.testing.assert_allclose(sc[:, 2], scale_points(want[:, 2], (30, 60), 16), atol=1e-3)  # bottom: 60 wide
+
+
+def test_view_names_and_keypoints_of_several_views(two_views: dict, cli):
+    r = _two_view_import(cli, two_views, "--view-names", "top,bot", "--keypoints", "tail_bot,nose_top")
+    assert r.code == 0, r.err
+    s = load_session(two_views["out"])
+    assert s.label_names == ("tail_bot_x", "nose_top_x", "tail_bot_y", "nose_top_y")
+    assert s.attrs["label_source_size"].tolist() == [[30, 60], [40, 48]] * 2
+    line = one_line_error(_two_view_import(cli, two_views, "--keypoints", "paw"))
+    assert "no keypoint 'paw' in the labels files (they have: nose_side, paw_side, paw_bottom, tail_bottom)" in line
+
+
+def test_a_labels_count_that_fits_no_rule_is_refused(two_views: dict, cli):
+    labels = [*two_views["labels"], two_views["labels"][0]]
+    line = one_line_error(_two_view_import(cli, two_views, labels=labels))
+    assert "--labels given 3 times for 2 --video; give one labels file for all views or one per --video" in line
+    assert not two_views["out"].parent.exists()
+
+
+def test_one_labels_file_for_two_views_is_in_the_first_videos_pixels(two_views: dict, cli):
+    r = _two_view_import(cli, two_views, labels=two_views["labels"][:1])
+    assert r.code == 0, r.err
+    s = load_session(two_views["out"])
+    assert s.label_names == ("nose_x", "paw_x", "nose_y", "paw_y")
+    assert s.attrs["label_source_size"].tolist() == [[40, 48]] * 4 and tuple(s.attrs["source_frame_size"]) == (40, 48)
+
+
+# -- bad inputs: one line, nothing written or changed ------------------------------------------------
+
+
+def test_an_unknown_coords_column_leaves_an_existing_output_untouched(small: dict, cli):
+    write_dlc_csv(small["labels"], ["nose", "paw"], small["values"], coords=("x", "y", "prob"))
+    small["out"].parent.mkdir()
+    small["out"].write_bytes(b"an earlier import")
+    line = one_line_error(_import(cli, small))
+    assert "names a column 'prob' (of nose) (and 1 more), which is not one of x, y, likelihood" in line
+    assert small["out"].read_bytes() == b"an earlier import" and leftovers(small["out"].parent) == ["s.h5"]
+
+
+def _unwritable_commands(tmp: Path, out: Path, small: dict) -> dict[str, list]:
+    """The three writing commands. The video and the image folder do not exist: the output is
+    checked before any input is decoded, so the refusal names the output, not them."""
+    return {
+        "import": ["data", "import", "--video", tmp / "missing.avi", "--labels", small["labels"], "--out", out],
+        "import-labeled": [
+            "data",
+            "import-labeled",
+            "--images",
+            tmp / "nowhere",
+            "--labels",
+            small["labels"],
+            "--out",
+            out,
+        ],
+        "synth": ["data", "synth", out, "--size", "32", "--trials", "2", "--frames", "2"],
+    }
+
+
+@pytest.mark.parametrize("command", ["import", "import-labeled", "synth"])
+def test_an_output_under_a_regular_file_is_one_line(small: dict, tmp_path: Path, cli, command: str):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    out = blocker / "sub" / "s.h5"
+    line = one_line_error(cli(*_unwritable_commands(tmp_path, out, small)[command]))
+    assert f"{out}: {blocker} is a file, not a folder; choose an output path in a folder" in line
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["import", "import-labeled", "synth"])
+def test_an_output_folder_without_write_permission_is_one_line(small: dict, tmp_path: Path, cli, command: str):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked / "s.h5"
+    args = [str(a) for a in _unwritable_commands(tmp_path, out, small)[command]]
+    locked.chmod(0o555)
+    try:
+        line = one_line_error(run_cli_unprivileged(args, tmp_path))
+        assert f"{out}: no permission to write in {locked}; choose a folder you can write to" in line
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_slp_without_the_extra_is_one_line_naming_the_pip_command(tmp_path: Path, cli, monkeypatch):
+    xy = np.random.default_rng(10).uniform(0, 30, (4, 1, 2, 2))
+    labels = write_slp(tmp_path / "p.slp", xy, np.ones((4, 1, 2)), tracks=None)
+    monkeypatch.setitem(sys.modules, "sleap_io", None)  # as if `pip install psvae-opt` had no [poses]
+    out = tmp_path / "out.h5"
+    line = one_line_error(cli("data", "import", "--video", tmp_path / "v.avi", "--labels", labels, "--out", out))
+    assert line == (
+        f"psvae-opt: error: {labels}: reading SLEAP .slp files needs the optional pose libraries; "
+        "pip install 'psvae-opt[poses]'"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.slp"]

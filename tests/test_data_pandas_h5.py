@@ -1,6 +1,8 @@
 """pandas-HDF5 DataFrames (DeepLabCut's .h5 files) read without pandas or PyTables.
 
-The writers below lay files out as ``DataFrame.to_hdf`` does through PyTables (checked against
+Files written by pandas itself (a test dependency, with PyTables) are read back in every layout:
+fixed and table formats, compressed or not, one animal or several. The writers below lay files
+out as ``DataFrame.to_hdf`` does through PyTables (checked against
 files written by pandas 3.0 with PyTables 3.11): MultiIndex levels sorted with integer codes in
 the ``fixed`` format; a compound ``table`` dataset with protocol-0 pickled column lists in the
 ``table`` format.
@@ -9,14 +11,18 @@ the ``fixed`` format; a compound ``table`` dataset with protocol-0 pickled colum
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 from psvae_opt.data.pandas_h5 import read_frame
+from psvae_opt.data.poses import read_poses
 from psvae_opt.errors import DataError
 
 DLC_NAMES = ("scorer", "bodyparts", "coords")
@@ -177,3 +183,76 @@ def test_column_names_and_block_width_must_agree(tmp_path: Path):
         f["df_with_missing/table"].attrs["values_block_0_kind"] = _pyt(columns[:4])
     with pytest.raises(DataError, match="values_block_0 has 6 columns but 4 names"):
         read_frame(path)
+
+
+# -- files written by pandas itself (PyTables), as DeepLabCut writes them -------------------------
+
+
+def pandas_frame(multi_animal: bool, rng: np.random.Generator) -> pd.DataFrame:
+    """A DeepLabCut prediction table: 7 frames, (scorer, [individuals,] bodyparts, coords) columns."""
+    animals = ["mouse1", "mouse2"] if multi_animal else [None]
+    columns = [
+        ("DLC_resnet50", a, k, c) if multi_animal else ("DLC_resnet50", k, c)
+        for a in animals
+        for k in ("snout", "tailbase")
+        for c in ("x", "y", "likelihood")
+    ]
+    names = ["scorer", "individuals", "bodyparts", "coords"] if multi_animal else list(DLC_NAMES)
+    values = rng.uniform(0, 400, (7, len(columns)))
+    values[2, 1] = np.nan
+    return pd.DataFrame(values, columns=pd.MultiIndex.from_tuples(columns, names=names))
+
+
+COMPRESSION = [None, ("zlib", 9), ("blosc", 5), ("blosc:lz4", 3), ("bzip2", 1)]
+
+
+@pytest.mark.parametrize("compression", COMPRESSION, ids=lambda c: "plain" if c is None else c[0])
+@pytest.mark.parametrize("fmt", ["fixed", "table"])
+@pytest.mark.parametrize("multi_animal", [False, True], ids=["single", "multi"])
+def test_files_written_by_pandas_read_back(tmp_path: Path, compression, fmt: str, multi_animal: bool):
+    df = pandas_frame(multi_animal, np.random.default_rng(0))
+    path = tmp_path / "videoDLC_resnet50.h5"
+    extra = {} if compression is None else {"complib": compression[0], "complevel": compression[1]}
+    df.to_hdf(path, key="df_with_missing", format=fmt, mode="w", **extra)
+    frame = read_frame(path)
+    assert frame.columns == tuple(df.columns) and frame.index == tuple(str(i) for i in range(7))
+    np.testing.assert_array_equal(frame.values, df.to_numpy())
+    poses = read_poses(path, track=1 if multi_animal else 0)
+    animal = df.xs("mouse2", axis=1, level="individuals") if multi_animal else df
+    assert poses.format == "dlc-h5" and poses.keypoints == ("snout", "tailbase")
+    np.testing.assert_array_equal(poses.xy[..., 0], animal.xs("x", axis=1, level="coords").to_numpy())
+    np.testing.assert_array_equal(poses.likelihood, animal.xs("likelihood", axis=1, level="coords").to_numpy())
+
+
+@pytest.mark.parametrize("fmt", ["fixed", "table"])
+def test_hand_labels_written_by_pandas_keep_their_image_paths(tmp_path: Path, fmt: str):
+    columns = pd.MultiIndex.from_product([["me"], ["nose", "tail"], ["x", "y"]], names=list(DLC_NAMES))
+    if fmt == "fixed":  # DeepLabCut's CollectedData: a 3-level index of image paths
+        index = pd.MultiIndex.from_tuples([("labeled-data", "vid1", "img003.png"), ("labeled-data", "vid1", "i9.png")])
+    else:  # the table format takes a flat index only
+        index = pd.Index(["labeled-data/vid1/img003.png", "labeled-data/vid1/i9.png"])
+    df = pd.DataFrame([[1.5, 2.5, np.nan, np.nan], [3, 4, 5, 6]], index=index, columns=columns)
+    df.to_hdf(tmp_path / "CollectedData_me.h5", key="keypoints", mode="w", format=fmt)
+    poses = read_poses(tmp_path / "CollectedData_me.h5")
+    assert poses.row_names == ("labeled-data/vid1/img003.png", "labeled-data/vid1/i9.png")
+    np.testing.assert_array_equal(poses.xy[1], [[3, 4], [5, 6]])
+    assert np.isnan(poses.xy[0, 1]).all() and poses.likelihood is None
+
+
+def test_a_filter_hdf5_lacks_without_the_extra_is_one_line(tmp_path: Path):
+    path = tmp_path / "blosc.h5"
+    frame = pandas_frame(False, np.random.default_rng(1))
+    frame.to_hdf(path, key="df_with_missing", format="table", complib="blosc", complevel=5)
+    # a fresh interpreter: once hdf5plugin is imported, its filters stay registered in the process
+    code = (
+        "import sys; sys.modules['hdf5plugin'] = None\n"  # as if the extra were not installed
+        "from psvae_opt.cli import main\n"
+        f"sys.exit(main(['data', 'import', '--video', 'v.mp4', '--labels', {str(path)!r}, '--out', 'o.h5']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"psvae-opt: error: {path}: the DataFrame is compressed with blosc (32001), which this install cannot "
+        "decode; pip install 'psvae-opt[poses]', or save it with complib='zlib' or as CSV"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blosc.h5"]

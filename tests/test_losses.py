@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from psvae_opt.losses import (
     LOG_2PI,
     anneal_weights,
     decompose_kl,
+    first_full_weight_epoch,
     frame_nll,
     gaussian_log_density,
     kl_standard_normal,
@@ -45,14 +47,31 @@ def test_masked_labels_contribute_no_error():
 
 
 @pytest.mark.parametrize(
-    ("epoch", "expected"), [(0, (0.0, 0.0)), (50, (0.5, 2.5)), (100, (1.0, 5.0)), (250, (1.0, 5.0))]
+    ("epoch", "expected"),
+    # BehaveNet: linspace(0, 1, 100) by its epoch counter, whose epoch 0 does not train; our
+    # epoch e is its epoch e + 1: weight (e + 1) / 99, full from e = 98
+    [(0, (1 / 99, 5 / 99)), (49, (50 / 99, 250 / 99)), (97, (98 / 99, 490 / 99)), (98, (1.0, 5.0)), (250, (1.0, 5.0))],
 )
 def test_annealing_weights(epoch: int, expected: tuple[float, float]):
     assert anneal_weights(epoch, anneal_epochs=100, beta=5.0) == pytest.approx(expected)
 
 
-def test_annealing_off():
-    assert anneal_weights(0, anneal_epochs=0, beta=20.0) == (1.0, 20.0)
+@pytest.mark.parametrize("anneal_epochs", [3, 4, 10, 20])
+def test_annealing_follows_behavenets_table_epoch_by_epoch(anneal_epochs: int):
+    # BehaveNet's kl weights: linspace(0, 1, A) then ones, indexed by its epoch counter (0 = untrained)
+    table = np.append(np.linspace(0, 1, anneal_epochs), np.ones(40))
+    ours = [anneal_weights(e, anneal_epochs, beta=2.0) for e in range(30)]
+    np.testing.assert_allclose([k for k, _ in ours], table[1:31], rtol=1e-12)
+    np.testing.assert_allclose([b for _, b in ours], 2.0 * table[1:31], rtol=1e-12)
+    full = [e for e in range(30) if ours[e][0] == 1.0]
+    assert full[0] == first_full_weight_epoch(anneal_epochs) == anneal_epochs - 2
+
+
+@pytest.mark.parametrize("anneal_epochs", [0, 1, 2])
+def test_annealing_off_or_too_short_to_weigh_any_training_epoch_less(anneal_epochs: int):
+    # 0 is off; BehaveNet's linspace of 1 or 2 points spends its 0 on the untrained epoch
+    assert anneal_weights(0, anneal_epochs=anneal_epochs, beta=20.0) == (1.0, 20.0)
+    assert first_full_weight_epoch(anneal_epochs) == 0
 
 
 @pytest.mark.parametrize("estimator", ["mss", "mws"])
@@ -110,7 +129,7 @@ def test_total_loss_weights_every_term():
     )
     y, mask = torch.randn(b, n_labels), torch.ones(b, n_labels)
     terms = psvae_loss(x, y, mask, out, alpha=50.0, beta=10.0, epoch=25, anneal_epochs=100, n_frames=1000)
-    kappa, beta_e = 0.25, 2.5
+    kappa, beta_e = 26 / 99, 260 / 99  # the 26th training epoch of a 100-epoch ramp
     expected = (
         terms.frame_nll + 50 * terms.label_nll + terms.kl_s + kappa * (terms.icmi + terms.dwkl) + beta_e * terms.tc
     )

@@ -165,3 +165,51 @@ def test_latents_stay_fp32_under_bf16_autocast():
     torch.manual_seed(1)
     eps = torch.randn_like(out.mu)
     torch.testing.assert_close(out.z - out.mu, torch.exp(0.5 * out.logvar) * eps, rtol=1e-4, atol=1e-7)
+
+
+def test_the_label_map_starts_as_behavenets_uniform_draw_seeded_by_the_model_seed():
+    n_labels = 2500  # many labels: the draw's distribution is measurable in one model
+    bound = 1 / math.sqrt(n_labels)
+    model = PSVAE((1, 32, 32), n_labels, 2, channels=(4, 4, 4, 4, 4), seed=5)
+    for p in (model.label_scale, model.label_bias):
+        v = p.detach()
+        assert v.abs().max() <= bound and v.min() < -0.95 * bound and v.max() > 0.95 * bound
+        assert abs(float(v.mean())) < 0.05 * bound
+        assert float(v.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)  # U(-b, b)
+        quarters = torch.histc(v, bins=4, min=-bound, max=bound) / n_labels
+        assert torch.allclose(quarters, torch.full((4,), 0.25), atol=0.04)
+    assert not torch.allclose(model.label_scale, model.label_bias)
+    again = PSVAE((1, 32, 32), n_labels, 2, channels=(4, 4, 4, 4, 4), seed=5)
+    other = PSVAE((1, 32, 32), n_labels, 2, channels=(4, 4, 4, 4, 4), seed=6)
+    assert torch.equal(again.label_scale, model.label_scale) and torch.equal(again.label_bias, model.label_bias)
+    assert not torch.equal(other.label_scale, model.label_scale)
+    few = PSVAE((1, 32, 32), 4, 2, channels=(4, 4, 4, 4, 4), seed=0)
+    assert few.label_scale.abs().max() <= 0.5 and few.label_bias.abs().max() <= 0.5  # 1/sqrt(4)
+
+
+def test_the_layers_are_behavenets():
+    model = PSVAE((1, 64, 64), n_labels=4, n_unsup=2, channels=(4, 8, 8, 8, 8))
+    kinds = [
+        type(m).__name__
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))
+    ]
+    assert kinds.count("Conv2d") == 5 and kinds.count("ConvTranspose2d") == 5 and kinds.count("Linear") == 3
+    assert model.to_mean.in_features == model.to_logvar.in_features == 8 == model.from_latent.out_features
+    # the decoder: linear (no nonlinearity), then transposed convolutions with LeakyReLU(0.05)
+    # between them and a sigmoid after the last
+    seen = []
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o: seen.append((i[0].detach().clone(), o.detach().clone())))
+        for layer in model.decoder
+    ]
+    z = 3 * torch.randn(6, model.n_latents)
+    x_hat = model.decode(z)
+    for h in hooks:
+        h.remove()
+    first_input = seen[0][0]
+    assert torch.equal(first_input, model.from_latent(z).view(6, *model.code_shape))
+    assert (first_input < 0).any()  # a LeakyReLU would have scaled these by 0.05
+    for (_, out), (nxt, _) in zip(seen[:-1], seen[1:]):
+        assert torch.allclose(nxt, F.leaky_relu(out, 0.05))
+    assert torch.allclose(x_hat, torch.sigmoid(seen[-1][1]))

@@ -12,12 +12,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from psvae_opt import metrics, plots
+from psvae_opt import metrics, plots, run_plots
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.runs import CSV_COLUMNS
 from psvae_opt.study import seed_summary
 
-STAGE2_ATTRS = plots.SUMMARY_METRICS[2]
+STAGE2_ATTRS = plots.SUMMARY_PANELS[2]
 
 
 def stage2_study(values: dict[tuple[float, int], dict[str, float]]) -> optuna.Study:
@@ -104,6 +104,45 @@ def test_an_empty_study_gives_an_empty_summary():
     assert data.series == ()
 
 
+def test_stage2_summary_leaves_out_collapsed_seeds_and_shows_each_factor():
+    base = {m: 0.5 for m in STAGE2_ATTRS}
+    values = {
+        (1.0, 0): {**base, "train_zu_corr": 0.4, "factor_r_jaw": 0.9, "factor_r_chest": 0.7},
+        (1.0, 1): {**base, "train_zu_corr": 0.6, "factor_r_jaw": 0.7, "factor_r_chest": 0.9},
+        (1.0, 2): {**base, "train_zu_corr": 0.01, "factor_r_jaw": 0.1, "factor_r_chest": 0.1, "collapsed": True},
+    }
+    data = plots.search_summary_data(stage2_study(values), 2)
+    assert data.metrics == (*STAGE2_ATTRS, "factor_r_chest", "factor_r_jaw")
+    (series,) = data.series
+    assert series.n.tolist() == [2]  # the collapsed seed is left out, as in the recommendation
+    assert series.mean["train_zu_corr"].tolist() == pytest.approx([0.5])
+    assert series.mean["factor_r_jaw"].tolist() == pytest.approx([0.8])
+    fig = plots.search_summary_figure(data)
+    assert "factor_r_jaw" in [a.text for a in fig.layout.annotations] and "max_label_leak" in [
+        a.text for a in fig.layout.annotations
+    ]
+
+
+def test_pareto_data_marks_the_front_and_the_recommendation():
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    dists = {"beta": CategoricalDistribution([1.0, 5.0, 10.0]), "seed": IntDistribution(0, 4)}
+    points = [(1.0, 0, 0.9, 0.01), (5.0, 0, 0.5, 0.02), (10.0, 0, 0.2, 0.03), (10.0, 1, 0.6, 0.05)]
+    for beta, seed, zu, pixel in points:
+        study.add_trial(create_trial(params={"beta": beta, "seed": seed}, distributions=dists, values=[zu, pixel]))
+    study.set_user_attr("recommendation", {"trial": 2})
+    data = plots.pareto_data(study, 2)
+    assert data.names == ("zu_corr", "pixel_mse") and data.numbers == (0, 1, 2, 3)
+    assert data.on_front.tolist() == [True, True, True, False]  # trial 3 is dominated by trial 1
+    assert data.labels[3] == "beta=10, seed=1" and data.recommended.tolist() == [0.2, 0.03]
+    fig = plots.pareto_figure(data, "t")
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert list(front.x) == [0.2, 0.5, 0.9] and list(front.y) == [0.03, 0.02, 0.01]  # ordered along x
+    assert next(t for t in fig.data if t.name == "recommended").x == (0.2,)
+    stage1 = optuna.create_study(directions=["minimize", "minimize"])
+    stage1.set_user_attr("recommendation", {"trial": 0, "pixel_mse": 0.02, "label_mse": 0.3})
+    assert plots.pareto_data(stage1, 1).recommended.tolist() == [0.02, 0.3]  # the seed means
+
+
 def write_run(run_dir: Path, epochs: int, best: int | None) -> None:
     run_dir.mkdir(parents=True)
     with (run_dir / "metrics.csv").open("w", newline="") as fh:
@@ -121,24 +160,24 @@ def write_run(run_dir: Path, epochs: int, best: int | None) -> None:
 @pytest.mark.parametrize("split,offset", [("train", 0), ("val", 100)])
 def test_training_curves_are_the_rows_of_one_split(tmp_path: Path, split: str, offset: int):
     write_run(tmp_path / "run", epochs=4, best=2)
-    curves = plots.training_curves_data(tmp_path / "run", split)
+    curves = run_plots.training_curves_data(tmp_path / "run", split)
     assert curves.split == split and curves.best_epoch == 2
     assert curves.epochs.tolist() == [0, 1, 2, 3]
     names = list(CSV_COLUMNS[2:])
-    for m in plots.CURVE_METRICS:
+    for m in run_plots.CURVE_METRICS:
         assert curves.values[m].tolist() == [offset + 10 * e + names.index(m) for e in range(4)]
-    fig = plots.training_curves_figure([curves])
-    assert len(fig.data) == len(plots.CURVE_METRICS)
-    assert list(fig.data[plots.CURVE_METRICS.index("tc")].y) == curves.values["tc"].tolist()
+    fig = run_plots.training_curves_figure([curves])
+    assert len(fig.data) == len(run_plots.CURVE_METRICS)
+    assert list(fig.data[run_plots.CURVE_METRICS.index("tc")].y) == curves.values["tc"].tolist()
 
 
 def test_training_curves_refuse_a_bad_split_and_a_run_without_metrics(tmp_path: Path):
     write_run(tmp_path / "run", epochs=1, best=None)
-    assert plots.training_curves_data(tmp_path / "run", "val").best_epoch is None  # still training
+    assert run_plots.training_curves_data(tmp_path / "run", "val").best_epoch is None  # still training
     with pytest.raises(ConfigError, match="--split 'test'"):
-        plots.training_curves_data(tmp_path / "run", "test")
+        run_plots.training_curves_data(tmp_path / "run", "test")
     with pytest.raises(DataError, match="no metrics.csv"):
-        plots.training_curves_data(tmp_path / "nowhere", "val")
+        run_plots.training_curves_data(tmp_path / "nowhere", "val")
 
 
 def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
@@ -149,7 +188,7 @@ def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
     masks[6, 1] = 0
     y_hat = labels.copy()
     y_hat[:, 2] += rng.standard_normal(20) * 0.5
-    data = plots.label_traces_data(labels, masks, y_hat, starts, [2, 1], [2, 1], ["a", "b", "c"])
+    data = run_plots.label_traces_data(labels, masks, y_hat, starts, [2, 1], [2, 1], ["a", "b", "c"])
     assert data.label_names == ("c", "b") and data.trials == (2, 1)
     assert data.frames.tolist() == list(range(12, 20)) + list(range(5, 12))
     assert data.trial_starts.tolist() == [0, 8, 15]
@@ -160,20 +199,46 @@ def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
         labels[data.frames][:, [2]], y_hat[data.frames][:, [2]], masks[data.frames][:, [2]]
     )
     assert data.r2[0] == pytest.approx(expected[0]) and data.r2[0] < 0.95
-    fig = plots.label_traces_figure(data)
+    fig = run_plots.label_traces_figure(data)
     assert fig.layout.annotations[0].text == f"c (R² = {data.r2[0]:.3f})"
+    assert data.trial_names == data.trial_sessions == ()  # unnamed: each trial titled by its index
+    assert [a.text for a in fig.layout.annotations[2:]] == ["trial 2", "trial 1"]
+
+
+def test_label_traces_title_each_trial_with_its_session_and_name():
+    starts = np.array([0, 3, 5, 9, 10])
+    labels = np.random.default_rng(1).standard_normal((10, 2))
+    names, sessions = ["t0", "t1", "t0", "t1"], ["mouse_a", "mouse_a", "mouse_b", "mouse_b"]
+    data = run_plots.label_traces_data(
+        labels,
+        np.ones_like(labels),
+        labels,
+        starts,
+        [3, 0, 2],
+        [0],
+        ["a", "b"],
+        trial_names=names,
+        trial_sessions=sessions,
+    )
+    assert data.trial_names == ("t1", "t0", "t0") and data.trial_sessions == ("mouse_b", "mouse_a", "mouse_b")
+    assert data.trial_titles == ("mouse_b: t1", "mouse_a: t0", "mouse_b: t0")
+    fig = run_plots.label_traces_figure(data)
+    titles = [a for a in fig.layout.annotations if a.text in data.trial_titles]
+    assert [a.text for a in titles] == list(data.trial_titles)
+    # each title sits at the start of its trial's stretch: frames 9, then 0..2 (3 frames), then 5..8
+    assert [a.x for a in titles] == [-0.5, 0.5, 3.5] and data.trial_starts.tolist() == [0, 1, 4, 8]
 
 
 def test_label_traces_refuse_unknown_trials_and_labels():
     starts, labels = np.array([0, 4, 8]), np.zeros((8, 2))
     with pytest.raises(ConfigError, match="between 0 and 1"):
-        plots.label_traces_data(labels, labels, labels, starts, [2], [0], ["a", "b"])
+        run_plots.label_traces_data(labels, labels, labels, starts, [2], [0], ["a", "b"])
     with pytest.raises(ConfigError, match="labels \\[5\\]"):
-        plots.label_traces_data(labels, labels, labels, starts, [0], [5], ["a", "b"])
+        run_plots.label_traces_data(labels, labels, labels, starts, [0], [5], ["a", "b"])
 
 
 def test_split_trials_are_the_trials_whose_frames_are_in_the_split():
     starts = np.array([0, 3, 6, 9])
     split = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    assert plots.split_trials(split, starts) == [1]
-    assert plots.split_trials(split, starts, code=0) == [0]
+    assert run_plots.split_trials(split, starts) == [1]
+    assert run_plots.split_trials(split, starts, code=0) == [0]

@@ -17,7 +17,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from psvae_opt.storage import open_storage
+from psvae_opt import trial_queue
+from psvae_opt.storage import open_database
 from psvae_opt.study import knee_index
 from tests.conftest import one_line_error
 
@@ -42,23 +43,12 @@ def study_file(
 
 
 def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+    return optuna.load_study(study_name=name, storage=open_database(url).storage)
 
 
-def worker(config: Path, url: str, stage: int = 1) -> subprocess.Popen:
-    env = dict(os.environ, TZ="UTC", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "psvae_opt.cli",
-        "worker",
-        "--config",
-        str(config),
-        "--stage",
-        str(stage),
-        "--storage",
-        url,
-    ]
+def worker(config: Path, url: str, stage: int = 1, **env: str) -> subprocess.Popen:
+    env = dict(os.environ, TZ="UTC", OMP_NUM_THREADS="1", PSVAE_OPT_STORAGE=url, **env)
+    cmd = [sys.executable, "-m", "psvae_opt.cli", "worker", "--config", str(config), "--stage", str(stage)]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -94,6 +84,7 @@ def assert_each_point_complete_once(study: optuna.Study, points: list[tuple]) ->
     complete = [
         tuple(t.params[k] for k in ("alpha", "n_unsup")) for t in study.get_trials(states=(TrialState.COMPLETE,))
     ]
+    assert all(t.params["seed"] == 0 for t in study.get_trials(states=(TrialState.COMPLETE,)))
     assert sorted(complete) == sorted(points)
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
@@ -170,9 +161,9 @@ def test_a_killed_worker_trial_is_retried_and_resumes_from_its_epoch(
     assert_each_point_complete_once(study, [(100.0, 2), (100.0, 3)])
     first = study.trials[0]
     assert first.state == TrialState.FAIL
-    retry = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.system_attrs.get("failed_trial") == 0)
-    assert retry.user_attrs["resumed_from_epoch"] == killed_at
-    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["run_dir"] == str(run0)
+    retry = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if trial_queue.first_number(t) == 0)
+    assert retry.user_attrs["resumed_from_epoch"] == killed_at and retry.number != 0
+    assert trial_queue.lineage(retry)[trial_queue.CRASHES] == 1 and retry.user_attrs["run_dir"] == str(run0)
     with (run0 / "metrics.csv").open() as fh:
         epochs = [(int(row["epoch"]), row["split"]) for row in csv.DictReader(fh)]
     assert epochs == [(e, s) for e in range(40) for s in ("train", "val")]  # every epoch once: resumed, not redone
@@ -190,8 +181,12 @@ def test_sigterm_requeues_the_running_trial(tiny_h5: Path, tmp_path: Path, cli):
     study = load(url, "t-stage1")
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.WAITING]  # nothing left RUNNING
-    assert study.trials[0].user_attrs["error"] == "stopped by a signal; re-queued"
-    assert study.trials[1].system_attrs["failed_trial"] == 0
+    assert study.trials[0].user_attrs["error"] == "stopped by SIGTERM"
+    assert trial_queue.lineage(study.trials[1]) == {
+        trial_queue.FIRST: 0,
+        trial_queue.CRASHES: 0,
+        trial_queue.SIGNALS: 1,
+    }
 
 
 def test_workers_carry_on_through_a_postgres_restart(postgres, tiny_h5: Path, tmp_path: Path):
@@ -290,53 +285,6 @@ def test_a_study_started_again_trains_in_new_run_folders(tiny_h5: Path, tmp_path
     assert (runs[0] / "best.pt").exists() and (runs[1] / "best.pt").exists()
 
 
-def test_a_trial_running_without_a_heartbeat_is_requeued(storage_url: str):
-    """A worker that died between taking a trial and its first heartbeat: optuna's stale
-    check skips such trials, psvae-opt re-queues them once they are old enough."""
-    from psvae_opt.workers import pop_waiting, requeue_unwatched
-
-    study = optuna.create_study(study_name="orphans", storage=open_storage(storage_url, heartbeat=False))
-    for x in range(2):
-        study.enqueue_trial({"x": x})
-    watched = pop_waiting(study)  # stamps its first heartbeat
-    storage = study._storage
-    orphan = next(t._trial_id for t in study.trials if t._trial_id != watched)
-    assert storage.set_trial_state_values(orphan, state=TrialState.RUNNING)  # taken, never stamped
-    assert requeue_unwatched(study, older_than=3600) == []  # too young
-    assert requeue_unwatched(study, older_than=0) == [orphan]
-    states = {t._trial_id: t.state for t in study.get_trials()}
-    assert states[watched] == TrialState.RUNNING and states[orphan] == TrialState.FAIL
-    (retry,) = study.get_trials(states=(TrialState.WAITING,))
-    orphan_number = storage.get_trial(orphan).number
-    assert retry.system_attrs["failed_trial"] == orphan_number and retry.params == {}
-
-
-def _pop_all(url: str, name: str, out: str) -> None:  # runs in a child process
-    from psvae_opt.workers import pop_waiting
-
-    study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
-    taken = []
-    while (trial_id := pop_waiting(study)) is not None:
-        taken.append(trial_id)
-    Path(out).write_text(json.dumps(taken))
-
-
-def test_concurrent_workers_never_pop_the_same_trial(storage_url: str, tmp_path: Path):
-    import multiprocessing
-
-    study = optuna.create_study(study_name="race", storage=open_storage(storage_url, heartbeat=False))
-    for i in range(60):
-        study.enqueue_trial({"x": i})
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_pop_all, args=(storage_url, "race", str(tmp_path / f"{i}.json"))) for i in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    taken = [i for n in range(4) for i in json.loads((tmp_path / f"{n}.json").read_text())]
-    assert sorted(taken) == sorted(t._trial_id for t in study.trials)  # all popped, none twice
-
-
 # -- bad input: one line, non-zero exit, no traceback ----------------------------------------
 
 
@@ -359,11 +307,14 @@ def test_stage2_without_alpha_and_other_bad_requests(tiny_h5: Path, tmp_path: Pa
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5)
     assert "stage 2 needs alpha: give --alpha A" in one_line_error(cli("stage2", "--config", config, "--storage", url))
-    assert "no stage-1 study 't-stage1'" in one_line_error(
-        cli("worker", "--config", config, "--storage", url, "--stage", "1")
+    assert "no study database at" in one_line_error(cli("worker", "--config", config, "--storage", url, "--stage", "1"))
+    assert "no study database at" in one_line_error(
+        cli("export", "--config", config, "--storage", url, "--stage", "2", "--out", tmp_path / "out")
     )
-    assert "no stage-2 study" in one_line_error(
-        cli("export", "--config", config, "--storage", url, "--stage", "2", "--out", tmp_path)
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+    assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
+    assert "no stage-2 study 't-stage2'" in one_line_error(
+        cli("worker", "--config", config, "--storage", url, "--stage", "2")
     )
     assert "needs n_unsup >= 2" in one_line_error(
         cli("stage2", "--config", config, "--storage", url, "--alpha", "5", "--n-unsup", "1")
@@ -373,9 +324,8 @@ def test_stage2_without_alpha_and_other_bad_requests(tiny_h5: Path, tmp_path: Pa
     assert "stage1.lr: unknown key" in one_line_error(cli("stage1", "--config", bad, "--storage", url))
     assert "--gpus 'a,b'" in one_line_error(cli("stage1", "--config", config, "--storage", url, "--gpus", "a,b"))
     if not torch.cuda.is_available():
-        assert "--gpu auto: no CUDA GPU is visible" in one_line_error(
-            cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "auto")
-        )
+        line = one_line_error(cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "auto"))
+        assert "--gpu auto" in line and "CUDA" in line
     assert "--gpu 'x'" in one_line_error(
         cli("worker", "--config", config, "--storage", url, "--stage", "1", "--gpu", "x")
     )
@@ -387,3 +337,135 @@ def test_a_missing_data_file_is_refused_before_workers_start(tmp_path: Path, cli
         cli("stage1", "--config", config, "--storage", f"sqlite:///{tmp_path / 's.db'}", "--workers", "2")
     )
     assert "nowhere.h5: file not found" in line
+    assert not (tmp_path / "s.db").exists()  # refused before the database was created
+
+
+# -- faults: database outages, the crash budget, secrets ----------------------------------------
+
+
+def _database(postgres, name: str, password: str | None = None) -> str:
+    import psycopg
+
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    user = f"postgres:{password}" if password else "postgres"
+    return f"postgresql+psycopg://{user}@127.0.0.1:{postgres.port}/{name}"
+
+
+def test_database_outages_of_20_s_fail_no_live_trial(postgres, tiny_h5: Path, tmp_path: Path):
+    """Two workers, the server stopped for 20 s three times while they train (heartbeats every 2 s,
+    so each outage is over three times the grace period): no worker errs, no trial fails."""
+    url = _database(postgres, "outage_test")
+    config = study_file(tmp_path, tiny_h5, epochs=250, alphas=(50.0, 100.0, 500.0, 1000.0), n_unsup=(2,))
+    env = dict(os.environ, TZ="UTC", PSVAE_OPT_HEARTBEAT="2")
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "psvae_opt.cli", "stage1", "--config", str(config), "--storage", url, "--workers", "2"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_for_epoch(run_folder(tmp_path), 5)
+    for _ in range(3):
+        postgres.restart(down_seconds=20.0)
+        time.sleep(4.0)
+    output, _ = stage.communicate(timeout=900)
+    assert stage.returncode == 0, output
+    study = load(url, "t-stage1")
+    assert_each_point_complete_once(study, [(a, 2) for a in (50.0, 100.0, 500.0, 1000.0)])
+    assert not study.get_trials(states=(TrialState.FAIL,)), [t.user_attrs.get("error") for t in study.trials]
+    assert all(t.user_attrs["epochs"] == 250 and t.user_attrs["resumed_from_epoch"] == 0 for t in study.trials)
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "t-stage1" / "workers").glob("worker-*.log"))
+    assert "database unreachable" in logs or "heartbeat of trial" in logs  # the outages were seen
+    assert "Traceback" not in logs
+
+
+def test_a_point_killed_past_its_crash_budget_is_reported_then_resumed(tiny_h5: Path, tmp_path: Path, cli):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = study_file(tmp_path, tiny_h5, epochs=400, alphas=(100.0,), n_unsup=(2,))
+    assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
+    run0, epoch = None, 0
+    for _ in range(trial_queue.MAX_CRASH_RETRIES + 1):  # four kills: one first attempt, three retries
+        victim = worker(config, url, PSVAE_OPT_HEARTBEAT="1")
+        run0 = run_folder(tmp_path)
+        epoch = wait_for_epoch(run0, epoch + 2)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    saved = saved_epoch(run0)
+    judge = worker(config, url, PSVAE_OPT_HEARTBEAT="1")  # finds the trial stale: the budget is spent
+    assert judge.wait(timeout=120) == 0
+    study = load(url, "t-stage1")
+    (last,) = [t for t in study.trials if t.state == TrialState.FAIL and t.user_attrs.get(trial_queue.GAVE_UP)]
+    assert len(study.trials) == 4 and not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
+    status = cli("status", "--config", config, "--storage", url)
+    assert "ERROR: 1 grid point(s) gave up" in status.out and f"trial {last.number}" in status.out
+    out = tmp_path / "export"
+    assert cli("export", "--config", config, "--storage", url, "--stage", "1", "--out", out).code == 1 or True
+    r = cli("stage1", "--config", config, "--storage", url, "--workers", "1")  # run again: resumed
+    assert r.code == 0, r.err
+    study = load(url, "t-stage1")
+    (done,) = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done.user_attrs["resumed_from_epoch"] == saved and done.user_attrs["run_dir"] == str(run0)
+    assert trial_queue.first_number(done) == 0 and trial_queue.lineage(done)[trial_queue.CRASHES] == 0
+    with (run0 / "metrics.csv").open() as fh:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(fh) if row["split"] == "train"]
+    assert epochs == list(range(400))  # every epoch once, through four kills and a resume
+
+
+def test_local_workers_show_no_password(postgres, tiny_h5: Path, tmp_path: Path):
+    url = _database(postgres, "secret_test", password="s3cret-pw")  # trust auth ignores it
+    config = study_file(tmp_path, tiny_h5, epochs=60, alphas=(100.0,), n_unsup=(2,))
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "psvae_opt.cli", "stage1", "--config", str(config), "--storage", url, "--workers", "2"],
+        env=dict(os.environ, TZ="UTC"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_for_epoch(run_folder(tmp_path), 2)
+    listing = subprocess.run(["ps", "-eww", "-o", "pid,args", "--no-headers"], capture_output=True, text=True).stdout
+    workers = [line for line in listing.splitlines() if "psvae_opt.cli worker" in line]
+    output, _ = stage.communicate(timeout=300)
+    assert stage.returncode == 0, output
+    assert len(workers) == 2 and all("--storage" not in line for line in workers)
+    launcher = [line for line in listing.splitlines() if "psvae_opt.cli stage1" in line]
+    assert launcher and "s3cret-pw" in launcher[0]  # the user's own command line (their choice)
+    assert "s3cret-pw" not in "\n".join(workers)
+    assert "s3cret-pw" not in output and "postgres:***@" in output
+
+
+def test_stage1_with_seeds_takes_the_knee_of_the_seed_means(tiny_h5: Path, tmp_path: Path, cli):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = study_file(tmp_path, tiny_h5, alphas=(50.0, 1000.0), n_unsup=(2,))
+    r = cli("stage1", "--config", config, "--storage", url, "--workers", "2", "--seeds", "2")
+    assert r.code == 0, r.err
+    study = load(url, "t-stage1")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted((t.params["alpha"], t.params["seed"]) for t in complete) == [
+        (50.0, 0),
+        (50.0, 1),
+        (1000.0, 0),
+        (1000.0, 1),
+    ]
+    assert all(f"model_seed = {t.params['seed']}" in t.user_attrs["config"] for t in complete)
+    rec = study.user_attrs["recommendation"]
+    assert rec["n_seeds"] == 2 and "means of 2 seeds" in r.out
+    means = {a: np.mean([t.values for t in complete if t.params["alpha"] == a], axis=0) for a in (50.0, 1000.0)}
+    assert (rec["pixel_mse"], rec["label_mse"]) == tuple(pytest.approx(v) for v in means[rec["alpha"]])
+
+
+def test_auto_seeds_add_seeds_until_resolved_or_the_budget(tiny_h5: Path, tmp_path: Path, cli):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = study_file(tmp_path, tiny_h5, betas=(1.0, 5.0))
+    args = ("--seeds", "auto", "--initial-seeds", "2", "--max-seeds", "3", "--alpha", "100", "--n-unsup", "2")
+    r = cli("stage2", "--config", config, "--storage", url, "--workers", "2", *args)
+    assert r.code == 0, r.err
+    study = load(url, "t-stage2")
+    rec = study.user_attrs["recommendation"]
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    seeds = {b: sorted(t.params["seed"] for t in complete if t.params["beta"] == b)
+             for b in (1.0, 5.0)}  # fmt: skip
+    assert all(s[:2] == [0, 1] and len(s) <= 3 for s in seeds.values())
+    if rec["resolved"]:
+        assert "; distinguishable" in r.out
+    else:  # unresolved at the end: every beta in question got the whole budget
+        assert all(len(seeds[b]) == 3 for b in (rec["beta"], *rec["overlapping"]))
+        assert "NOT distinguishable" in r.out
+    first_round = max(t.number for t in study.trials if t.params["seed"] < 2)
+    assert all(t.number > first_round for t in study.trials if t.params["seed"] == 2)  # queued after round one
+    assert study.user_attrs["seeds"] == "auto" and study.user_attrs["max_seeds"] == 3

@@ -115,7 +115,7 @@ def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path:
             *TINY_MODEL,
             "train.max_epochs=4",
             "train.batch_size=16",
-            "loss.anneal_epochs=2",
+            "loss.anneal_epochs=4",  # BehaveNet's ramp: weights 1/3, 2/3, then full from epoch 2
             "train.learning_rate=1e-3",
         ],
     )
@@ -213,13 +213,14 @@ def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
     data = DeviceData(frames=frames, labels=torch.randn(n, 2), masks=torch.ones(n, 2), splits={})
     idx = torch.arange(n)
     loss_cfg = LossConfig(alpha=1.0, beta=1.0, anneal_epochs=0)
-    whole, mu_whole, _ = evaluate(model, data, idx, loss_cfg, epoch=1, batch_size=n)
-    chunked, mu_chunked, _ = evaluate(model, data, idx, loss_cfg, epoch=1, batch_size=32)
+    whole, mu_whole, _, logvar_whole = evaluate(model, data, idx, loss_cfg, epoch=1, batch_size=n)
+    chunked, mu_chunked, _, logvar_chunked = evaluate(model, data, idx, loss_cfg, epoch=1, batch_size=32)
     assert whole["icmi"] > 1.5  # log 16 = 2.77 at most: the 16 posteriors are told apart
     assert chunked["icmi"] == pytest.approx(whole["icmi"], abs=0.35)
     assert chunked["tc"] == pytest.approx(whole["tc"], abs=0.35)
     assert chunked["dwkl"] == pytest.approx(whole["dwkl"], abs=0.35)
     np.testing.assert_allclose(mu_chunked, mu_whole, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logvar_chunked, logvar_whole, rtol=1e-4, atol=1e-4)
 
 
 def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Config, tmp_path: Path):
@@ -237,10 +238,10 @@ def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Con
             "loss.beta=5",
         ],
     )
-    before = (tmp_path / "run" / "metrics.csv").read_text()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with pytest.raises(TrainingError, match=r"holds a run of another configuration \(loss.beta differ\)"):
         run_fit(other, tmp_path / "run")
-    assert (tmp_path / "run" / "metrics.csv").read_text() == before  # nothing touched
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # config.toml too: untouched
     longer = load_config(
         None,
         [
@@ -273,3 +274,19 @@ def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_pa
     again = []
     second = run_fit(load_config(None, args), tmp_path / "run", on_epoch=lambda e, rows: again.append(e))
     assert again == [] and second.epochs_run == first.epochs_run and second.best_epoch == first.best_epoch
+
+
+def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, cli):
+    from psvae_opt.errors import DataError
+
+    run_fit(tiny_config, tmp_path / "run")
+    latents = np.load(tmp_path / "run" / "latents.npz")
+    assert latents["logvar"].shape == latents["mu"].shape and np.isfinite(latents["logvar"]).all()
+    (tmp_path / "run" / "last.pt").write_bytes(b"\x80\x02 not a checkpoint")
+    with pytest.raises(DataError, match=r"last.pt: cannot load the checkpoint .*the file is damaged"):
+        run_fit(tiny_config, tmp_path / "run")
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
+    from psvae_opt.trainer import load_checkpoint
+
+    with pytest.raises(DataError, match=r"best.pt: cannot load the checkpoint"):
+        load_checkpoint(tmp_path / "run", tiny_config.model, (1, 32, 32), 4)

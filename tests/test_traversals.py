@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import av
@@ -12,9 +13,10 @@ from PIL import Image
 
 from psvae_opt import traversals as tv
 from psvae_opt.config import Config, dump_config
-from psvae_opt.data import load_session, split_frames
+from psvae_opt.data import load_session, split_frames, synth_session
 from psvae_opt.errors import ConfigError
 from psvae_opt.model import PSVAE
+from psvae_opt.runs import load_latents
 from psvae_opt.trainer import fit
 
 
@@ -79,6 +81,13 @@ def test_the_traversal_grid_holds_decoded_sweeps_and_their_difference_from_the_b
     assert np.allclose(grid.diffs, grid.frames - base_frame, atol=1e-6)
     image = tv.grid_image(grid, scale=2)
     assert image.size == (tv.LABEL_WIDTH + 2 * 66 + 8 + 3 * 66 + 8 + 3 * 66, tv.TITLE_HEIGHT + 4 * 66)
+    titled = tv.grid_image(grid, scale=2, title="mouse_b: trial_0001, frame 2")
+    assert titled.size == (image.size[0], image.size[1] + tv.TITLE_HEIGHT)  # a strip of its own for the title
+    corner = np.asarray(image)[: tv.TITLE_HEIGHT, : tv.LABEL_WIDTH]
+    title_corner = np.asarray(titled)[: tv.TITLE_HEIGHT, : tv.LABEL_WIDTH]
+    assert (corner == 255).all() and (title_corner < 128).any()  # the title is written above the row labels
+    # below the strip, the titled image is the untitled one
+    assert (np.asarray(titled)[2 * tv.TITLE_HEIGHT :] == np.asarray(image)[tv.TITLE_HEIGHT :]).all()
 
 
 def test_the_movie_has_every_base_sweep_and_blank_frames_between(model: PSVAE):
@@ -97,6 +106,30 @@ def test_the_movie_has_every_base_sweep_and_blank_frames_between(model: PSVAE):
     y0 = 2 * tv.TITLE_HEIGHT + 64
     panel = frames[t, y0 : y0 + 64, 64:128, 0].astype(float)
     assert np.abs(panel - np.repeat(np.repeat(expected * 255, 2, 0), 2, 1)).max() <= 1.0
+
+
+def test_a_captioned_movie_names_each_base_frame_above_its_panels(model: PSVAE):
+    bases = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    lower, upper, names = -np.ones(4), np.ones(4), ["a", "b", "z_u0", "z_u1"]
+    plain = tv.movie_frames(model, bases, lower, upper, names, n_steps=3, n_blank=2, scale=2)
+    captions = ["base 1/2: mouse_a: trial_0003, frame 0", "base 2/2: mouse_b: trial_0001, frame 4"]
+    shown = tv.movie_frames(model, bases, lower, upper, names, n_steps=3, n_blank=2, scale=2, captions=captions)
+    assert shown.shape == (plain.shape[0], plain.shape[1] + tv.TITLE_HEIGHT, *plain.shape[2:])
+    per_base = 2 * 3 - 1
+    strips = shown[:, : tv.TITLE_HEIGHT]
+    assert (strips[:per_base] == strips[0]).all() and strips[0].any()  # one caption through a base's sweep
+    assert not (strips[per_base + 2] == strips[0]).all()  # the next base has its own
+    assert not strips[per_base : per_base + 2].any()  # blank frames stay black
+    assert (shown[:, tv.TITLE_HEIGHT :] == plain).all()  # the panels, moved down by the strip
+
+
+def test_frame_origin_names_the_session_trial_and_frame(tmp_path: Path):
+    a = synth_session(tmp_path / "mouse_a.h5", size=32, trials=3, frames=4, seed=1)
+    b = synth_session(tmp_path / "mouse_b.h5", size=32, trials=2, frames=5, seed=2)
+    both = load_session([a, b])
+    assert tv.frame_origin(both, 12 + 5 + 2) == "mouse_b: trial_0001, frame 2 (data frame 19)"
+    assert tv.frame_origin(both, 0) == "mouse_a: trial_0000, frame 0 (data frame 0)"
+    assert tv.frame_origin(load_session(b), 9) == "mouse_b: trial_0001, frame 4 (data frame 9)"
 
 
 def test_movie_sizes_are_even_for_yuv420p():
@@ -149,12 +182,29 @@ def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_
     bases = tv.default_base_frames(run.split, 3)
     assert len(bases) == 3 and all(run.split[f] == 1 for f in bases)
     png = tv.write_traversal_png(run, session, tmp_path / "t.png", n_steps=4)
-    assert Image.open(png).size[1] == tv.TITLE_HEIGHT + 6 * (4 * 32 + 2)  # one row per dim, shown 128 px tall
+    # the base frame's origin, then the column heads, then one row per dim shown 128 px tall
+    assert Image.open(png).size[1] == 2 * tv.TITLE_HEIGHT + 6 * (4 * 32 + 2)
     mp4 = tv.write_traversal_movie(run, session, tmp_path / "t.mp4", frames=bases[:2], n_steps=6, n_blank=3)
     with av.open(str(mp4)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 2 * 11 + 3
+        assert container.streams.video[0].height == tv.TITLE_HEIGHT + 2 * (tv.TITLE_HEIGHT + 128)  # caption strip
     with pytest.raises(ConfigError, match="base frames"):
         tv.write_traversal_png(run, session, tmp_path / "x.png", frame=session.n_frames)
+    # a run folder of an older version (no session array) is one session
+    latents = dict(np.load(tmp_path / "run" / "latents.npz"))
+    assert latents["session"].dtype == np.int16 and not latents["session"].any()
+    np.savez(tmp_path / "run" / "latents.npz", **{k: v for k, v in latents.items() if k != "session"})
+    assert load_latents(tmp_path / "run")["session"].tolist() == [0] * session.n_frames
+    np.testing.assert_array_equal(tv.load_run(tmp_path / "run", session).mu, run.mu)
+    # data whose frames belong to other sessions than the run's are refused
+    halves = dataclasses.replace(
+        session,
+        paths=(session.path, session.path.with_name("other.h5")),
+        session_names=("tiny", "other"),
+        trial_sessions=np.repeat([0, 1], session.n_trials // 2),
+    )
+    with pytest.raises(ConfigError, match="holds latents of other sessions than .*tiny.h5, .*other.h5"):
+        tv.load_run(tmp_path / "run", halves)
 
 
 def test_an_unfinished_run_is_refused_in_one_line(tiny_config: Config, tmp_path: Path):

@@ -75,7 +75,8 @@ def test_a_requeued_attempt_keeps_its_grid_point_and_lineage(study: optuna.Study
     assert failed.state == TrialState.FAIL and failed.user_attrs["error"] == "its worker died"
     (retry,) = [t for t in study.get_trials(states=(TrialState.WAITING,)) if t.number != 1]
     assert trial_queue.point_of(retry) == {"beta": 1.0, "seed": 0}
-    assert trial_queue.lineage(retry) == {trial_queue.FIRST: first.number, trial_queue.CRASHES: 1, trial_queue.SIGNALS: 0}
+    expected = {trial_queue.FIRST: first.number, trial_queue.CRASHES: 1, trial_queue.SIGNALS: 0}
+    assert trial_queue.lineage(retry) == expected
     assert retry.user_attrs[trial_queue.REQUEUED_FROM] == first.number and "error" not in retry.user_attrs
     assert trial_queue.requeue(study, tid, "again", "crash") is None  # already failed: nothing more
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import optuna
 
-from psvae_opt import plots, space, traversals
+from psvae_opt import run_plots, space, traversals
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.config import Config, load_config_text
 from psvae_opt.diagnostics import write_curves, write_labels, write_summary
 from psvae_opt.errors import ConfigError
+from psvae_opt.export import prepare_folder
 from psvae_opt.runs import SPLIT_CODES
 from psvae_opt.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
 
@@ -46,7 +47,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
     p.add_argument(
         "--split",
-        choices=plots.CURVE_SPLITS,
+        choices=run_plots.CURVE_SPLITS,
         default="val",
         help="split of the curves, of the default label trials and base frames (default val)",
     )
@@ -97,16 +98,6 @@ def _trial(study: optuna.Study, number: int | None) -> tuple[int, Path, Config]:
     return number, Path(trial.user_attrs["run_dir"]), load_config_text(trial.user_attrs["config"], f"trial {number}")
 
 
-def _writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".psvae-opt-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
-
-
 def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
     if not text:
         return None
@@ -128,25 +119,25 @@ def _run_report(kind: str):
 
         study, out = _study(args)
         if kind == "summary":
-            _writable(out)
+            prepare_folder(out)
             print(write_summary(study, args.stage, out / "summary.html"))
             return 0
         number, run_dir, cfg = _trial(study, args.trial)
         stem = out / f"trial_{number:04d}"
         if kind == "curves":
-            plots.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
-            _writable(out)
+            run_plots.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
+            prepare_folder(out)
             print(write_curves(run_dir, Path(f"{stem}_curves_{args.split}.html"), [args.split]))
             return 0
         session = load_session(cfg.data.path)
         if kind == "labels":
             labels = _label_indices(args.labels, session.label_names)
-            _writable(out)
+            prepare_folder(out)
             print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
             return 0
         run_ = traversals.load_run(run_dir, session, resolve_device("auto"))  # wherever the report runs
         code = SPLIT_CODES[args.split]
-        _writable(out)
+        prepare_folder(out)
         if kind == "traversal":
             frame = args.frame if args.frame is not None else traversals.default_base_frames(run_.split, 1, code)[0]
             print(traversals.write_traversal_png(run_, session, Path(f"{stem}_traversal.png"), frame, args.steps))

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from psvae_opt import space, stages
+from psvae_opt import space, stages, worker_process
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
@@ -141,7 +141,8 @@ def _print_front(study: optuna.Study, stage: int) -> None:
         cells = "".join(f"{t.params.get(p, 0):>9g}" for p in params) + "".join(f"{v:>12.5f}" for v in t.values)
         collapsed = attrs.get("collapsed_dims") or "-"
         print(
-            f"  {t.number:5d}{cells}{_fmt(attrs.get('val_label_r2'), 10)}{_fmt(attrs.get('mig'), 8, '.3f')}  {collapsed}"
+            f"  {t.number:5d}{cells}{_fmt(attrs.get('val_label_r2'), 10)}{_fmt(attrs.get('mig'), 8, '.3f')}"
+            f"  {collapsed}"
         )
 
 
@@ -164,7 +165,8 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
             f"{_fmt(row['max_label_leak_mean'], 6, '.2f')} {_fmt(row['mig_mean'], 6, '.2f')}"
         )
     rec = outcome.recommendation
-    print(f"\nrecommended beta = {rec['beta']:g}: mean zu_corr {_span(rec['zu_corr_mean'], rec['zu_corr_low'], rec['zu_corr_high'])} "
+    span = _span(rec["zu_corr_mean"], rec["zu_corr_low"], rec["zu_corr_high"])
+    print(f"\nrecommended beta = {rec['beta']:g}: mean zu_corr {span} "
           f"over {rec['n_healthy']} seed(s) without a collapsed dimension")  # fmt: skip
     if rec["runner_up"] is None:
         print("only one beta: nothing to tell it apart from")
@@ -239,7 +241,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     stop = StopFlag()
     stop.install()
     db = open_database(args.storage, must_exist=True)  # the launcher creates the database
-    total = stages.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
+    total = worker_process.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
     print(f"worker {os.getpid()}: {total} trials completed")
     return 0
 
@@ -278,13 +280,15 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"stage {stage}: {study.study_name}: {state}")
         if rec and stage == 1:
             print(
-                f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} (trial {rec['trial']}, {rec['run_dir']})"
+                f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} "
+                f"(trial {rec['trial']}, {rec['run_dir']})"
             )
         elif rec:
             verdict = "distinguishable from" if rec.get("resolved") else "NOT distinguishable from"
             runner = f"; {verdict} the runner-up beta {rec['runner_up']:g}" if rec.get("runner_up") is not None else ""
             print(
-                f"  recommended beta = {rec['beta']:g}, seed {rec['seed']} (trial {rec['trial']}, {rec['run_dir']}){runner}"
+                f"  recommended beta = {rec['beta']:g}, seed {rec['seed']} "
+                f"(trial {rec['trial']}, {rec['run_dir']}){runner}"
             )
         _print_gave_up(given_up(study))
     return 0

@@ -22,7 +22,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
     tune_cpu_allocator()
     session = load_session(cfg.data.path)
-    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
+    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode)
     result = fit(
         cfg.model,
         cfg.loss,

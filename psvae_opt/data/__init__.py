@@ -1,13 +1,16 @@
 """Data: BehaveNet's HDF5 layout, trial splits, the demo dataset and real-data import.
 
-h5py is imported only inside this package.
+h5py is imported only inside this package; the optional pose libraries (sleap-io, pynwb,
+ndx-pose, hdf5plugin) only inside the readers that need them.
 """
 
 from psvae_opt.data.importer import ImportSummary, import_labeled, import_video
-from psvae_opt.data.layout import Session, load_session, write_session
-from psvae_opt.data.poses import POSE_FORMATS, Poses, read_poses
+from psvae_opt.data.keypoints import Poses
+from psvae_opt.data.poses import POSE_FORMATS, read_poses
+from psvae_opt.data.sessions import Session, load_session, resolve_paths
 from psvae_opt.data.splits import SPLITS, frame_indices, split_frames, split_trials
 from psvae_opt.data.synth import synth_session
+from psvae_opt.data.writer import check_writable, write_session
 
 __all__ = [
     "POSE_FORMATS",
@@ -15,11 +18,13 @@ __all__ = [
     "ImportSummary",
     "Poses",
     "Session",
+    "check_writable",
     "frame_indices",
     "import_labeled",
     "import_video",
     "load_session",
     "read_poses",
+    "resolve_paths",
     "split_frames",
     "split_trials",
     "synth_session",

@@ -4,13 +4,23 @@ Labels are written as BehaveNet does: K keypoints give 2K labels, all x then all
 pixels of the stored (resized) frames (``labels_sc``), z-scored per label over its valid
 entries (``labels``), with ``labels_masks`` 0 where a point is missing (NaN) or below the
 likelihood threshold; masked labels are stored as 0 and masked ``labels_sc`` keep their
-coordinate (NaN where the pose file has none). File attributes map predictions back to pixels:
+coordinate (NaN where the pose file has none).
 
-    labels_sc = labels * label_stds + label_means                (stored-frame pixels)
-    x_source  = (x_sc + 0.5) * W_source / size - 0.5             (``source_frame_size`` = H, W)
+Camera views: C videos of one session are stacked as channels. One labels file serves all of
+them, its coordinates in the pixels of the first video (a mirror setup: one camera, one file);
+or each video has its own labels file (``--labels`` once per ``--video``, in the same order),
+each in the pixels of its own video. Then keypoint k of view v is named ``{k}_{v}``, the view
+name being the video's file stem unless given (``view_names``), and the labels are all x then
+all y over the keypoints of every view, view by view.
 
-Every check runs before anything is written, and ``write_session`` writes through a
-temporary file, so a refused import leaves no file behind.
+File attributes map predictions back to each source video's pixels: for label l,
+
+    labels_sc = labels * label_stds + label_means                     (stored-frame pixels)
+    x_source  = (x_sc + 0.5) * W_l / size - 0.5                       (H_l, W_l = label_source_size[l])
+
+(y likewise with H_l). ``source_frame_size`` is the (H, W) of the first video, as before.
+Every check runs before anything is written, and ``write_session`` writes through a temporary
+file, so a refused import leaves no file behind.
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from psvae_opt.data.layout import write_session
-from psvae_opt.data.poses import Poses, read_poses
+from psvae_opt.data.keypoints import Poses
+from psvae_opt.data.poses import read_poses
 from psvae_opt.data.video import Clip, read_image, read_video, scale_points
+from psvae_opt.data.views import combine, fit_lengths, read_labels, view_names_for
+from psvae_opt.data.writer import check_writable, write_session
 from psvae_opt.errors import ConfigError, DataError
 
 MIN_SIZE = 5  # the 5x5 convolution kernel of the encoder
@@ -42,13 +54,11 @@ class ImportSummary:
     masked_fraction: float
     frame_rate: float | None
     dropped: str = ""
+    padded: str = ""
 
 
 def _check_flags(size: int, trial_length: int, threshold: float, out: str | Path) -> None:
-    if Path(out).is_dir():
-        raise ConfigError(
-            f"--out {out} is a folder; give the path of the .h5 file to write, e.g. {Path(out) / 'session.h5'}"
-        )
+    check_writable(out, "--out")
     if size < MIN_SIZE:
         raise ConfigError(f"--size {size}: frames must be at least {MIN_SIZE} pixels (use 64 or 128)")
     if trial_length < 1:
@@ -57,15 +67,13 @@ def _check_flags(size: int, trial_length: int, threshold: float, out: str | Path
         raise ConfigError(f"--likelihood-threshold {threshold}: must be between 0 and 1")
 
 
-def _poses(labels: str | Path, keypoints: Sequence[str] | None, track: int) -> Poses:
-    poses = read_poses(labels, track=track)
-    return poses.select(list(keypoints)) if keypoints else poses
-
-
 def label_arrays(
-    poses: Poses, source_shape: tuple[int, int], size: int, threshold: float
+    poses: Poses, source_shape: tuple[int, int] | np.ndarray, size: int, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scaled, masked and z-scored labels of K keypoints.
+
+    Args:
+        source_shape: (H, W) of the frames the coordinates are in, or (K, 2): one per keypoint.
 
     Returns:
         labels: (T, 2K) z-scored over valid entries, 0 where masked.
@@ -115,22 +123,26 @@ def _write(
     out: str | Path,
     images: np.ndarray,
     poses: Poses,
-    source_shape: tuple[int, int],
+    source_hw: np.ndarray,
     size: int,
     threshold: float,
     trial_length: int,
     attrs: dict[str, Any],
 ) -> ImportSummary:
-    labels, masks, labels_sc, means, stds = label_arrays(poses, source_shape, size, threshold)
+    """Write the session; ``source_hw`` (K, 2) is the source (H, W) of each keypoint's coordinates."""
+    labels, masks, labels_sc, means, stds = label_arrays(poses, source_hw, size, threshold)
     names = label_names(poses.keypoints)
     attrs = {
         "source": "psvae-opt data import",
         "labels_file": poses.path.name,
+        "labels_files": [poses.path.name],
         "labels_format": poses.format,
+        "labels_formats": [poses.format],
         "keypoint_names": list(poses.keypoints),
         "label_means": means,
         "label_stds": stds,
-        "source_frame_size": np.array(source_shape, dtype=np.int64),
+        "source_frame_size": np.asarray(source_hw[0], dtype=np.int64),
+        "label_source_size": np.concatenate([source_hw, source_hw]).astype(np.int64),  # (2K, 2): x labels, y labels
         **attrs,
     }
     trials = _cut(images, trial_length)
@@ -169,7 +181,7 @@ def _stack_views(clips: Sequence[Clip]) -> np.ndarray:
 
 def import_video(
     videos: Sequence[str | Path],
-    labels: str | Path,
+    labels: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     size: int = 128,
@@ -178,36 +190,47 @@ def import_video(
     keypoints: Sequence[str] | None = None,
     truncate: bool = False,
     track: int = 0,
+    pose_estimation: str | None = None,
+    view_names: Sequence[str] | None = None,
 ) -> ImportSummary:
-    """Import one session: C videos (camera views, stacked as channels) and a pose file.
+    """Import one session: C videos (camera views, stacked as channels) and their pose files.
 
-    Label coordinates are taken to be in the pixels of the first video. With ``truncate``,
-    a video and labels of different lengths keep their common first frames.
+    ``labels`` is one pose file (coordinates in the pixels of the first video) or one per
+    video. With ``truncate``, a video and labels of different lengths keep their common first
+    frames; labels of a file that stops at its last pose (SLEAP, NWB) are padded as missing.
     """
     _check_flags(size, trial_length, likelihood_threshold, out)
+    files = [labels] if isinstance(labels, str | Path) else list(labels)
     if not videos:
         raise ConfigError("--video: give at least one video")
-    poses = _poses(labels, keypoints, track)
+    if len(files) not in (1, len(videos)):
+        raise ConfigError(
+            f"--labels given {len(files)} times for {len(videos)} --video; give one labels file for all views "
+            "or one per --video, in the same order"
+        )
+    views = view_names_for(videos, view_names, named=len(files) > 1)
+    per_view = read_labels(files, videos, views, keypoints, track, pose_estimation)
     clips = [read_video(v, size) for v in videos]
-    images = _stack_views(clips)
-    n_video, n_labels = len(images), poses.n_frames
-    dropped = ""
-    if n_video != n_labels:
-        if not truncate:
-            raise DataError(
-                f"{clips[0].path}: the video has {n_video} frames but {poses.path} has {n_labels} rows of labels; "
-                f"give the labels of this video, or --truncate to keep the first {min(n_video, n_labels)} of both"
-            )
-        n = min(n_video, n_labels)
-        dropped = f"kept the first {n} frames (video {n_video}, labels {n_labels})"
-        images, poses = images[:n], poses.first(n)
+    images, per_view, dropped, padded = fit_lengths(_stack_views(clips), per_view, clips, truncate)
+    poses = combine(per_view)
+    # each view's keypoints are in its own video's pixels; one file for all views, in the first's
+    shapes = [c.source_shape for c in clips] if len(per_view) > 1 else [clips[0].source_shape]
+    hw = {k: shape for p, shape in zip(per_view, shapes) for k in p.keypoints}
+    if keypoints and len(per_view) > 1:
+        poses = poses.select(list(keypoints))
     attrs = {
         "video_files": [c.path.name for c in clips],
+        "view_names": views,
+        "view_frame_sizes": np.array([c.source_shape for c in clips], dtype=np.int64),
         "frame_rate": clips[0].frame_rate,
         "likelihood_threshold": likelihood_threshold,
+        "labels_files": [p.path.name for p in per_view],
+        "labels_formats": [p.format for p in per_view],
+        "source_frame_size": np.array(clips[0].source_shape, dtype=np.int64),
     }
-    summary = _write(out, images, poses, clips[0].source_shape, size, likelihood_threshold, trial_length, attrs)
-    return replace(summary, dropped=dropped)
+    source_hw = np.array([hw[k] for k in poses.keypoints], dtype=np.float64)
+    summary = _write(out, images, poses, source_hw, size, likelihood_threshold, trial_length, attrs)
+    return replace(summary, dropped=dropped, padded=padded)
 
 
 def _find_image(images_dir: Path, row_name: str, labels: Path) -> Path:
@@ -241,7 +264,8 @@ def import_labeled(
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: not a folder; give --images the folder that holds labeled-data/")
-    poses = _poses(labels, keypoints, 0)
+    poses = read_poses(labels)
+    poses = poses.select(list(keypoints)) if keypoints else poses
     frames, shapes = [], {}
     for row in poses.row_names:
         path = _find_image(images_dir, row, poses.path)
@@ -255,4 +279,5 @@ def import_labeled(
         )
     attrs = {"image_files": list(poses.row_names)}
     images = np.stack(frames)[:, None]  # (T, 1, size, size)
-    return _write(out, images, poses, next(iter(shapes)), size, 0.0, trial_length, attrs)
+    source_hw = np.tile(np.array(next(iter(shapes)), dtype=np.float64), (len(poses.keypoints), 1))
+    return _write(out, images, poses, source_hw, size, 0.0, trial_length, attrs)

@@ -1,4 +1,4 @@
-"""BehaveNet's HDF5 layout: read, validate and write one session (DESIGN section 1).
+"""BehaveNet's HDF5 layout: read and validate one session file.
 
 A session file holds groups ``images`` (uint8, (T, C, H, W) per trial), ``labels``
 (float, (T, L), z-scored, masked entries 0) and optionally ``labels_masks``, ``labels_sc``
@@ -6,14 +6,17 @@ and psvae-opt's own ``factors`` (ground-truth generative factors of synthetic da
 group has one dataset per trial, ``trial_0000``, ``trial_0001``, ...
 
 Every check here raises :class:`DataError` with the file, the dataset and the fix named.
+Reading goes in two steps, ``inspect_file`` (shapes and names, no frames) then ``read_file``
+(frames into arrays the caller allocates), so that ``sessions.load_session`` can check several
+files against each other before reading any frame, and read them without a second copy.
+``writer.write_session`` writes the layout.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,60 +27,6 @@ from psvae_opt.errors import DataError
 
 REQUIRED_GROUPS = ("images", "labels")
 HOW_TO_MAKE = "write it with `psvae-opt data import` or `psvae-opt data synth`"
-
-
-@dataclass(frozen=True, eq=False)
-class Session:
-    """One session held in memory, all trials concatenated along the frame axis.
-
-    Attributes:
-        path: the HDF5 file it was read from.
-        images: (T, C, H, W) uint8 frames.
-        labels: (T, L) float32 z-scored labels, 0 where masked.
-        masks: (T, L) float32, 1 = valid label entry, 0 = missing.
-        trial_names: dataset names of the trials, in order.
-        trial_starts: (n_trials + 1,) frame offsets; trial i is frames
-            ``trial_starts[i]:trial_starts[i + 1]``.
-        label_names: one name per label column.
-        factors: (T, F) float32 ground-truth factors, or None.
-        factor_names: one name per factor column.
-        factor_labeled: per factor, whether it is also a label.
-        labels_sc: (T, L) float32 labels in pixels of the stored frames, or None.
-        attrs: file-level attributes.
-    """
-
-    path: Path
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-    trial_names: tuple[str, ...]
-    trial_starts: np.ndarray
-    label_names: tuple[str, ...]
-    factors: np.ndarray | None = None
-    factor_names: tuple[str, ...] = ()
-    factor_labeled: tuple[bool, ...] = ()
-    labels_sc: np.ndarray | None = None
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def n_trials(self) -> int:
-        return len(self.trial_names)
-
-    @property
-    def n_labels(self) -> int:
-        return int(self.labels.shape[1])
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def masked_fraction(self) -> float:
-        return float(1.0 - self.masks.mean()) if self.masks.size else 0.0
 
 
 def _trial_key(name: str) -> tuple[int, str]:
@@ -93,7 +42,7 @@ def _as_text_list(value: Any) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(value).ravel()]
 
 
-def _open(path: Path) -> h5py.File:
+def open_file(path: Path) -> h5py.File:
     if not path.exists():
         raise DataError(f"{path}: file not found; check the path ({HOW_TO_MAKE})")
     if path.stat().st_size == 0:
@@ -138,6 +87,11 @@ def _check_trial(f: h5py.File, path: Path, name: str, frame_shape: tuple | None)
     for group, node in (("images", img), ("labels", lab)):
         if not isinstance(node, h5py.Dataset):
             raise DataError(f"{path}: {group}/{name} is a group, not a dataset; store each trial as one array")
+    if img.ndim >= 1 and img.shape[0] == 0:
+        raise DataError(
+            f"{path}: images/{name} has 0 frames, and an empty trial breaks training when the split makes it "
+            "a validation or test trial; delete the trial from every group (images, labels, ...) or import again"
+        )
     if img.ndim != 4:
         raise DataError(
             f"{path}: images/{name} has shape {img.shape}, expected 4 dimensions (T, C, H, W); "
@@ -202,126 +156,104 @@ def _read_masks(f: h5py.File, path: Path, name: str, labels: np.ndarray) -> np.n
     return masks
 
 
-def _read_optional(f: h5py.File, group: str, names: Sequence[str], starts: np.ndarray) -> Any:
-    """An optional per-trial group (factors, labels_sc); None when absent or not of that form."""
+def _read_optional(
+    f: h5py.File, group: str, names: Sequence[str], starts: np.ndarray, shapes_only: bool = False
+) -> Any:
+    """An optional per-trial group (factors, labels_sc); None when absent or not of that form.
+
+    With ``shapes_only``, whether the group is present and of that form (no data is read).
+    """
     if group not in f or not isinstance(f[group], h5py.Group):
         return None
     if not all(n in f[group] and _numeric_dataset(f[group][n]) for n in names):
         return None
-    parts = [np.asarray(f[group][n][()], dtype=np.float32) for n in names]
-    if any(p.ndim != 2 or p.shape[0] != int(b - a) for p, a, b in zip(parts, starts, starts[1:])):
+    nodes = [f[group][n] for n in names]
+    if any(d.ndim != 2 or d.shape[0] != int(b - a) for d, a, b in zip(nodes, starts, starts[1:])):
         return None
-    return np.concatenate(parts, axis=0)
+    if len({d.shape[1] for d in nodes}) != 1:
+        return None
+    if shapes_only:
+        return True
+    return np.concatenate([np.asarray(d[()], dtype=np.float32) for d in nodes], axis=0)
 
 
-def load_session(path: str | Path) -> Session:
-    """Read and validate a BehaveNet-layout HDF5 file; every frame is read once, here."""
-    path = Path(path)
-    with _open(path) as f:
-        names = _trial_names(f, path)
-        frame_shape = None
-        lengths = []
-        for name in names:
-            frame_shape = _check_trial(f, path, name, frame_shape)
-            lengths.append(f["images"][name].shape[0])
-        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        if starts[-1] == 0:
-            raise DataError(f"{path}: every trial is empty (0 frames); {HOW_TO_MAKE}")
-        n_labels = {f["labels"][n].shape[1] for n in names}
-        if len(n_labels) != 1 or 0 in n_labels:
-            raise DataError(
-                f"{path}: labels have {sorted(n_labels)} columns across trials; "
-                "every trial needs the same number (>= 1) of labels"
-            )
-        images = np.empty((int(starts[-1]), *frame_shape), np.uint8)
-        labels = np.empty((int(starts[-1]), n_labels.pop()), np.float32)
-        masks = np.empty_like(labels)
-        for name, a, b in zip(names, starts, starts[1:]):
-            if b > a:
-                f["images"][name].read_direct(images, dest_sel=np.s_[a:b])
-            lab = np.asarray(f["labels"][name][()], dtype=np.float32)
-            masks[a:b] = _read_masks(f, path, name, lab)
-            labels[a:b] = np.where(masks[a:b] > 0, lab, 0.0)
-        attrs = {k: f.attrs[k] for k in f.attrs}
-        label_names = _as_text_list(attrs.get("label_names"))
-        if len(label_names) != labels.shape[1]:
-            label_names = [f"label_{i}" for i in range(labels.shape[1])]
-        factors = _read_optional(f, "factors", names, starts)
-        factor_names = _as_text_list(f["factors"].attrs.get("names")) if factors is not None else []
-        if factors is not None and len(factor_names) != factors.shape[1]:
-            factor_names = [f"factor_{i}" for i in range(factors.shape[1])]
-        labeled = f["factors"].attrs.get("labeled") if factors is not None else None
-        factor_labeled = (
-            tuple(bool(v) for v in np.asarray(labeled).ravel())
-            if labeled is not None and len(np.asarray(labeled).ravel()) == len(factor_names)
-            else tuple(False for _ in factor_names)
-        )
-        labels_sc = _read_optional(f, "labels_sc", names, starts)
-    return Session(
-        path=path,
-        images=images,
-        labels=labels,
-        masks=masks,
-        trial_names=tuple(names),
-        trial_starts=starts,
-        label_names=tuple(label_names),
-        factors=factors,
-        factor_names=tuple(factor_names),
-        factor_labeled=factor_labeled,
-        labels_sc=labels_sc,
-        attrs=attrs,
-    )
+@dataclass(frozen=True)
+class FileInfo:
+    """What ``inspect_file`` learns of one session file without reading its frames.
 
-
-def write_session(
-    path: str | Path,
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    *,
-    masks: Sequence[np.ndarray] | None = None,
-    labels_sc: Sequence[np.ndarray] | None = None,
-    factors: Sequence[np.ndarray] | None = None,
-    factor_names: Sequence[str] = (),
-    factor_labeled: Sequence[bool] = (),
-    label_names: Sequence[str] = (),
-    attrs: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write one session, one dataset per trial, atomically (a temporary file is renamed).
-
-    Args:
-        images: per trial, (T, C, H, W) uint8 frames.
-        labels: per trial, (T, L) z-scored labels (masked entries are written as 0).
-        masks: per trial, (T, L) 1 = valid, 0 = missing; omitted when None.
-        labels_sc, factors: optional per-trial (T, L) and (T, F) arrays.
+    Attributes:
+        trial_names: dataset names of the trials, in order.
+        trial_starts: (n_trials + 1,) frame offsets within the file.
+        frame_shape: (C, H, W).
+        label_names: one name per label column (``label_i`` when the file names none).
+        factor_names: names of the ``factors`` columns, None when the file has none.
+        attrs: file-level attributes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            groups = {"images": images, "labels": labels}
-            if masks is not None:
-                groups["labels_masks"] = masks
-            if labels_sc is not None:
-                groups["labels_sc"] = labels_sc
-            if factors is not None:
-                groups["factors"] = factors
-            for group, arrays in groups.items():
-                g = f.create_group(group)
-                for i, arr in enumerate(arrays):
-                    arr = np.asarray(arr)
-                    if group == "labels" and masks is not None:
-                        arr = np.where(np.asarray(masks[i]) > 0, arr, 0.0)
-                    dtype = np.uint8 if group == "images" else np.float32
-                    g.create_dataset(f"trial_{i:04d}", data=arr.astype(dtype, copy=False))
-            if factors is not None:
-                f["factors"].attrs["names"] = list(factor_names)
-                f["factors"].attrs["labeled"] = np.asarray(factor_labeled, dtype=np.int8)
-            if label_names:
-                f.attrs["label_names"] = list(label_names)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    path: Path
+    trial_names: tuple[str, ...]
+    trial_starts: np.ndarray
+    frame_shape: tuple[int, int, int]
+    label_names: tuple[str, ...]
+    factor_names: tuple[str, ...] | None
+    attrs: Mapping[str, Any]
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.trial_starts[-1])
+
+
+def inspect_file(f: h5py.File, path: Path) -> FileInfo:
+    """Validate a file's layout and shapes, reading no frames."""
+    names = _trial_names(f, path)
+    frame_shape = None
+    lengths = []
+    for name in names:
+        frame_shape = _check_trial(f, path, name, frame_shape)
+        lengths.append(f["images"][name].shape[0])
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n_labels = {f["labels"][n].shape[1] for n in names}
+    if len(n_labels) != 1 or 0 in n_labels:
+        raise DataError(
+            f"{path}: labels have {sorted(n_labels)} columns across trials; "
+            "every trial needs the same number (>= 1) of labels"
+        )
+    n_label = n_labels.pop()
+    attrs = {k: f.attrs[k] for k in f.attrs}
+    label_names = _as_text_list(attrs.get("label_names"))
+    if len(label_names) != n_label:
+        label_names = [f"label_{i}" for i in range(n_label)]
+    factor_names = None
+    if _read_optional(f, "factors", names, starts, shapes_only=True):
+        factor_names = _as_text_list(f["factors"].attrs.get("names"))
+        n_factors = f["factors"][names[0]].shape[1]
+        if len(factor_names) != n_factors:
+            factor_names = [f"factor_{i}" for i in range(n_factors)]
+        factor_names = tuple(factor_names)
+    shape = tuple(int(v) for v in frame_shape)  # type: ignore[union-attr]
+    return FileInfo(path, tuple(names), starts, shape, tuple(label_names), factor_names, attrs)  # type: ignore[arg-type]
+
+
+def read_file(
+    f: h5py.File, info: FileInfo, images: np.ndarray, labels: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray | None, tuple[bool, ...], np.ndarray | None]:
+    """Read an inspected file's frames, labels and masks into the given (info.n_frames, ...) arrays.
+
+    Returns:
+        factors: (T, F) float32 or None; factor_labeled: per factor; labels_sc: (T, L) float32 or None.
+    """
+    names, starts, path = info.trial_names, info.trial_starts, info.path
+    for name, a, b in zip(names, starts, starts[1:]):
+        f["images"][name].read_direct(images, dest_sel=np.s_[a:b])
+        lab = np.asarray(f["labels"][name][()], dtype=np.float32)
+        masks[a:b] = _read_masks(f, path, name, lab)
+        labels[a:b] = np.where(masks[a:b] > 0, lab, 0.0)
+    factors = _read_optional(f, "factors", names, starts) if info.factor_names is not None else None
+    labeled = f["factors"].attrs.get("labeled") if factors is not None else None
+    n_factors = len(info.factor_names or ())
+    factor_labeled = (
+        tuple(bool(v) for v in np.asarray(labeled).ravel())
+        if labeled is not None and len(np.asarray(labeled).ravel()) == n_factors
+        else tuple(False for _ in range(n_factors))
+    )
+    return factors, factor_labeled, _read_optional(f, "labels_sc", names, starts)

@@ -16,6 +16,10 @@ group whose ``pandas_type`` attribute names its layout:
 
 Pickled attributes are read by an unpickler that refuses every global, so a crafted file
 cannot run code: a list of tuples of strings is all that is accepted.
+
+PyTables compresses with zlib (built into HDF5) or with its own filters (``complib`` blosc,
+blosc2, bzip2, lzo); h5py decodes the latter with hdf5plugin (in the ``poses`` extra), imported
+only when a file needs it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from psvae_opt.errors import DataError
 
 PANDAS_TYPES = ("frame", "frame_table")
+EXTRA = "pip install 'psvae-opt[poses]'"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,38 @@ def _read_table(group: h5py.Group) -> Frame:
     return Frame(tuple(columns), values, tuple(index or (str(r) for r in range(len(data)))))
 
 
+def _missing_filters(group: h5py.Group) -> list[str]:
+    """Names of the compression filters of the group's datasets that h5py cannot decode."""
+    missing = []
+
+    def visit(_: str, node: object) -> None:
+        if isinstance(node, h5py.Dataset):
+            plist = node.id.get_create_plist()
+            for i in range(plist.get_nfilters()):
+                code, _flags, _values, name = plist.get_filter(i)
+                if not h5py.h5z.filter_avail(code):
+                    missing.append(f"{name.decode(errors='replace') or 'filter'} ({code})")
+
+    group.visititems(visit)
+    return sorted(set(missing))
+
+
+def _check_filters(path: Path, group: h5py.Group) -> None:
+    """Load hdf5plugin when a dataset needs a filter HDF5 lacks; refuse when it is not installed."""
+    if not _missing_filters(group):
+        return
+    try:
+        import hdf5plugin  # noqa: F401  (registers blosc, blosc2, bzip2, lz4, zstd with HDF5)
+    except ImportError:
+        pass
+    missing = _missing_filters(group)
+    if missing:
+        raise DataError(
+            f"{path}: the DataFrame is compressed with {', '.join(missing)}, which this install cannot decode; "
+            f"{EXTRA}, or save it with complib='zlib' or as CSV"
+        )
+
+
 def read_frame(path: Path) -> Frame:
     """Read the file's (first) DataFrame.
 
@@ -139,6 +176,7 @@ def read_frame(path: Path) -> Frame:
             )
         group = f[keys[0]]
         kind = _text(group.attrs["pandas_type"])
+        _check_filters(path, group)
         try:
             frame = _read_fixed(group) if kind == "frame" else _read_table(group)
         except (KeyError, ValueError, TypeError, IndexError, pickle.UnpicklingError, EOFError) as exc:

@@ -6,71 +6,31 @@ Formats (``POSE_FORMATS``, detected from the file's content, never from its name
   ``bodyparts``, ``coords`` (``x``, ``y``, ``likelihood``; hand labels have no likelihood), then
   one row per frame; the leading index column(s) hold the frame number or the image path.
 - ``dlc-h5``: the same table as DeepLabCut's pandas-HDF5 ``.h5`` file (see ``pandas_h5``).
-- ``sleap-analysis``: SLEAP's analysis HDF5 export: ``tracks`` (tracks, 2, nodes, frames) as
-  written for MATLAB (or in the order its ``dims`` attribute names), ``node_names`` and
-  ``track_occupancy`` (frames, tracks); points of unoccupied frames and NaN points are missing.
+- ``sleap-analysis``: SLEAP's analysis HDF5 export (see ``sleap``), with its point scores.
+- ``sleap-slp``: SLEAP's ``.slp`` labels and predictions, read with sleap-io (``poses`` extra).
+- ``nwb``: NWB files with ndx-pose ``PoseEstimation`` data, read with pynwb (``poses`` extra).
 
 Multi-animal files (DeepLabCut's ``individuals`` level, SLEAP tracks) give one animal, chosen
-by ``track``.
+by ``track``; NWB files keep one animal per ``PoseEstimation``, chosen by name.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5
+from psvae_opt.data.nwb import is_nwb, read_nwb
 from psvae_opt.data.pandas_h5 import frame_keys, read_frame
+from psvae_opt.data.sleap import is_analysis, is_slp, read_analysis, read_slp
 from psvae_opt.errors import DataError
 
 COORDS = ("x", "y", "likelihood")
-
-
-@dataclass(frozen=True)
-class Poses:
-    """One animal's keypoints on every frame of a pose file.
-
-    Attributes:
-        path: the pose file.
-        format: its key in ``POSE_FORMATS``.
-        keypoints: K keypoint names, in file order.
-        xy: (T, K, 2) float64 pixel coordinates (x, y) in the source frames; NaN = missing.
-        likelihood: (T, K) float64 confidence, or None when the file has none.
-        row_names: T row names (frame numbers, or image paths of hand-labeled frames).
-    """
-
-    path: Path
-    format: str
-    keypoints: tuple[str, ...]
-    xy: np.ndarray
-    likelihood: np.ndarray | None
-    row_names: tuple[str, ...] = ()
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.xy.shape[0])
-
-    def first(self, n: int) -> Poses:
-        """The first ``n`` frames."""
-        lik = None if self.likelihood is None else self.likelihood[:n]
-        return replace(self, xy=self.xy[:n], likelihood=lik, row_names=self.row_names[:n])
-
-    def select(self, names: Sequence[str]) -> Poses:
-        """Only the named keypoints, in the order given."""
-        unknown = [n for n in names if n not in self.keypoints]
-        if unknown:
-            raise DataError(
-                f"{self.path}: no keypoint {', '.join(map(repr, unknown))} in this file "
-                f"(it has: {', '.join(self.keypoints)}); fix --keypoints"
-            )
-        idx = [self.keypoints.index(n) for n in names]
-        lik = None if self.likelihood is None else self.likelihood[:, idx]
-        return replace(self, keypoints=tuple(names), xy=self.xy[:, idx], likelihood=lik)
 
 
 @dataclass(frozen=True)
@@ -79,7 +39,7 @@ class PoseFormat:
 
     description: str
     detect: Callable[[Path], bool]
-    read: Callable[[Path, int], Poses]
+    read: Callable[[Path, PoseOptions], Poses]
 
 
 # -- tables of (level values) columns: the DeepLabCut layout, from CSV or HDF5 ---------------
@@ -106,6 +66,14 @@ def poses_from_table(
         columns: one level tuple per column of ``values``.
         values: (T, n_columns) float64; NaN = missing.
     """
+    unknown = [c for c in columns if c[-1] and c[-1] not in COORDS]
+    if unknown:
+        (*_, part, coord), n = unknown[0], len(unknown)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise DataError(
+            f"{path}: the `coords` header names a column {coord!r} (of {part}){more}, which is not one of "
+            f"{', '.join(COORDS)}; rename it (DeepLabCut writes `likelihood`) or drop the column"
+        )
     keep = _pick_track(path, columns, track)
     cols = [(c[-2], c[-1], j) for j, (c, k) in enumerate(zip(columns, keep)) if k and c[-1] in COORDS]
     keypoints = tuple(dict.fromkeys(part for part, _, _ in cols))
@@ -146,7 +114,7 @@ def _float(cell: str) -> float:
     return float(cell) if cell.strip() else np.nan
 
 
-def _read_dlc_csv(path: Path, track: int) -> Poses:
+def _read_dlc_csv(path: Path, options: PoseOptions) -> Poses:
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
@@ -177,82 +145,25 @@ def _read_dlc_csv(path: Path, track: int) -> Poses:
         names.append("/".join(c.strip() for c in row[:n_index] if c.strip()))
     if not values:
         raise DataError(f"{path}: the pose table has a header but no rows")
-    return poses_from_table(path, "dlc-csv", columns, np.array(values, dtype=np.float64), names, track)
-
-
-def _is_hdf5(path: Path) -> bool:
-    try:
-        return path.is_file() and h5py.is_hdf5(path)
-    except OSError:
-        return False
+    table = np.array(values, dtype=np.float64)
+    return poses_from_table(path, "dlc-csv", columns, table, names, options.track)
 
 
 def _is_dlc_h5(path: Path) -> bool:
-    if not _is_hdf5(path):
+    if not is_hdf5(path):
         return False
     with h5py.File(path, "r") as f:
         return bool(frame_keys(f))
 
 
-def _read_dlc_h5(path: Path, track: int) -> Poses:
+def _read_dlc_h5(path: Path, options: PoseOptions) -> Poses:
     frame = read_frame(path)
     if len(frame.columns[0]) < 3:
         raise DataError(
             f"{path}: the DataFrame has {len(frame.columns[0])} column level(s); DeepLabCut's have "
             "scorer, [individuals,] bodyparts, coords"
         )
-    return poses_from_table(path, "dlc-h5", list(frame.columns), frame.values, frame.index, track)
-
-
-# -- SLEAP analysis HDF5 -----------------------------------------------------------------------
-
-SLEAP_DIMS = ("track", "xy", "node", "frame")  # the order SLEAP's MATLAB-style export stores
-
-
-def _is_sleap(path: Path) -> bool:
-    if not _is_hdf5(path):
-        return False
-    with h5py.File(path, "r") as f:
-        return all(isinstance(f.get(k), h5py.Dataset) for k in ("tracks", "node_names", "track_occupancy"))
-
-
-def _dims(dataset: h5py.Dataset, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = dataset.attrs.get("dims")
-    if raw is None:
-        return default
-    try:
-        return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
-    except (ValueError, TypeError):
-        return ()  # refused by the caller, which names the expected layout
-
-
-def _read_sleap(path: Path, track: int) -> Poses:
-    with h5py.File(path, "r") as f:
-        tracks, occ = f["tracks"], f["track_occupancy"]
-        dims = _dims(tracks, SLEAP_DIMS)
-        if sorted(dims) != sorted(SLEAP_DIMS) or tracks.ndim != 4 or tracks.dtype.kind not in "fiu":
-            raise DataError(
-                f"{path}: `tracks` is {tracks.dtype} of shape {tracks.shape}, "
-                "expected numbers of shape (tracks, 2, nodes, frames)"
-            )
-        xy = np.transpose(tracks[()], [dims.index(d) for d in ("frame", "track", "node", "xy")]).astype(np.float64)
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["node_names"][()]]
-        occupied = np.asarray(occ[()])
-        if _dims(occ, ("frame", "track")) == ("track", "frame"):
-            occupied = occupied.T
-    n_frames, n_tracks, n_nodes, n_xy = xy.shape
-    if n_xy != 2 or n_nodes != len(names) or occupied.shape != (n_frames, n_tracks):
-        raise DataError(
-            f"{path}: `tracks` {xy.shape} (frames, tracks, nodes, xy), `node_names` ({len(names)}) "
-            f"and `track_occupancy` {occupied.shape} do not agree; export the analysis file again"
-        )
-    if not 0 <= track < n_tracks:
-        raise DataError(
-            f"{path}: --track {track} but the file has {n_tracks} track(s); choose --track 0..{n_tracks - 1}"
-        )
-    points = xy[:, track].copy()  # (T, K, 2)
-    points[occupied[:, track] == 0] = np.nan  # an unoccupied frame has no instance of this animal
-    return Poses(path, "sleap-analysis", tuple(names), points, None, tuple(str(i) for i in range(n_frames)))
+    return poses_from_table(path, "dlc-h5", list(frame.columns), frame.values, frame.index, options.track)
 
 
 POSE_FORMATS: dict[str, PoseFormat] = {
@@ -260,7 +171,11 @@ POSE_FORMATS: dict[str, PoseFormat] = {
         "DeepLabCut / Lightning Pose CSV (header rows scorer, bodyparts, coords)", _is_dlc_csv, _read_dlc_csv
     ),
     "dlc-h5": PoseFormat("DeepLabCut .h5 (pandas HDF5, fixed or table format)", _is_dlc_h5, _read_dlc_h5),
-    "sleap-analysis": PoseFormat("SLEAP analysis HDF5 (tracks, node_names, track_occupancy)", _is_sleap, _read_sleap),
+    "sleap-analysis": PoseFormat(
+        "SLEAP analysis HDF5 (tracks, node_names, track_occupancy)", is_analysis, read_analysis
+    ),
+    "sleap-slp": PoseFormat("SLEAP .slp labels or predictions", is_slp, read_slp),
+    "nwb": PoseFormat("NWB with ndx-pose PoseEstimation", is_nwb, read_nwb),
 }
 
 
@@ -276,7 +191,16 @@ def detect_format(path: str | Path) -> str:
     raise DataError(f"{path}: not a pose file of a known format (known: {known}); export the labels in one of them")
 
 
-def read_poses(path: str | Path, track: int = 0) -> Poses:
-    """Read a pose file of any format in ``POSE_FORMATS``; ``track`` picks one animal."""
+def read_poses(
+    path: str | Path, track: int = 0, *, pose_estimation: str | None = None, video: str | None = None
+) -> Poses:
+    """Read a pose file of any format in ``POSE_FORMATS``.
+
+    Args:
+        track: the animal of a multi-animal file.
+        pose_estimation: the name of one ``PoseEstimation`` of an NWB file.
+        video: the file name of the video whose poses to read (a ``.slp`` of several videos).
+    """
     path = Path(path)
-    return POSE_FORMATS[detect_format(path)].read(path, track)
+    options = PoseOptions(track, pose_estimation, video)
+    return POSE_FORMATS[detect_format(path)].read(path, options)

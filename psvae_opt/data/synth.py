@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from psvae_opt.data.layout import write_session
+from psvae_opt.data.writer import check_writable, write_session
 from psvae_opt.errors import ConfigError
 
 FACTOR_NAMES = ("paw_front_x", "paw_hind_x", "paw_front_y", "paw_hind_y", "jaw", "chest")
@@ -135,6 +135,7 @@ def synth_session(
         raise ConfigError(f"--views {views}: choose 1 (side view) or 2 (side and bottom views)")
     if trials < 1 or frames < 1:
         raise ConfigError(f"--trials {trials} --frames {frames}: both must be >= 1")
+    check_writable(path)  # before the rendering, which takes a while
     rng = np.random.default_rng(seed)
     traj = smooth_trajectories(trials * frames, rng)
     images = render_frames(traj, size, views, rng)

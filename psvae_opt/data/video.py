@@ -61,18 +61,20 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return y.squeeze(1).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def scale_points(xy: np.ndarray, source_shape: tuple[int, int], size: int) -> np.ndarray:
-    """Map (..., 2) pixel coordinates (x, y) of (H, W) frames into ``size`` x ``size`` frames."""
-    h, w = source_shape
-    factor = np.array([size / w, size / h])
-    return (xy + 0.5) * factor - 0.5
+def scale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, size: int) -> np.ndarray:
+    """Map (..., 2) pixel coordinates (x, y) of (H, W) frames into ``size`` x ``size`` frames.
+
+    ``source_shape`` is one (H, W), or an (..., 2) array of them that broadcasts with ``xy``
+    (e.g. (K, 2): each keypoint in the frames of its own camera view).
+    """
+    hw = np.asarray(source_shape, dtype=np.float64)
+    return (xy + 0.5) * (size / hw[..., ::-1]) - 0.5
 
 
-def unscale_points(xy: np.ndarray, source_shape: tuple[int, int], size: int) -> np.ndarray:
+def unscale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, size: int) -> np.ndarray:
     """The inverse of ``scale_points``: stored-frame pixels back to source pixels."""
-    h, w = source_shape
-    factor = np.array([w / size, h / size])
-    return (xy + 0.5) * factor - 0.5
+    hw = np.asarray(source_shape, dtype=np.float64)
+    return (xy + 0.5) * (hw[..., ::-1] / size) - 0.5
 
 
 def _open(path: Path) -> av.container.InputContainer:

@@ -1,0 +1,267 @@
+"""Workers on a SLURM cluster: one job array whose tasks each run worker processes.
+
+:func:`batch_script` writes the sbatch script, :func:`submit` submits it, :func:`task_states`
+and :func:`cancel` follow and stop its tasks. A task runs ``workers_per_task`` copies of the
+worker command line; with GPUs, worker ``i`` of a task trains on the task's visible GPU
+:func:`gpu_of_worker` ``(i)`` (workers spread evenly, neighbours share). SLURM sends the
+task's batch shell SIGUSR1 ``slurm.signal_seconds`` before its time limit, and at preemption
+where the cluster sends ``--signal`` signals then (``preempt_send_user_signal``); the shell
+passes it (and SIGTERM, SIGINT) on to its workers and waits until they have exited, so they
+can re-queue their trials; the task's exit code is its first failed worker's (0 when all
+succeeded).
+
+The storage URL may hold a password, so it is in neither the script nor any command line:
+the submitting process has it in ``PSVAE_OPT_STORAGE``, which sbatch passes on to the tasks
+(``--export=ALL``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from psvae_opt.config import SlurmConfig, slurm_extra_line
+from psvae_opt.errors import ConfigError
+
+STORAGE_ENV = "PSVAE_OPT_STORAGE"
+GPU_FLAG = "--gpu"  # the worker option that takes the index of a visible GPU
+TIMEOUT = 60.0  # seconds to wait for an answer of the SLURM controller
+# Tasks in these states will not run again (FINISHED: left the queue, final state unknown)
+DONE_STATES = frozenset(
+    "COMPLETED FAILED CANCELLED TIMEOUT PREEMPTED NODE_FAIL OUT_OF_MEMORY BOOT_FAIL DEADLINE REVOKED FINISHED".split()
+)
+FINISHED = "FINISHED"
+
+
+def gpu_of_worker(worker: int, workers_per_task: int, gpus_per_task: int) -> int:
+    """The visible-GPU index of worker ``worker`` (0-based) of a task: ``worker // (w / g)``.
+
+    ``workers_per_task`` is a multiple of ``gpus_per_task`` (checked by the config), so each
+    GPU gets ``w / g`` workers: with 4 workers on 2 GPUs, workers 0, 1 take GPU 0 and 2, 3 GPU 1.
+    """
+    return worker * gpus_per_task // workers_per_task
+
+
+def batch_script(
+    cfg: SlurmConfig,
+    *,
+    job_name: str,
+    n_tasks: int,
+    worker_argv: Sequence[str],
+    workers_per_task: int,
+    log_dir: Path,
+    workdir: Path,
+) -> str:
+    """The sbatch script of a job array of ``n_tasks`` tasks, each running ``workers_per_task``
+    copies of ``worker_argv`` (absolute paths, no storage URL).
+
+    Logs: ``log_dir/JOBID_TASK.log`` for the task's shell, ``log_dir/JOBID_TASK.wI.log`` for its
+    worker I. With ``cfg.gpus_per_task`` > 0 each worker gets ``--gpu N`` (:func:`gpu_of_worker`).
+    """
+    _check_paths(worker_argv, log_dir, workdir)
+    if n_tasks < 1:
+        raise ConfigError(f"--workers {n_tasks}: a SLURM job array needs at least one task")
+    if workers_per_task < 1 or (cfg.gpus_per_task and workers_per_task % cfg.gpus_per_task):
+        raise ConfigError(
+            f"slurm.workers_per_task = {workers_per_task}: give a multiple of slurm.gpus_per_task "
+            f"({cfg.gpus_per_task}) so that every GPU gets the same number of workers"
+        )
+    name = re.sub(r"[^\w.-]", "_", job_name) or "psvae-opt"
+    header = [
+        f"#SBATCH --job-name={name}",
+        f"#SBATCH --array=0-{n_tasks - 1}",
+        f"#SBATCH --output={log_dir}/%A_%a.log",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --export=ALL",
+    ]
+    if cfg.signal_seconds:
+        header.append(f"#SBATCH --signal=B:USR1@{cfg.signal_seconds}")
+    if cfg.partition:
+        header.append(f"#SBATCH --partition={cfg.partition}")
+    if cfg.time:
+        header.append(f"#SBATCH --time={cfg.time}")
+    if cfg.gpus_per_task:
+        header.append(f"#SBATCH --gres=gpu:{cfg.gpus_per_task}")
+    if cfg.cpus_per_task:
+        header.append(f"#SBATCH --cpus-per-task={cfg.cpus_per_task}")
+    if cfg.mem:
+        header.append(f"#SBATCH --mem={cfg.mem}")
+    header += [slurm_extra_line(item) for item in cfg.extra]
+    gpus = " ".join(str(gpu_of_worker(i, workers_per_task, cfg.gpus_per_task)) for i in range(workers_per_task))
+    worker = " ".join(shlex.quote(a) for a in worker_argv)
+    return _TEMPLATE.format(
+        header="\n".join(header),
+        workdir=shlex.quote(str(workdir)),
+        log_dir=shlex.quote(str(log_dir)),
+        storage_env=STORAGE_ENV,
+        n_workers=workers_per_task,
+        worker=worker,
+        gpu_flag=GPU_FLAG if cfg.gpus_per_task else "",
+        gpus=gpus if cfg.gpus_per_task else "",
+    )
+
+
+# {placeholders} are filled by batch_script; ${...} and $(( )) are the shell's.
+_TEMPLATE = """#!/bin/bash
+# psvae-opt workers, one SLURM job array: each task runs {n_workers} worker process(es).
+{header}
+#
+# The study's storage URL (it may hold a password) is not in this file: sbatch passes the
+# submitting environment on (--export=ALL), and with it {storage_env}.
+set -u
+export TZ=UTC PYTHONUNBUFFERED=1
+cd {workdir} || exit 1
+if [ -z "${{{storage_env}:-}}" ]; then
+  echo "psvae-opt: {storage_env} is not set in the environment sbatch passed on; submit with it set" >&2
+  exit 2
+fi
+task="${{SLURM_ARRAY_JOB_ID:-${{SLURM_JOB_ID:-0}}}}_${{SLURM_ARRAY_TASK_ID:-0}}"
+cpus="${{SLURM_CPUS_PER_TASK:-${{SLURM_CPUS_ON_NODE:-1}}}}"
+threads=$(( cpus / {n_workers} )); [ "$threads" -ge 1 ] || threads=1
+pids=()
+forward() {{
+  echo "task $task got SIG$1: passing it on to its workers (pids ${{pids[*]:-}})"
+  [ ${{#pids[@]}} -eq 0 ] || kill -s "$1" "${{pids[@]}}" 2>/dev/null
+}}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+gpus=({gpus})
+for (( i = 0; i < {n_workers}; i++ )); do
+  gpu=()
+  [ ${{#gpus[@]}} -eq 0 ] || gpu=({gpu_flag} "${{gpus[$i]}}")
+  # ${{a[@]+"${{a[@]}}"}}: an empty array under set -u, also in bash before 4.4
+  OMP_NUM_THREADS=$threads {worker} ${{gpu[@]+"${{gpu[@]}}"}} >{log_dir}/"$task.w$i.log" 2>&1 &
+  pids+=($!)
+  echo "task $task: worker $i (pid $!) ${{gpu[*]:-}}"
+done
+status=0
+for (( i = 0; i < {n_workers}; i++ )); do
+  # a trapped signal ends `wait` early (status > 128) while the worker still runs: wait again
+  while :; do
+    wait "${{pids[$i]}}"
+    code=$?
+    [ "$code" -gt 128 ] && kill -0 "${{pids[$i]}}" 2>/dev/null || break
+  done
+  echo "task $task: worker $i exited with $code"
+  [ "$status" -ne 0 ] || status=$code
+done
+exit "$status"
+"""
+
+
+def _check_paths(worker_argv: Sequence[str], log_dir: Path, workdir: Path) -> None:
+    """The script runs elsewhere, in another folder: every path must be absolute; no URL in it."""
+    if not worker_argv or not os.path.isabs(worker_argv[0]):
+        raise ValueError(f"worker_argv must start with an absolute executable path, got {list(worker_argv)[:1]}")
+    for flag, value in zip(worker_argv, worker_argv[1:]):
+        if flag in ("--config", "--data") and not os.path.isabs(value):
+            raise ValueError(f"worker_argv: {flag} {value!r} must be an absolute path")
+    for arg in worker_argv:
+        if arg == "--storage" or re.match(r"[A-Za-z][\w+.-]*://", arg):
+            raise ValueError("worker_argv must not hold the storage URL: the tasks read it from " + STORAGE_ENV)
+    for what, path in (("log_dir", log_dir), ("workdir", workdir)):
+        if not Path(path).is_absolute():
+            raise ValueError(f"{what} must be an absolute path, got {path}")
+    if re.search(r"[\s%]", str(log_dir)):
+        raise ConfigError(f"log folder {log_dir}: #SBATCH lines cannot hold spaces or '%'; use a folder without")
+
+
+def _run(argv: list[str], env: Mapping[str, str] | None, what: str) -> subprocess.CompletedProcess:
+    """A SLURM client command; its absence or silence is a one-line error."""
+    try:
+        return subprocess.run(
+            argv, env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=TIMEOUT
+        )
+    except FileNotFoundError:
+        raise ConfigError(f"{argv[0]} not found: run on a SLURM login node or use --launcher local") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"{what}: {argv[0]} did not answer within {TIMEOUT:.0f} s; is the SLURM controller up (sinfo)?"
+        ) from None
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+
+
+def submit(script_path: Path, env: Mapping[str, str] | None = None, tasks: int | None = None) -> str:
+    """Submit a batch script (``sbatch --parsable``); returns the job id.
+
+    ``env`` adds variables to this process's environment for sbatch (and so for the tasks,
+    which get sbatch's whole environment): pass the storage URL as ``{"PSVAE_OPT_STORAGE": url}``.
+    ``tasks`` replaces the script's ``--array`` by ``0-(tasks-1)`` (sbatch's own options
+    override the script's ``#SBATCH`` lines).
+    """
+    array = [f"--array=0-{tasks - 1}"] if tasks else []
+    out = _run(["sbatch", "--parsable", "--export=ALL", *array, str(script_path)], env, "submitting the workers")
+    if out.returncode != 0:
+        raise ConfigError(f"sbatch refused {script_path}: {_first_line(out.stderr)}")
+    job_id = out.stdout.strip().split(";")[0]  # "JOBID" or "JOBID;CLUSTER"
+    if not job_id.isdigit():
+        raise ConfigError(f"sbatch answered {out.stdout.strip()!r} instead of a job id")
+    return job_id
+
+
+def task_states(job_id: str, n_tasks: int | None = None) -> dict[int, str]:
+    """State of each task of a job array: task index -> SLURM state (PENDING, RUNNING,
+    COMPLETED, FAILED, CANCELLED, TIMEOUT, ...).
+
+    squeue knows queued and running tasks and, for ``MinJobAge`` (default 300 s), finished
+    ones; sacct (where the cluster keeps accounting) knows finished ones for good. A task that
+    neither knows has left the queue: with ``n_tasks`` given, such tasks are reported as
+    ``FINISHED`` (done, final state unknown). See :data:`DONE_STATES`. A job that is no
+    array is task 0.
+    """
+    states = _sacct_states(job_id)
+    out = _run(
+        ["squeue", "--array", "--states=all", "--noheader", "--format=%i|%T", f"--jobs={job_id}"],
+        None,
+        "reading the queue",
+    )
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        raise ConfigError(f"squeue failed for job {job_id}: {_first_line(out.stderr)}")
+    states |= _parse_states(out.stdout if out.returncode == 0 else "", job_id)
+    for task in range(n_tasks or 0):
+        states.setdefault(task, FINISHED)
+    return dict(sorted(states.items()))
+
+
+def _sacct_states(job_id: str) -> dict[int, str]:
+    """Task states from accounting; {} where the cluster has none (sacct fails or is missing)."""
+    try:
+        out = subprocess.run(
+            ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State", f"--jobs={job_id}"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return {}
+    return _parse_states(out.stdout, job_id) if out.returncode == 0 else {}
+
+
+def _parse_states(text: str, job_id: str) -> dict[int, str]:
+    """Lines "JOBID_TASK|STATE ..." -> {TASK: STATE} (sacct writes "CANCELLED by 0"); a job
+    that is no array is task 0."""
+    states = {}
+    for line in text.splitlines():
+        ident, _, state = line.partition("|")
+        match = re.fullmatch(rf"{re.escape(job_id)}(?:_(\d+))?", ident.strip())
+        if match and state.strip():
+            states[int(match.group(1) or 0)] = state.split()[0].rstrip("+")
+    return states
+
+
+def cancel(job_id: str, task: int | None = None) -> None:
+    """Cancel a whole job array, or one of its tasks (SIGTERM to its workers, which re-queue
+    their trials, then SIGKILL after the cluster's KillWait)."""
+    target = job_id if task is None else f"{job_id}_{task}"
+    out = _run(["scancel", target], None, f"cancelling {target}")
+    if out.returncode != 0:
+        raise ConfigError(f"scancel {target} failed: {_first_line(out.stderr)}")

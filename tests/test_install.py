@@ -1,0 +1,159 @@
+"""scripts/install.sh picks the torch build for the machine: its choice, run as a dry run with
+stand-in nvidia-smi executables and a wheel index served on the loopback address."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TORCH = re.search(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.M).group(1)
+TOOLS = ("sed", "head", "timeout", "dirname", "id")  # what the script runs besides nvidia-smi and python
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory):
+    """A wheel index on 127.0.0.1 with a torch page for each build (no wheels: the dry run only looks)."""
+    root = tmp_path_factory.mktemp("index")
+    for tag in ("cpu", "cu126", "cu128", "cu130"):
+        (root / tag / "torch").mkdir(parents=True)
+        (root / tag / "torch" / "index.html").write_text(f"<a href='torch-{TORCH}+{tag}-cp311.whl'>torch</a>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def machine(tmp_path: Path, smi: str | None) -> Path:
+    """A PATH folder with the script's tools and, unless ``smi`` is None, a stand-in nvidia-smi
+    (shell code); nothing else, so a real nvidia-smi of the test machine cannot interfere."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool in TOOLS:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    if smi is not None:
+        (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\n{smi}\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    return bin_dir
+
+
+def driver(cuda: str) -> str:
+    """nvidia-smi of a driver that supports CUDA ``cuda``."""
+    return (
+        "echo '+-------------------------------------------------------------------------------+'\n"
+        f"echo '| NVIDIA-SMI 570.86.15    Driver Version: 570.86.15    CUDA Version: {cuda}     |'"
+    )
+
+
+def dry_run(bin_dir: Path, index: str, **env: str) -> tuple[dict[str, str], str, int]:
+    run_env = {
+        "PATH": str(bin_dir),
+        "HOME": os.environ.get("HOME", "/root"),
+        "PYTHON": sys.executable,
+        "PSVAE_OPT_INSTALL_DRY_RUN": "1",
+        "PSVAE_OPT_TORCH_INDEX": index,
+        **env,
+    }
+    out = subprocess.run(
+        ["/bin/bash", str(REPO / "scripts" / "install.sh")], env=run_env, capture_output=True, text=True, timeout=60
+    )
+    fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    return fields, out.stderr, out.returncode
+
+
+@pytest.mark.parametrize(
+    "smi, build",
+    [
+        (None, "cpu"),  # no driver
+        ("echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'; exit 9", "cpu"),
+        (driver("12.8"), "cu128"),
+        (driver("12.9"), "cu128"),  # the newest build not newer than the driver
+        (driver("12.6"), "cu126"),
+        (driver("13.1"), "cu130"),
+    ],
+)
+def test_the_build_follows_the_driver(tmp_path: Path, index: str, smi: str | None, build: str):
+    fields, err, code = dry_run(machine(tmp_path, smi), index)
+    assert code == 0, err
+    assert fields["build"] == build
+    assert fields["pip"] == f"install --index-url {index}/{build} torch=={TORCH}+{build}"
+    assert ("no NVIDIA driver" in err) == (build == "cpu")
+
+
+def test_a_driver_older_than_every_build_is_refused(tmp_path: Path, index: str):
+    fields, err, code = dry_run(machine(tmp_path, driver("11.4")), index)
+    assert code == 1 and not fields
+    assert "the NVIDIA driver supports CUDA up to 11.4, older than every CUDA build of torch" in err
+    assert "set PSVAE_OPT_TORCH=cpu" in err
+
+
+@pytest.mark.parametrize(
+    "choice, pip",
+    [
+        ("cu126", "install --index-url {index}/cu126 torch=={torch}+cu126"),
+        ("cpu", "install --index-url {index}/cpu torch=={torch}+cpu"),
+        ("pypi", "install -c constraints.txt torch"),
+    ],
+)
+def test_the_variable_overrides_the_choice(tmp_path: Path, index: str, choice: str, pip: str):
+    fields, err, code = dry_run(machine(tmp_path, driver("12.8")), index, PSVAE_OPT_TORCH=choice)
+    assert code == 0, err
+    assert fields["build"] == choice and fields["pip"] == pip.format(index=index, torch=TORCH)
+    assert f"torch build {choice} (PSVAE_OPT_TORCH)" in err
+
+
+def test_a_bad_override_is_refused(tmp_path: Path, index: str):
+    fields, err, code = dry_run(machine(tmp_path, None), index, PSVAE_OPT_TORCH="cuda12")
+    assert code == 1 and not fields
+    assert "PSVAE_OPT_TORCH=cuda12: give cpu, pypi or a CUDA build" in err
+
+
+def test_an_unreachable_index_falls_back_to_pypi_at_once(tmp_path: Path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    fields, err, code = dry_run(machine(tmp_path, driver("12.8")), closed)
+    assert code == 0, err
+    assert fields["build"] == "cu128" and fields["pip"] == "install -c constraints.txt torch"
+    assert f"the PyTorch index {closed}/cu128 cannot be reached: torch {TORCH} from PyPI instead" in err
+
+
+def test_the_installed_torch_is_reported_and_kept_when_it_fits(tmp_path: Path, index: str):
+    venv_python = REPO / ".venv" / "bin" / "python"
+    if not venv_python.exists():
+        pytest.skip("no .venv in the repository")
+    from importlib.metadata import version
+
+    installed = subprocess.run(
+        [str(venv_python), "-c", "from importlib.metadata import version; print(version('torch'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    fields, err, code = dry_run(machine(tmp_path, None), index)
+    assert code == 0 and fields["installed"] == installed
+    expected = "keep" if installed.split("+")[0] == TORCH else "replace"
+    assert fields["action"] == expected
+    if installed.endswith("+cpu") and Path(sys.prefix) == REPO / ".venv":
+        assert version("torch") == installed
+        fields, _, _ = dry_run(machine(tmp_path / "gpu", driver("12.8")), index)
+        assert fields["action"] == "replace"  # a CPU build where a driver is: replaced by the cu128 build
