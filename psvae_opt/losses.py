@@ -1,4 +1,4 @@
-"""The PS-VAE objective (DESIGN section 3), as named per-frame terms.
+"""The PS-VAE objective (docs/design.md, "Loss"), as named per-frame terms.
 
     loss = -log N(x | x_hat, I) - alpha * log N(y | y_hat, I)[valid]
            + KL_s + kappa_e * ICMI + beta_e * TC + kappa_e * DWKL

@@ -1,4 +1,4 @@
-"""The PS-VAE network (DESIGN section 2): BehaveNet's convolutional VAE with a partitioned latent.
+"""The PS-VAE network (docs/design.md, "Model"): BehaveNet's convolutional VAE with a partitioned latent.
 
 The encoder maps a (C, H, W) frame to latent means ``h`` and log-variances. A fixed random
 orthogonal matrix ``[A; B]`` (a buffer, never trained) rotates the means: ``A h`` are the
@@ -231,8 +231,8 @@ class PSVAE(nn.Module):
         self.decoder = nn.ModuleList(dec)
         self.decoder_norms = nn.ModuleList(norms)
         # BehaveNet's label map (its DiagLinear): scale and bias both drawn from U(-1/sqrt(L), 1/sqrt(L)).
-        # A start at scale 1, bias 0 gave the mirror-mouse session a pixel MSE 1.5-2x as high at
-        # the same label R^2, its unsupervised latents almost unused.
+        # A start at scale 1, bias 0 left both unsupervised latents of the demo model unused at
+        # alpha 1000 (README, "Science notes").
         bound = 1.0 / math.sqrt(max(self.n_labels, 1))
         self.label_scale = nn.Parameter(torch.empty(self.n_labels).uniform_(-bound, bound))
         self.label_bias = nn.Parameter(torch.empty(self.n_labels).uniform_(-bound, bound))

@@ -302,8 +302,10 @@ def finish_stage(study: optuna.Study, stage: int, db: StudyDatabase, outcome: St
 def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[Path]:
     """Recompute the recommendation (trials may have finished since) and write the stage's files."""
     study = load_stage(db, cfg, stage)
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete and not given_up(study):
         raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
-    (recommend_stage1 if stage == 1 else recommend_stage2)(study)
-    save_search_summary(study, stage)
+    if complete:  # (a stage whose only trials gave up still exports its failures)
+        (recommend_stage1 if stage == 1 else recommend_stage2)(study)
+        save_search_summary(study, stage)
     return export_stage(db.storage, study, stage, out)

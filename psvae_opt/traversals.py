@@ -1,4 +1,4 @@
-"""Latent traversals (DESIGN section 7, items 4-5): frames generated while latents move.
+"""Latent traversals (docs/design.md, "Diagnostics"): frames generated while latents move.
 
 From a base frame's latent means each dimension is swept while the others stay put:
 supervised dims over the 5th-95th percentile of their label, unsupervised dims over the

@@ -362,7 +362,8 @@ def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, c
         f"data.path={eks64[0]}",
         f"study.runs_dir={tmp_path / 'runs'}",
         "model.channels=[8, 16, 32, 64, 128]",
-        "train.max_epochs=4",
+        "train.max_epochs=12",
+        "train.precision=fp32",  # the same numbers on CPUs with and without bf16
         "train.batch_size=32",
         "loss.anneal_epochs=1",
         "stage1.alphas=[100.0, 1000.0]",
@@ -374,7 +375,7 @@ def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, c
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.params["alpha"] for t in trials) == [100.0, 1000.0]
     r2 = {t.params["alpha"]: t.user_attrs["val_label_r2"] for t in trials}
-    # 4 epochs on 800 frames: the labels are already far better predicted than by their mean (R^2 = 0)
+    # 12 epochs on 800 frames: the labels are already far better predicted than by their mean (R^2 = 0)
     assert min(r2.values()) > 0.2, r2
     assert all(0 < t.user_attrs["val_pixel_mse"] < 0.05 for t in trials)
     assert "recommended alpha = " in r.out

@@ -90,3 +90,44 @@ def test_cli_synth_then_check(tmp_path: Path, cli):
     assert "frame shape   (1, 64, 64)" in r.out
     assert "labels        4: paw_front_x, paw_hind_x, paw_front_y, paw_hind_y" in r.out
     assert "masked        0.00%" in r.out
+
+
+def _render(factors: np.ndarray) -> np.ndarray:
+    from psvae_opt.data.synth import render_frames
+
+    return render_frames(np.atleast_2d(factors), 64, 1, np.random.default_rng(0), noise=0).astype(float) / 255
+
+
+def test_no_paw_or_limb_ever_covers_the_jaw():
+    from psvae_opt.data.synth import RANGES
+
+    rest = np.array([0.44, 0.74, 0.72, 0.72, 0.0, 0.5])
+    opened = rest.copy()
+    opened[4] = 1.0
+    jaw_pixels = (_render(opened) != _render(rest))[0, 0]  # everything the jaw touches
+    assert jaw_pixels.sum() > 150
+    corners = np.array(
+        np.meshgrid(*(RANGES[n] for n in ("paw_front_x", "paw_hind_x", "paw_front_y", "paw_hind_y")))
+    ).reshape(4, -1)
+    for jaw in (0.0, 0.5, 1.0):
+        frames = np.concatenate([corners.T, np.tile([jaw, 0.5], (corners.shape[1], 1))], axis=1)
+        reference = rest.copy()
+        reference[4] = jaw
+        moved = _render(frames)[:, 0] != _render(reference)[0, 0]
+        assert not moved[:, jaw_pixels].any()  # the paws at every extreme leave the jaw alone
+
+
+def test_the_jaw_changes_the_image_more_than_the_chest():
+    # two unlabelled factors of similar effect would leave the VAE free to mix them
+    from psvae_opt.data.synth import smooth_trajectories
+
+    poses = smooth_trajectories(50, np.random.default_rng(4))
+
+    def change(col: int) -> np.ndarray:
+        low, high = poses.copy(), poses.copy()
+        low[:, col], high[:, col] = 0.45, 0.55
+        return ((_render(high) - _render(low)) ** 2).sum(axis=(1, 2, 3))
+
+    jaw, chest = change(4), change(5)
+    assert chest.min() > 1.0  # the chest does change the image
+    assert (jaw / chest).min() > 2.0

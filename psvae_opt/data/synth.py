@@ -5,7 +5,10 @@ a jaw, two limbs ending in bright paws. Six independent factors follow smooth ra
 trajectories; the paw positions are the pose labels, the jaw opening and the chest
 expansion change the image but are not labelled. This is what the PS-VAE is built for: the
 supervised latents should track the paws and the unsupervised ones should find the jaw and
-the chest. All factors are written to the ``factors`` group with their names.
+the chest, each in its own dimension. The scene is drawn so that they can: no paw ever covers
+the jaw, and the jaw changes the image much more than the chest does, so that the two
+unsupervised directions are not interchangeable. All factors are written to the ``factors``
+group with their names.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ FACTOR_NAMES = ("paw_front_x", "paw_hind_x", "paw_front_y", "paw_hind_y", "jaw",
 LABEL_NAMES = FACTOR_NAMES[:4]  # all x coordinates, then all y coordinates
 # Range of each factor in frame units (x right, y down, 0..1), and its smoothing (frames).
 RANGES = {
-    "paw_front_x": (0.28, 0.50),
-    "paw_hind_x": (0.60, 0.84),
+    "paw_front_x": (0.35, 0.53),  # right of the open jaw: a paw never covers it
+    "paw_hind_x": (0.62, 0.86),
     "paw_front_y": (0.62, 0.82),
     "paw_hind_y": (0.62, 0.82),
     "jaw": (0.0, 1.0),
@@ -76,9 +79,11 @@ def _side_view(f: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, px: float
     chest, jaw = f["chest"], f["jaw"]
     img = _paint(img, _ellipse(x, y, 0.56, 0.46, 0.26, 0.08 + 0.12 * chest, px), 0.36 + 0.24 * chest)
     img = _paint(img, _ellipse(x, y, 0.27, 0.40, 0.11, 0.09, px), 0.55)
-    img = _paint(img, _ellipse(x, y, 0.21, 0.46 + 0.08 * jaw, 0.09 + 0.02 * jaw, 0.02 + 0.07 * jaw, px), 0.95)
+    # the jaw changes the image two to four times as much as the chest per unit of its spread: two
+    # factors of similar effect leave the VAE free to rotate its two unsupervised latents
+    img = _paint(img, _ellipse(x, y, 0.18, 0.47 + 0.08 * jaw, 0.08 + 0.06 * jaw, 0.02 + 0.11 * jaw, px), 0.95)
     img = _paint(img, _ellipse(x, y, 0.25, 0.37, 0.016, 0.016, px), 0.05)  # the eye
-    for limb, (sx, sy) in (("front", (0.38, 0.52)), ("hind", (0.70, 0.52))):
+    for limb, (sx, sy) in (("front", (0.42, 0.52)), ("hind", (0.70, 0.52))):
         paw_x, paw_y = f[f"paw_{limb}_x"], f[f"paw_{limb}_y"]
         img = _paint(img, _capsule(x, y, sx, sy, paw_x, paw_y, 0.02, px), 0.62)
         img = _paint(img, _ellipse(x, y, paw_x, paw_y, 0.035, 0.035, px), 0.95)
