@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from psvae_opt.commands import add_config_arguments
 from psvae_opt.config import load_config
 from psvae_opt.data import load_session, split_frames, synth_session
 from psvae_opt.devices import resolve_precision, tune_cpu_allocator
@@ -28,20 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(REPO / "studies" / "demo.toml"))
+    add_config_arguments(p, required=False)
+    p.set_defaults(config=str(REPO / "studies" / "demo.toml"))
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--minutes", type=float, default=10.0, help="stop after this much training time")
     p.add_argument("--target", type=float, default=0.9, help="validation label R^2 to reach")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="study-file override, e.g. --set train.precision=fp32 (repeatable)",
-    )
     args = p.parse_args(argv)
 
     tune_cpu_allocator()

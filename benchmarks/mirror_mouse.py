@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psvae_opt.commands import add_config_arguments
 from psvae_opt.config import load_config
 from psvae_opt.data import import_video, load_session, split_frames
 from psvae_opt.devices import resolve_precision, tune_cpu_allocator
@@ -66,7 +67,8 @@ def imported_session(source: Path, out: Path, size: int) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(REPO / "studies" / "mirror-mouse.toml"))
+    add_config_arguments(p, required=False)
+    p.set_defaults(config=str(REPO / "studies" / "mirror-mouse.toml"))
     p.add_argument("--data", help="an imported session (.h5); default: import --source into a temporary folder")
     p.add_argument("--source", default=str(SOURCE), help="folder holding the mirror-mouse video and pose file")
     p.add_argument("--size", type=int, default=64, help="frame size of the import (default 64)")
@@ -75,14 +77,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="loss.beta (default: the study file's)")
     p.add_argument("--lr", type=float, help="train.learning_rate (default: the study file's)")
     p.add_argument("--seed", type=int, help="train.model_seed (default: the study file's)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="any other study-file override, e.g. --set train.precision=fp32 (repeatable)",
-    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
     return p
 

@@ -178,28 +178,18 @@ def label_traces_figure(data: LabelTraces, title: str = "") -> go.Figure:
     fig = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.04)
     x = list(range(len(data.frames)))
     for k in range(len(titles)):
-        fig.add_scatter(
-            x=x,
-            y=data.true[:, k].tolist(),
-            mode="lines",
-            name="true",
-            legendgroup="true",
-            line={"color": "black"},
-            showlegend=k == 0,
-            row=k + 1,
-            col=1,
-        )
-        fig.add_scatter(
-            x=x,
-            y=data.predicted[:, k].tolist(),
-            mode="lines",
-            name="predicted",
-            legendgroup="predicted",
-            line={"color": "#d62728"},
-            showlegend=k == 0,
-            row=k + 1,
-            col=1,
-        )
+        for name, values, color in (("true", data.true, "black"), ("predicted", data.predicted, "#d62728")):
+            fig.add_scatter(
+                x=x,
+                y=values[:, k].tolist(),
+                mode="lines",
+                name=name,
+                legendgroup=name,
+                line={"color": color},
+                showlegend=k == 0,
+                row=k + 1,
+                col=1,
+            )
         for start in data.trial_starts[1:-1]:
             fig.add_vline(x=start - 0.5, line={"dash": "dot", "color": "gray"}, row=k + 1, col=1)
     for start, text in zip(data.trial_starts[:-1], data.trial_titles):  # each trial's name, atop its stretch

@@ -81,16 +81,14 @@ def batch_script(
     ]
     if cfg.signal_seconds:
         header.append(f"#SBATCH --signal=B:USR1@{cfg.signal_seconds}")
-    if cfg.partition:
-        header.append(f"#SBATCH --partition={cfg.partition}")
-    if cfg.time:
-        header.append(f"#SBATCH --time={cfg.time}")
-    if cfg.gpus_per_task:
-        header.append(f"#SBATCH --gres=gpu:{cfg.gpus_per_task}")
-    if cfg.cpus_per_task:
-        header.append(f"#SBATCH --cpus-per-task={cfg.cpus_per_task}")
-    if cfg.mem:
-        header.append(f"#SBATCH --mem={cfg.mem}")
+    optional = {
+        "partition": cfg.partition,
+        "time": cfg.time,
+        "gres": f"gpu:{cfg.gpus_per_task}" if cfg.gpus_per_task else None,
+        "cpus-per-task": cfg.cpus_per_task,
+        "mem": cfg.mem,
+    }
+    header += [f"#SBATCH --{key}={value}" for key, value in optional.items() if value]
     header += [slurm_extra_line(item) for item in cfg.extra]
     gpus = " ".join(str(gpu_of_worker(i, workers_per_task, cfg.gpus_per_task)) for i in range(workers_per_task))
     worker = " ".join(shlex.quote(a) for a in worker_argv)
