@@ -168,6 +168,23 @@ def test_every_trial_collapsed_falls_back_with_a_warning():
     assert "every trial of every beta has a collapsed unsupervised dimension" in rec["warnings"][0]
 
 
+def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(capsys):
+    from psvae_opt.commands.search import _print_stage2
+    from psvae_opt.stages import StageOutcome
+
+    study = stage2_study(
+        [(1.0, 0, 0.3, 0.01, 0.1, True), (5.0, 0, 0.1, 0.01, 0.1, True), (5.0, 1, 0.2, 0.01, 0.1, True)]
+    )
+    rec = recommend_stage2(study)
+    _print_stage2(StageOutcome(study, recommendation=rec, summary=seed_summary(study)))
+    lines = capsys.readouterr().out.splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("warning: every trial of every beta"))
+    chosen = next(i for i, line in enumerate(lines) if line.startswith("recommended beta = 5"))
+    assert warning < chosen  # the warning comes before the recommendation it qualifies
+    assert lines[chosen].endswith("over 2 seed(s), every one with a collapsed dimension")
+    assert lines[-1] == "recommended model: trial 1, seed 0 (zu_corr 0.100, MIG 0.100, a collapsed dimension)"
+
+
 def test_recommendations_of_an_empty_study_are_none():
     study = optuna.create_study(directions=["minimize", "minimize"])
     assert recommend_stage1(study) is None and recommend_stage2(study) is None

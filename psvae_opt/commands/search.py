@@ -166,8 +166,13 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
         )
     rec = outcome.recommendation
     span = _span(rec["zu_corr_mean"], rec["zu_corr_low"], rec["zu_corr_high"])
-    print(f"\nrecommended beta = {rec['beta']:g}: mean zu_corr {span} "
-          f"over {rec['n_healthy']} seed(s) without a collapsed dimension")  # fmt: skip
+    for warning in rec["warnings"]:
+        print(f"\nwarning: {warning}")
+    if rec["n_healthy"]:
+        seeds = f"over {rec['n_healthy']} seed(s) without a collapsed dimension"
+    else:
+        seeds = f"over {rec['n_seeds']} seed(s), every one with a collapsed dimension"
+    print(f"\nrecommended beta = {rec['beta']:g}: mean zu_corr {span} {seeds}")
     if rec["runner_up"] is None:
         print("only one beta: nothing to tell it apart from")
     else:
@@ -177,9 +182,8 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
         if not rec["resolved"]:
             print("  more seeds would tell them apart: run stage 2 again with --seeds auto (or more --seeds)")
     mig = f", MIG {rec['mig']:.3f}" if rec.get("mig") is not None else ""
-    print(f"recommended model: trial {rec['trial']}, seed {rec['seed']} (zu_corr {rec['zu_corr']:.3f}{mig})")
-    for warning in rec["warnings"]:
-        print(f"warning: {warning}")
+    dead = ", a collapsed dimension" if rec["collapsed"] else ""
+    print(f"recommended model: trial {rec['trial']}, seed {rec['seed']} (zu_corr {rec['zu_corr']:.3f}{mig}{dead})")
 
 
 def _span(mean: float, low: float | None, high: float | None) -> str:
