@@ -166,8 +166,8 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
         )
     rec = outcome.recommendation
     span = _span(rec["zu_corr_mean"], rec["zu_corr_low"], rec["zu_corr_high"])
-    for warning in rec["warnings"]:
-        print(f"\nwarning: {warning}")
+    if rec["warnings"]:
+        print("\n" + "\n".join(f"warning: {warning}" for warning in rec["warnings"]))
     if rec["n_healthy"]:
         seeds = f"over {rec['n_healthy']} seed(s) without a collapsed dimension"
     else:
