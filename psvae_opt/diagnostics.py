@@ -18,8 +18,9 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -129,6 +130,8 @@ class TrialUploader:
         study: the stage's study (its ``stage`` and artifact folder attributes).
         session: the worker's data.
         config: the worker's study file.
+        retry: how the end-of-trial uploads ride out a database outage
+            (:meth:`psvae_opt.storage.StudyDatabase.retry`); by default they do not.
     """
 
     def __init__(
@@ -138,11 +141,13 @@ class TrialUploader:
         session: Session,
         config: Config,
         refresh_seconds: float = CURVES_SECONDS,
+        retry: Callable[..., Any] | None = None,
     ) -> None:
         self.storage, self.study, self.session, self.config = storage, study, session, config
         self.folder = dashboard.artifact_dir([study], config)
         self.stage = study.user_attrs.get("stage")
         self.refresh_seconds = refresh_seconds
+        self.retry = retry
         self.curves_ids: dict[int, str] = {}  # trial number -> the artifact id of its curves.html
         self.refreshed: dict[int, float] = {}  # trial number -> time.monotonic() of its last refresh
 
@@ -154,7 +159,7 @@ class TrialUploader:
         self.refreshed[trial.number] = now
         try:
             self._upload_curves(trial, run_dir)
-        except Exception as exc:  # the curves are a convenience
+        except Exception as exc:  # the curves are a convenience (the next epoch tries again)
             log.warning("trial %d: curves not refreshed (%s: %s)", trial.number, type(exc).__name__, exc)
 
     def _upload_curves(self, trial: optuna.Trial, run_dir: Path) -> None:
@@ -166,26 +171,38 @@ class TrialUploader:
         else:
             store.write(artifact, io.BytesIO(path.read_bytes()))
 
+    def _stored(self, call: Callable[[], Any], what: str) -> Any:
+        return self.retry(call, what=what) if self.retry else call()
+
     def on_finish(self, trial: optuna.Trial, trial_config: Config, result: FitResult) -> None:
         start = time.perf_counter()
         try:
             store = dashboard.open_store(self.folder)
             device = str(resolve_device(trial_config.train.device))
             paths = render_trial_diagnostics(result.run_dir, self.session, result.run_dir / "diagnostics", device)
-            self._upload_curves(trial, result.run_dir)
-            dashboard.upload_files(trial, store, [p for p in paths if p.name != "curves.html"])
+            what = f"uploading the diagnostics of trial {trial.number}"
+            self._stored(lambda: self._upload_curves(trial, result.run_dir), what)
+            self._stored(
+                lambda: dashboard.upload_files(trial, store, [p for p in paths if p.name != "curves.html"]), what
+            )
             rating = None
             if self.stage == 2:
-                n_unsup = int(self.study.user_attrs.get("n_unsup", 2))
-                twin_study = ratings.open_rating_study(self.storage, self.study, n_unsup)
-                media = [p for p in paths if p.suffix in (".png", ".mp4")]
-                rating = (twin_study.study_name, ratings.add_twin(twin_study, trial, media, store))
+                rating = self._stored(lambda: self._add_twin(trial, paths, store), what)
             note = trial_note(trial, self.config.study.collapse_std, rating)
             if note:
-                dashboard.save_trial_note(trial, note)
-            trial.set_user_attr("diagnostics_seconds", round(time.perf_counter() - start, 2))
+                self._stored(lambda: dashboard.save_trial_note(trial, note), what)
+            seconds = round(time.perf_counter() - start, 2)
+            self._stored(lambda: trial.set_user_attr("diagnostics_seconds", seconds), what)
         except Exception as exc:  # diagnostics never fail a trained trial
             log.warning("trial %d: diagnostics not uploaded (%s: %s)", trial.number, type(exc).__name__, exc)
+
+    def _add_twin(
+        self, trial: optuna.Trial, paths: list[Path], store: optuna.artifacts.FileSystemArtifactStore
+    ) -> tuple[str, int]:
+        n_unsup = int(self.study.user_attrs.get("n_unsup", 2))
+        twin_study = ratings.open_rating_study(self.storage, self.study, n_unsup)
+        media = [p for p in paths if p.suffix in (".png", ".mp4")]
+        return twin_study.study_name, ratings.add_twin(twin_study, trial, media, store)
 
 
 def save_search_summary(study: optuna.Study, stage: int) -> None:

@@ -40,6 +40,7 @@ from psvae_opt.study import (
     enqueue_points,
     given_up,
     load_stage,
+    pareto_front,
     recommend_stage1,
     recommend_stage2,
     seed_summary,
@@ -97,6 +98,7 @@ class StageOutcome:
     summary: list[dict[str, Any]] = field(default_factory=list)
     gave_up: list[FrozenTrial] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    front: list[FrozenTrial] = field(default_factory=list)
 
 
 def check_request(req: StageRequest, cfg: Config) -> list[str]:
@@ -286,16 +288,23 @@ def run_stage(req: StageRequest, cfg: Config, db: StudyDatabase, mapped: list[st
 
 
 def finish_stage(study: optuna.Study, stage: int, db: StudyDatabase, outcome: StageOutcome) -> StageOutcome:
-    """Recommend, save the summary chart, collect what the printout needs."""
-    max_seeds = study.user_attrs.get("max_seeds")
-    if db.retry(lambda: top_up(study, max_seeds), what="queueing more seeds"):
+    """Recommend, save the summary chart, collect what the printout needs.
+
+    The launcher reads the database once more after its workers end, perhaps during an outage
+    they rode out, so this rides it out too (every step may run again: each is idempotent).
+    """
+    return db.retry(lambda: _finish(study, stage, outcome), what="summarising the stage")
+
+
+def _finish(study: optuna.Study, stage: int, outcome: StageOutcome) -> StageOutcome:
+    if top_up(study, study.user_attrs.get("max_seeds")):
         log.warning("the workers stopped before --seeds auto finished; run the stage again to add seeds")
-    recommend = recommend_stage1 if stage == 1 else recommend_stage2
-    outcome.recommendation = db.retry(lambda: recommend(study), what="storing the recommendation")
+    outcome.recommendation = (recommend_stage1 if stage == 1 else recommend_stage2)(study)
     save_search_summary(study, stage)
     outcome.summary = seed_summary(study, stage)
     outcome.gave_up = given_up(study)
     outcome.counts = counts(study)
+    outcome.front = pareto_front(study)
     return outcome
 
 

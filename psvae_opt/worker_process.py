@@ -118,10 +118,12 @@ def context(
 ) -> TrialContext:
     """The frozen context of a worker's trials of one stage."""
     session, frames = data
-    attrs = study.user_attrs
+    attrs = db.retry(lambda: study.user_attrs, what="reading the study")
     seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else attrs.get("seeds", 1)
     seed_upper = (cfg.stage1.model_seed + seeds - 1) if stage == 1 else seeds - 1
-    uploader = TrialUploader(db.storage, study, session, cfg)
+    uploader = db.retry(
+        lambda: TrialUploader(db.storage, study, session, cfg, retry=db.retry), what="reading the study"
+    )
     on_complete = mlflow_hook(cfg.study.mlflow_uri, stage) if cfg.study.mlflow_uri else None
     return TrialContext(
         cfg,
@@ -151,6 +153,7 @@ def join(
             session = load_session(cfg.data.path)
             data = (session, split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode))
         ctx = context(cfg, stage, study, data, db, progress)
-        max_seeds = study.user_attrs.get("max_seeds") if study.user_attrs.get("seeds") == "auto" else None
+        attrs = db.retry(lambda s=study: s.user_attrs, what="reading the study")
+        max_seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else None
         total += run_worker(db, study, ctx, stop, interval=interval, max_seeds=max_seeds)
     return total

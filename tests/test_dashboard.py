@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from pathlib import Path
 
 import av
@@ -18,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 from PIL import Image
 
 from psvae_opt import dashboard, ratings, trial_queue
-from psvae_opt.config import load_config
+from psvae_opt.config import dump_config, load_config
 from psvae_opt.diagnostics import TrialUploader, save_search_summary, trial_note
 from psvae_opt.export import export_stage
 from psvae_opt.storage import open_database
@@ -276,3 +277,41 @@ def test_the_note_of_a_collapsed_trial_says_so(storage):
     assert "trial 3" in note
     healthy = running_trial(study, 5.0, 0, collapsed=False, collapsed_dims=[], zu_std=[0.9, 0.8])
     assert trial_note(healthy, 0.25, None) == ""
+
+
+@pytest.mark.slow
+def test_diagnostics_of_a_trial_that_ends_during_an_outage_are_uploaded_once_it_ends(
+    postgres, tmp_path: Path, tiny_config, caplog
+):
+    import threading
+
+    from psvae_opt.data import load_session, split_frames
+    from psvae_opt.trainer import fit
+    from tests.test_search import _database
+
+    db = open_database(_database(postgres, "upload_outage_test"))
+    study = stage2(db.storage)
+    cfg = load_config(None, [f"study.runs_dir={tmp_path / 'runs'}"])
+    session = load_session(tiny_config.data.path)
+    frames = split_frames(session, tiny_config.data.split_counts, tiny_config.data.data_seed)
+    trial = running_trial(study, 1.0, 0)
+    uploader = TrialUploader(db.storage, study, session, cfg, retry=db.retry)
+    tiny = tiny_config
+    text = dump_config(tiny)
+    result = fit(tiny.model, tiny.loss, tiny.train, session, frames, tmp_path / "run", config_text=text, progress=False)
+    postgres.stop()
+    coming_back = threading.Thread(target=lambda: (time.sleep(4.0), postgres.start()))
+    coming_back.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            uploader.on_finish(trial, tiny, result)
+    finally:
+        coming_back.join()
+    assert "database unreachable while uploading the diagnostics of trial 0" in caplog.text
+    assert "diagnostics not uploaded" not in caplog.text
+    (frozen,) = optuna.load_study(study_name="t-stage2", storage=db.storage).trials
+    names = sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(frozen, storage=db.storage))
+    assert names == ["curves.html", "labels.html", "traversal.mp4", "traversal.png"]
+    assert frozen.user_attrs["diagnostics_seconds"] > 0
+    (twin,) = optuna.load_study(study_name="t-stage2-rating", storage=db.storage).trials
+    assert twin.user_attrs[ratings.TWIN_OF] == 0 and twin.params == {"beta": 1.0, "seed": 0}

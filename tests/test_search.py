@@ -378,6 +378,35 @@ def test_database_outages_of_20_s_fail_no_live_trial(postgres, tiny_h5: Path, tm
     assert "Traceback" not in logs
 
 
+def test_a_launcher_that_ends_during_an_outage_still_recommends(postgres, tiny_h5: Path, tmp_path: Path, cli, caplog):
+    """The launcher's last reads (recommendation, summary, front) ride out an outage that begins
+    just as its workers finish (CI once failed here: the workers rode it out, the launcher did not)."""
+    import threading
+
+    from psvae_opt import stages
+
+    url = _database(postgres, "late_outage_test")
+    config = study_file(tmp_path, tiny_h5, epochs=2, alphas=(50.0, 1000.0), n_unsup=(2,))
+    assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
+    assert worker(config, url).wait(timeout=300) == 0
+    db = open_database(url)
+    study = load(url, "t-stage1")
+    postgres.stop()
+    coming_back = threading.Thread(target=lambda: (time.sleep(4.0), postgres.start()))
+    coming_back.start()
+    try:
+        outcome = stages.finish_stage(study, 1, db, stages.StageOutcome(study))
+    finally:
+        coming_back.join()
+    assert "database unreachable while summarising the stage" in caplog.text
+    numbers = sorted(t.number for t in load(url, "t-stage1").get_trials(states=(TrialState.COMPLETE,)))
+    assert numbers == [0, 1]
+    assert outcome.recommendation["trial"] in numbers
+    assert load(url, "t-stage1").user_attrs["recommendation"]["trial"] == outcome.recommendation["trial"]
+    assert outcome.counts == {"COMPLETE": 2}
+    assert 1 <= len(outcome.front) <= 2 and {t.number for t in outcome.front} <= set(numbers)
+
+
 def test_a_point_killed_past_its_crash_budget_is_reported_then_resumed(tiny_h5: Path, tmp_path: Path, cli):
     url = f"sqlite:///{tmp_path / 's.db'}"
     config = study_file(tmp_path, tiny_h5, epochs=60, alphas=(100.0,), n_unsup=(2,))

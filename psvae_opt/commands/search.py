@@ -17,7 +17,7 @@ from psvae_opt.commands import Command, add_config_arguments, add_storage_argume
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.storage import open_database
-from psvae_opt.study import counts, given_up, load_stage, pareto_front
+from psvae_opt.study import counts, given_up, load_stage
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def _run_stage(stage: int):
         db = open_database(args.storage)
         outcome = stages.run_stage(req, cfg, db, mapped)
         study = outcome.study
-        print(f"study {study.study_name} in {db.shown}: {outcome.queued} trials queued; {counts(study)}")
+        state = outcome.counts if outcome.followed else db.retry(lambda: counts(study), what="counting trials")
+        print(f"study {study.study_name} in {db.shown}: {outcome.queued} trials queued; {state}")
         if outcome.job_id:
             print(f"submitted job array {outcome.job_id} ({req.workers or 1} tasks): {outcome.script_path}")
         if not outcome.followed:
@@ -130,13 +131,13 @@ def _fmt(value: Any, width: int = 9, spec: str = ".4f") -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
 
-def _print_front(study: optuna.Study, stage: int) -> None:
+def _print_front(study: optuna.Study, front: list[optuna.trial.FrozenTrial], stage: int) -> None:
     names = space.OBJECTIVES[stage]
     params = ("alpha", "n_unsup", "seed") if stage == 1 else ("beta", "seed")
     print(f"\nPareto front of {study.study_name} ({names[0]} vs {names[1]}, both minimised):")
     head = "".join(f"{p:>9}" for p in params) + "".join(f"{n:>12}" for n in names)
     print(f"  trial{head}{'label_r2':>10}{'mig':>8}  collapsed")
-    for t in pareto_front(study):
+    for t in front:
         attrs = t.user_attrs
         cells = "".join(f"{t.params.get(p, 0):>9g}" for p in params) + "".join(f"{v:>12.5f}" for v in t.values)
         collapsed = attrs.get("collapsed_dims") or "-"
@@ -194,7 +195,7 @@ def _span(mean: float, low: float | None, high: float | None) -> str:
 
 def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
     study, rec = outcome.study, outcome.recommendation
-    _print_front(study, stage)
+    _print_front(study, outcome.front, stage)
     if rec is None:
         print(f"\nno trial completed ({outcome.counts}); see the worker logs")
         return 1
