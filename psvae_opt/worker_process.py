@@ -114,11 +114,10 @@ def _finite(value: Any) -> bool:
 
 
 def context(
-    cfg: Config, stage: int, study: optuna.Study, data: tuple, db: StudyDatabase, progress: bool
+    cfg: Config, stage: int, study: optuna.Study, attrs: dict, data: tuple, db: StudyDatabase, progress: bool
 ) -> TrialContext:
-    """The frozen context of a worker's trials of one stage."""
+    """The frozen context of a worker's trials of one stage (``attrs``: the study's user attributes)."""
     session, frames = data
-    attrs = db.retry(lambda: study.user_attrs, what="reading the study")
     seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else attrs.get("seeds", 1)
     seed_upper = (cfg.stage1.model_seed + seeds - 1) if stage == 1 else seeds - 1
     uploader = db.retry(
@@ -152,8 +151,8 @@ def join(
         if data is None:  # after the wait: the launcher may be the one writing the data
             session = load_session(cfg.data.path)
             data = (session, split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode))
-        ctx = context(cfg, stage, study, data, db, progress)
         attrs = db.retry(lambda s=study: s.user_attrs, what="reading the study")
+        ctx = context(cfg, stage, study, attrs, data, db, progress)
         max_seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else None
         total += run_worker(db, study, ctx, stop, interval=interval, max_seeds=max_seeds)
     return total
