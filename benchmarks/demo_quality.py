@@ -21,8 +21,8 @@ import torch
 from psvae_opt.commands import add_config_arguments
 from psvae_opt.config import load_config
 from psvae_opt.data import load_session, split_frames, synth_session
-from psvae_opt.devices import resolve_precision, tune_cpu_allocator
-from psvae_opt.trainer import fit
+from psvae_opt.training.devices import resolve_precision, tune_cpu_allocator
+from psvae_opt.training.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

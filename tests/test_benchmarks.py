@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from psvae_opt.devices import resolve_precision
+from psvae_opt.training.devices import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import mirror_mouse
@@ -79,8 +79,8 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_prints_a_table(capsys: pytest.Cap
     import gpu_throughput
 
     from psvae_opt.config import ModelConfig
-    from psvae_opt.model import count_parameters
-    from psvae_opt.trainer import build_model
+    from psvae_opt.model.network import count_parameters
+    from psvae_opt.training.loop import build_model
 
     argv = ["--device", "cpu", "--quick", "--variants", "fp32", "bf16 channels-last", "--multi-models", "demo"]
     assert gpu_throughput.main(argv) == 0

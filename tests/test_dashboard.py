@@ -18,11 +18,12 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
-from psvae_opt import dashboard, ratings, trial_queue
 from psvae_opt.config import dump_config, load_config
-from psvae_opt.diagnostics import TrialUploader, save_search_summary, trial_note
-from psvae_opt.export import export_stage
-from psvae_opt.storage import open_database
+from psvae_opt.reports import dashboard, ratings
+from psvae_opt.reports.diagnostics import TrialUploader, save_search_summary, trial_note
+from psvae_opt.reports.export import export_stage
+from psvae_opt.search import trial_queue
+from psvae_opt.search.storage import open_database
 from tests.conftest import one_line_error
 from tests.test_search import study_file
 
@@ -160,7 +161,7 @@ def test_the_search_summary_is_saved_on_the_study(storage):
 
 def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Path, caplog, tiny_h5: Path):
     from psvae_opt.data import load_session
-    from psvae_opt.trainer import FitResult
+    from psvae_opt.training.loop import FitResult
 
     study = stage2(storage)
     cfg = load_config(None, [f"study.runs_dir={tmp_path}"])
@@ -245,7 +246,7 @@ def test_the_dashboard_listens_on_loopback_by_default_and_refuses_a_taken_port(t
 
 def test_a_running_trials_curves_artifact_is_refreshed_in_place(storage, tmp_path: Path, tiny_config):
     from psvae_opt.data import load_session, split_frames
-    from psvae_opt.trainer import fit
+    from psvae_opt.training.loop import fit
 
     study = stage2(storage)
     cfg = load_config(None, [f"study.runs_dir={tmp_path / 'runs'}"])
@@ -286,7 +287,7 @@ def test_diagnostics_of_a_trial_that_ends_during_an_outage_are_uploaded_once_it_
     import threading
 
     from psvae_opt.data import load_session, split_frames
-    from psvae_opt.trainer import fit
+    from psvae_opt.training.loop import fit
     from tests.test_search import _database
 
     db = open_database(_database(postgres, "upload_outage_test"))

@@ -23,8 +23,8 @@ import optuna
 import pytest
 from PIL import Image
 
-from psvae_opt import trial_queue
-from psvae_opt.storage import open_database
+from psvae_opt.search import trial_queue
+from psvae_opt.search.storage import open_database
 from tests.pgserver import free_port
 from tests.test_search import REPO, study_file
 

@@ -354,7 +354,7 @@ def test_labeled_frames_whose_image_is_missing_are_refused(tmp_path: Path, cli):
 def test_imported_real_session_completes_a_small_stage1(eks64, tmp_path: Path, cli):
     import optuna
 
-    from psvae_opt.storage import open_database
+    from psvae_opt.search.storage import open_database
 
     study_file = Path(__file__).resolve().parents[1] / "studies" / "mirror-mouse.toml"
     url = f"sqlite:///{tmp_path / 'studies.db'}"

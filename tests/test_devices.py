@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from psvae_opt.config import Config, replace
-from psvae_opt.devices import claim_gpu, resolve_device
 from psvae_opt.errors import ConfigError
-from psvae_opt.model import PSVAE
-from psvae_opt.runs import read_metrics
+from psvae_opt.model.network import PSVAE
+from psvae_opt.training.devices import claim_gpu, resolve_device
+from psvae_opt.training.run_folder import read_metrics
 from tests.test_trainer import run_fit
 
 
@@ -67,7 +67,7 @@ def test_same_seeds_same_numbers_on_the_gpu(tiny_config: Config, tmp_path: Path)
 
 
 def test_auto_precision_is_bf16_where_the_hardware_has_it(tmp_path: Path):
-    from psvae_opt.devices import cpu_has_bf16, resolve_precision
+    from psvae_opt.training.devices import cpu_has_bf16, resolve_precision
 
     with_bf16, without = tmp_path / "a", tmp_path / "b"
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
@@ -87,7 +87,7 @@ def test_workers_that_see_every_gpu_take_different_ones(tmp_path: Path):
     import sys
 
     code = (
-        "import sys; from psvae_opt.devices import claim_gpu; "
+        "import sys; from psvae_opt.training.devices import claim_gpu; "
         f"gpu, lock = claim_gpu(2, {str(tmp_path)!r}); print(gpu, flush=True); sys.stdin.read()"
     )
 
@@ -123,7 +123,7 @@ def test_gpu_auto_with_an_unusable_lock_folder_is_a_clear_error(tmp_path: Path):
 
 
 def test_gpus_index_the_devices_the_launcher_sees():
-    from psvae_opt.devices import visible_devices
+    from psvae_opt.training.devices import visible_devices
 
     assert visible_devices(["1"], "3,5") == ["5"]
     assert visible_devices(["0", "1", "0"], "3,5") == ["3", "5", "3"]
@@ -177,7 +177,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def test_this_machine_cpu_build_is_named():
-    from psvae_opt.devices import cuda_problem
+    from psvae_opt.training.devices import cuda_problem
 
     if torch.version.cuda is not None:
         pytest.skip("this torch has CUDA")
@@ -185,7 +185,7 @@ def test_this_machine_cpu_build_is_named():
 
 
 def test_each_cause_of_unusable_cuda_is_named(fake_cuda, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from psvae_opt.devices import cuda_problem
+    from psvae_opt.training.devices import cuda_problem
 
     no_driver = (
         "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU\nand installed a driver"
@@ -219,7 +219,7 @@ def test_each_cause_of_unusable_cuda_is_named(fake_cuda, tmp_path: Path, monkeyp
 
 
 def test_require_cuda_names_what_asked_the_cause_and_the_fix(fake_cuda, tmp_path: Path):
-    from psvae_opt.devices import require_cuda
+    from psvae_opt.training.devices import require_cuda
 
     fake_cuda(init_error="The NVIDIA driver on your system is too old", path=nvidia_smi(tmp_path / "a", cuda="11.8"))
     with pytest.raises(ConfigError) as err:
@@ -246,7 +246,7 @@ def test_cuda_devices_resolve_only_where_they_exist(fake_cuda, tmp_path: Path):
 
 def test_frames_too_large_for_the_free_gpu_memory_are_refused(monkeypatch: pytest.MonkeyPatch, tiny_h5: Path):
     from psvae_opt.data import load_session, split_frames
-    from psvae_opt.devices import GPU_MEMORY_MARGIN, check_gpu_memory, to_device
+    from psvae_opt.training.devices import GPU_MEMORY_MARGIN, check_gpu_memory, to_device
 
     gib = 2**30
     free = {"bytes": 3 * gib}
@@ -307,7 +307,7 @@ def test_a_held_lock_file_keeps_its_content(tmp_path: Path):
     """The second claimant opens the first one's file without truncating it, and moves on."""
     import subprocess
 
-    code = "from psvae_opt.devices import claim_gpu; "
+    code = "from psvae_opt.training.devices import claim_gpu; "
     code += f"g, fh = claim_gpu(1, {str(tmp_path)!r}); print(g, flush=True); input()"
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -322,7 +322,7 @@ def test_a_held_lock_file_keeps_its_content(tmp_path: Path):
 
 
 def test_the_default_lock_folder_is_private_to_the_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import psvae_opt.devices as devices
+    import psvae_opt.training.devices as devices
 
     base = tmp_path / "gpu-locks"
     monkeypatch.setattr(devices, "DEFAULT_GPU_LOCKS", str(base))

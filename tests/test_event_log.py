@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from psvae_opt.data import load_session, split_frames
-from psvae_opt.event_log import EventLog, crc32c
-from psvae_opt.runs import METRIC_NAMES, read_metrics
-from psvae_opt.trainer import fit
+from psvae_opt.training.event_log import EventLog, crc32c
+from psvae_opt.training.loop import fit
+from psvae_opt.training.run_folder import METRIC_NAMES, read_metrics
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from psvae_opt.intervals import Interval, compare, incomplete_beta, t_cdf, t_interval, t_quantile
+from psvae_opt.search.intervals import Interval, compare, incomplete_beta, t_cdf, t_interval, t_quantile
 
 
 @pytest.mark.parametrize(

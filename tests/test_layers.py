@@ -1,4 +1,6 @@
-"""The layer diagram of docs/design.md holds: a module imports only from the layers above it."""
+"""The package layout of docs/design.md holds: a package imports only from the packages above it,
+modules inside a package import each other without cycles, and third-party libraries stay in
+the packages that own them."""
 
 from __future__ import annotations
 
@@ -10,49 +12,18 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "psvae_opt"
 
-# Lower rank = higher in the diagram (docs/design.md, "Layers"). A module may import psvae_opt
-# modules of lower rank, and modules of its own package folder (psvae_opt.data.*).
-RANKS = {
-    "errors": 0,
-    "config": 1,
-    "slurm": 1.5,
-    "data": 2,
-    "metrics": 2,
-    "intervals": 2,
-    "model": 3,
-    "losses": 4,
-    "runs": 4.5,
-    "devices": 4.5,
-    "event_log": 4.5,
-    "trainer": 5,
-    "space": 6,
-    "objectives": 7,
-    "storage": 8,
-    "trial_queue": 8.5,
-    "study": 9,
-    "ratings": 9.5,
-    "plots": 9.5,
-    "run_plots": 5.5,
-    "traversals": 9.5,
-    "dashboard": 9.5,
-    "export": 9.7,
-    "diagnostics": 9.7,
-    "workers": 10,
-    "launchers": 10.5,
-    "worker_process": 10.8,
-    "stages": 11,
-    "commands": 12,
-    "cli": 13,
-}
-SEARCH = ("space", "objectives", "storage", "trial_queue", "study", "ratings", "plots", "traversals", "dashboard")
-SERVICE = ("export", "diagnostics", "workers", "launchers", "worker_process", "stages", "commands", "cli")
-# Third-party packages confined to layers: package -> the layers allowed to import it.
+# The packages in the order data flows (docs/design.md, "Packages"). A module may import
+# psvae_opt modules of an earlier package, and modules of its own package (without cycles).
+ORDER = ("errors", "config", "data", "model", "training", "search", "reports", "service", "commands", "cli")
+RANKS = {name: rank for rank, name in enumerate(ORDER)}
+# Third-party packages confined to places: package -> the packages or modules allowed to import it
+# ("search/storage" names one module, "search" a whole package).
 CONFINED = {
     "h5py": ("data",),
-    "optuna": (*SEARCH, *SERVICE),
-    "sqlalchemy": ("storage", "trial_queue"),
-    "plotly": ("export", "plots", "run_plots", "traversals", "dashboard", "diagnostics", "commands"),
-    "optuna_dashboard": ("ratings", "dashboard"),
+    "optuna": ("search", "reports", "service", "commands", "cli"),
+    "sqlalchemy": ("search/storage", "search/trial_queue"),
+    "plotly": ("reports", "commands"),
+    "optuna_dashboard": ("reports/ratings", "reports/dashboard"),
     # the poses extra: imported inside the readers that need them only
     "sleap_io": ("data",),
     "pynwb": ("data",),
@@ -63,8 +34,8 @@ CONFINED = {
     "pandas": ("data",),
     "tables": ("data",),
     # the mlflow extra: the trial callback of study.mlflow_uri
-    "mlflow": ("worker_process",),
-    "optuna_integration": ("worker_process",),
+    "mlflow": ("service/worker",),
+    "optuna_integration": ("service/worker",),
 }
 
 
@@ -72,9 +43,10 @@ def _modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py"))
 
 
-def _layer(path: Path) -> str:
-    rel = path.relative_to(PACKAGE).with_suffix("")
-    return rel.parts[0] if rel.parts[0] != "__init__" else "__init__"
+def _place(path: Path) -> tuple[str, str]:
+    """(package, module) of a file: ("search", "study"), ("cli", "cli"), ("model", "__init__")."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return (parts[0], parts[1]) if len(parts) > 1 else (parts[0], parts[0])
 
 
 def _absolute(path: Path, node: ast.ImportFrom) -> str:
@@ -101,57 +73,121 @@ def imported_modules(path: Path, source: str | None = None) -> set[str]:
     return names
 
 
-def _targets(name: str) -> str | None:
-    """The psvae_opt layer an imported name belongs to (None outside the package or for the package itself)."""
+def _target(name: str) -> tuple[str, str | None] | None:
+    """(package, module or None) of an imported psvae_opt name; None outside the package,
+    for the package itself, or for a name that is not a module of it (``psvae_opt.__version__``)."""
     parts = name.split(".")
     if parts[0] != "psvae_opt" or len(parts) < 2:
         return None
-    known = parts[1] in RANKS or (PACKAGE / parts[1]).exists() or (PACKAGE / f"{parts[1]}.py").exists()
-    return parts[1] if known else None
+    if (PACKAGE / parts[1]).is_dir():
+        module = parts[2] if len(parts) > 2 and (PACKAGE / parts[1] / f"{parts[2]}.py").exists() else None
+        return parts[1], module
+    return (parts[1], parts[1]) if (PACKAGE / f"{parts[1]}.py").exists() else None
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_imports_follow_the_layers(path: Path):
-    layer = _layer(path)
-    if layer == "__init__":
+def test_imports_follow_the_package_order(path: Path):
+    package, module = _place(path)
+    if package == "__init__":
         return
-    assert layer in RANKS, f"{layer} is not in the layer table of tests/test_layers.py"
+    assert package in RANKS, f"{package} is not in the package order of tests/test_layers.py"
     for name in imported_modules(path):
-        target = _targets(name)
-        if target is not None and target != layer and target != "__init__":
-            assert target in RANKS, f"{path.name} imports {name}, a module missing from the layer table"
-            assert RANKS[target] < RANKS[layer], f"{path.name} ({layer}) imports {name} ({target})"
+        target = _target(name)
+        if target is not None and target[0] != package:
+            assert target[0] in RANKS, f"{path.name} imports {name}, a package missing from the order"
+            assert RANKS[target[0]] < RANKS[package], f"{package}/{path.name} imports {name} ({target[0]})"
         top = name.split(".")[0]
         if top in CONFINED:
-            assert layer in CONFINED[top], f"{path.name} ({layer}) imports {top}"
+            allowed = CONFINED[top]
+            assert package in allowed or f"{package}/{module}" in allowed, f"{package}/{path.name} imports {top}"
+
+
+def _internal_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (its __init__ left out)."""
+    folder = PACKAGE / package
+    graph = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        targets = {_target(n) for n in imported_modules(path)}
+        graph[path.stem] = {m for t in targets if t and t[0] == package and t[1] for m in [t[1]] if m != path.stem}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", [p.name for p in sorted(PACKAGE.iterdir()) if (p / "__init__.py").exists()])
+def test_no_import_cycle_inside_a_package(package: str):
+    assert _cycle(_internal_graph(package)) is None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+@pytest.mark.parametrize("package", [p.name for p in sorted(PACKAGE.iterdir()) if (p / "__init__.py").exists()])
+def test_every_package_says_what_it_owns_and_may_import(package: str):
+    doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text())) or ""
+    assert "Owns:" in doc and "May import:" in doc, f"psvae_opt/{package}/__init__.py"
+    for module in (PACKAGE / package).glob("*.py"):
+        if module.stem != "__init__":
+            assert f"``{module.stem}``" in doc, f"psvae_opt/{package}/__init__.py does not name {module.stem}"
+
+
+def test_the_top_level_holds_only_the_packages_of_the_order():
+    tops = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()} - {"__init__"}
+    assert tops <= set(ORDER), sorted(tops - set(ORDER))
 
 
 def test_every_import_form_is_seen():
-    """The checker itself: each import form of another layer is caught."""
-    config = PACKAGE / "config.py"  # checked as if config.py held each source
+    """The checker itself: each import form of another package is caught."""
+    config = PACKAGE / "errors.py"  # checked as if errors.py held each source
     forms = (
-        "from psvae_opt import study",
-        "import psvae_opt.study",
-        "import psvae_opt.study as s",
-        "from psvae_opt.study import counts",
-        "from . import study",
-        "from .study import counts",
-        "def f():\n    from psvae_opt import study",
+        "from psvae_opt.search import study",
+        "import psvae_opt.search.study",
+        "import psvae_opt.search.study as s",
+        "from psvae_opt.search.study import counts",
+        "from .search import study",
+        "from .search.study import counts",
+        "def f():\n    from psvae_opt.search import study",
     )
     for source in forms:
-        assert "study" in {_targets(n) for n in imported_modules(config, source)}, source
-    assert {_targets(n) for n in imported_modules(config, "import os\nfrom pathlib import Path")} == {None}
+        assert ("search", "study") in {_target(n) for n in imported_modules(config, source)}, source
+    assert {_target(n) for n in imported_modules(config, "import os\nfrom pathlib import Path")} == {None}
 
 
-def test_config_and_errors_use_the_standard_library_only():
-    for module in ("errors", "config"):
-        for name in imported_modules(PACKAGE / f"{module}.py"):
+def test_errors_and_config_use_the_standard_library_only():
+    files = [PACKAGE / "errors.py", *sorted((PACKAGE / "config").glob("*.py")), PACKAGE / "config.py"]
+    for path in (f for f in files if f.exists()):
+        for name in imported_modules(path):
             top = name.split(".")[0]
-            assert top in sys.stdlib_module_names or top in ("psvae_opt", "__future__"), f"{module} imports {name}"
+            assert top in sys.stdlib_module_names or top in ("psvae_opt", "__future__"), f"{path.name} imports {name}"
 
 
 def test_metrics_and_intervals_are_pure():
-    assert {n.split(".")[0] for n in imported_modules(PACKAGE / "metrics.py")} <= {"numpy", "__future__"}
-    assert {n.split(".")[0] for n in imported_modules(PACKAGE / "intervals.py")} <= set(sys.stdlib_module_names) | {
-        "__future__"
-    }
+    assert {n.split(".")[0] for n in imported_modules(PACKAGE / "model" / "metrics.py")} <= {"numpy", "__future__"}
+    assert {n.split(".")[0] for n in imported_modules(PACKAGE / "search" / "intervals.py")} <= set(
+        sys.stdlib_module_names
+    ) | {"__future__"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from psvae_opt.losses import (
+from psvae_opt.model.losses import (
     LOG_2PI,
     anneal_weights,
     decompose_kl,
@@ -20,7 +20,7 @@ from psvae_opt.losses import (
     log_importance_weights,
     psvae_loss,
 )
-from psvae_opt.model import ModelOutput
+from psvae_opt.model.network import ModelOutput
 
 
 def test_kl_of_the_prior_itself_is_zero_and_known_otherwise():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psvae_opt.metrics import label_mse, label_r2, label_r2_per_label, mutual_information_gap, pixel_mse, zu_corr
+from psvae_opt.model.metrics import label_mse, label_r2, label_r2_per_label, mutual_information_gap, pixel_mse, zu_corr
 
 
 def test_pixel_mse():

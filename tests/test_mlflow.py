@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from psvae_opt.storage import open_database
+from psvae_opt.search.storage import open_database
 from tests.conftest import one_line_error
 from tests.test_search import study_file
 

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from psvae_opt.errors import DataError
-from psvae_opt.model import PSVAE, _DecoderLayer, _EncoderLayer, count_parameters, random_rotation, same_padding
+from psvae_opt.model.network import PSVAE, _DecoderLayer, _EncoderLayer, count_parameters, random_rotation, same_padding
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_same_padding_and_the_decoder_is_the_exact_adjoint(size: int, kernel: in
 
 
 def test_patch_layers_equal_the_plain_convolutions():
-    from psvae_opt.model import _patch_conv, _patch_conv_transpose
+    from psvae_opt.model.network import _patch_conv, _patch_conv_transpose
 
     x, w, b = (
         torch.randn(3, 7, 10, 15, dtype=torch.float64),

@@ -12,12 +12,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from psvae_opt import metrics, plots, run_plots
 from psvae_opt.errors import ConfigError, DataError
-from psvae_opt.runs import CSV_COLUMNS
-from psvae_opt.study import seed_summary
+from psvae_opt.model import metrics
+from psvae_opt.reports import run_charts, study_charts
+from psvae_opt.search.study import seed_summary
+from psvae_opt.training.run_folder import CSV_COLUMNS
 
-STAGE2_ATTRS = plots.SUMMARY_PANELS[2]
+STAGE2_ATTRS = study_charts.SUMMARY_PANELS[2]
 
 
 def stage2_study(values: dict[tuple[float, int], dict[str, float]]) -> optuna.Study:
@@ -48,7 +49,7 @@ def test_stage2_summary_means_and_spreads_equal_the_trials():
     rng = np.random.default_rng(0)
     values = {(b, s): {m: float(rng.uniform(0.1, 1)) for m in STAGE2_ATTRS} for b in (1.0, 5.0) for s in range(3)}
     del values[(5.0, 2)]["train_zu_corr"]  # undefined for one trial: left out of that metric only
-    data = plots.search_summary_data(stage2_study(values), 2)
+    data = study_charts.search_summary_data(stage2_study(values), 2)
     assert (data.x_name, data.group_name, data.metrics) == ("beta", None, STAGE2_ATTRS)
     (series,) = data.series
     assert series.x.tolist() == [1.0, 5.0] and series.n.tolist() == [3, 3]
@@ -65,7 +66,7 @@ def test_stage2_summary_agrees_with_the_seed_summary_of_the_study():
     study = stage2_study(
         {(b, s): {m: float(rng.uniform()) for m in STAGE2_ATTRS} for b in (1.0, 10.0) for s in range(2)}
     )
-    (series,) = plots.search_summary_data(study, 2).series
+    (series,) = study_charts.search_summary_data(study, 2).series
     for i, row in enumerate(seed_summary(study)):
         assert row["beta"] == series.x[i]
         for m in STAGE2_ATTRS:
@@ -86,21 +87,21 @@ def test_stage1_summary_has_one_line_per_n_unsup_sorted_by_alpha():
                 user_attrs=attrs,
             )
         )
-    data = plots.search_summary_data(study, 1)
+    data = study_charts.search_summary_data(study, 1)
     assert [s.group for s in data.series] == [2.0, 3.0]
     two, three = data.series
     assert two.x.tolist() == [50.0, 1000.0] and three.x.tolist() == [50.0, 100.0]
     assert two.mean["val_pixel_mse"].tolist() == pytest.approx([2.05, 3.0])
     assert three.mean["val_label_mse"].tolist() == pytest.approx([0.02, 0.01])
     assert two.std["val_pixel_mse"].tolist() == [0.0, 0.0]  # one trial per point: no spread
-    fig = plots.search_summary_figure(data)
+    fig = study_charts.search_summary_figure(data)
     lines = [t for t in fig.data if t.name == "n_unsup = 3"]
     assert len(fig.data) == 2 * 2 and list(lines[0].y) == pytest.approx([3.05, 3.1])
     assert fig.layout.xaxis.type == "log"
 
 
 def test_an_empty_study_gives_an_empty_summary():
-    data = plots.search_summary_data(optuna.create_study(directions=["minimize", "minimize"]), 2)
+    data = study_charts.search_summary_data(optuna.create_study(directions=["minimize", "minimize"]), 2)
     assert data.series == ()
 
 
@@ -111,13 +112,13 @@ def test_stage2_summary_leaves_out_collapsed_seeds_and_shows_each_factor():
         (1.0, 1): {**base, "train_zu_corr": 0.6, "factor_r_jaw": 0.7, "factor_r_chest": 0.9},
         (1.0, 2): {**base, "train_zu_corr": 0.01, "factor_r_jaw": 0.1, "factor_r_chest": 0.1, "collapsed": True},
     }
-    data = plots.search_summary_data(stage2_study(values), 2)
+    data = study_charts.search_summary_data(stage2_study(values), 2)
     assert data.metrics == (*STAGE2_ATTRS, "factor_r_chest", "factor_r_jaw")
     (series,) = data.series
     assert series.n.tolist() == [2]  # the collapsed seed is left out, as in the recommendation
     assert series.mean["train_zu_corr"].tolist() == pytest.approx([0.5])
     assert series.mean["factor_r_jaw"].tolist() == pytest.approx([0.8])
-    fig = plots.search_summary_figure(data)
+    fig = study_charts.search_summary_figure(data)
     assert "factor_r_jaw" in [a.text for a in fig.layout.annotations] and "max_label_leak" in [
         a.text for a in fig.layout.annotations
     ]
@@ -130,17 +131,17 @@ def test_pareto_data_marks_the_front_and_the_recommendation():
     for beta, seed, zu, pixel in points:
         study.add_trial(create_trial(params={"beta": beta, "seed": seed}, distributions=dists, values=[zu, pixel]))
     study.set_user_attr("recommendation", {"trial": 2})
-    data = plots.pareto_data(study, 2)
+    data = study_charts.pareto_data(study, 2)
     assert data.names == ("zu_corr", "pixel_mse") and data.numbers == (0, 1, 2, 3)
     assert data.on_front.tolist() == [True, True, True, False]  # trial 3 is dominated by trial 1
     assert data.labels[3] == "beta=10, seed=1" and data.recommended.tolist() == [0.2, 0.03]
-    fig = plots.pareto_figure(data, "t")
+    fig = study_charts.pareto_figure(data, "t")
     front = next(t for t in fig.data if t.name == "Pareto front")
     assert list(front.x) == [0.2, 0.5, 0.9] and list(front.y) == [0.03, 0.02, 0.01]  # ordered along x
     assert next(t for t in fig.data if t.name == "recommended").x == (0.2,)
     stage1 = optuna.create_study(directions=["minimize", "minimize"])
     stage1.set_user_attr("recommendation", {"trial": 0, "pixel_mse": 0.02, "label_mse": 0.3})
-    assert plots.pareto_data(stage1, 1).recommended.tolist() == [0.02, 0.3]  # the seed means
+    assert study_charts.pareto_data(stage1, 1).recommended.tolist() == [0.02, 0.3]  # the seed means
 
 
 def write_run(run_dir: Path, epochs: int, best: int | None) -> None:
@@ -160,24 +161,24 @@ def write_run(run_dir: Path, epochs: int, best: int | None) -> None:
 @pytest.mark.parametrize("split,offset", [("train", 0), ("val", 100)])
 def test_training_curves_are_the_rows_of_one_split(tmp_path: Path, split: str, offset: int):
     write_run(tmp_path / "run", epochs=4, best=2)
-    curves = run_plots.training_curves_data(tmp_path / "run", split)
+    curves = run_charts.training_curves_data(tmp_path / "run", split)
     assert curves.split == split and curves.best_epoch == 2
     assert curves.epochs.tolist() == [0, 1, 2, 3]
     names = list(CSV_COLUMNS[2:])
-    for m in run_plots.CURVE_METRICS:
+    for m in run_charts.CURVE_METRICS:
         assert curves.values[m].tolist() == [offset + 10 * e + names.index(m) for e in range(4)]
-    fig = run_plots.training_curves_figure([curves])
-    assert len(fig.data) == len(run_plots.CURVE_METRICS)
-    assert list(fig.data[run_plots.CURVE_METRICS.index("tc")].y) == curves.values["tc"].tolist()
+    fig = run_charts.training_curves_figure([curves])
+    assert len(fig.data) == len(run_charts.CURVE_METRICS)
+    assert list(fig.data[run_charts.CURVE_METRICS.index("tc")].y) == curves.values["tc"].tolist()
 
 
 def test_training_curves_refuse_a_bad_split_and_a_run_without_metrics(tmp_path: Path):
     write_run(tmp_path / "run", epochs=1, best=None)
-    assert run_plots.training_curves_data(tmp_path / "run", "val").best_epoch is None  # still training
+    assert run_charts.training_curves_data(tmp_path / "run", "val").best_epoch is None  # still training
     with pytest.raises(ConfigError, match="--split 'test'"):
-        run_plots.training_curves_data(tmp_path / "run", "test")
+        run_charts.training_curves_data(tmp_path / "run", "test")
     with pytest.raises(DataError, match="no metrics.csv"):
-        run_plots.training_curves_data(tmp_path / "nowhere", "val")
+        run_charts.training_curves_data(tmp_path / "nowhere", "val")
 
 
 def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
@@ -188,7 +189,7 @@ def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
     masks[6, 1] = 0
     y_hat = labels.copy()
     y_hat[:, 2] += rng.standard_normal(20) * 0.5
-    data = run_plots.label_traces_data(labels, masks, y_hat, starts, [2, 1], [2, 1], ["a", "b", "c"])
+    data = run_charts.label_traces_data(labels, masks, y_hat, starts, [2, 1], [2, 1], ["a", "b", "c"])
     assert data.label_names == ("c", "b") and data.trials == (2, 1)
     assert data.frames.tolist() == list(range(12, 20)) + list(range(5, 12))
     assert data.trial_starts.tolist() == [0, 8, 15]
@@ -199,7 +200,7 @@ def test_label_traces_concatenate_the_chosen_trials_with_the_r2_of_each_label():
         labels[data.frames][:, [2]], y_hat[data.frames][:, [2]], masks[data.frames][:, [2]]
     )
     assert data.r2[0] == pytest.approx(expected[0]) and data.r2[0] < 0.95
-    fig = run_plots.label_traces_figure(data)
+    fig = run_charts.label_traces_figure(data)
     assert fig.layout.annotations[0].text == f"c (R² = {data.r2[0]:.3f})"
     assert data.trial_names == data.trial_sessions == ()  # unnamed: each trial titled by its index
     assert [a.text for a in fig.layout.annotations[2:]] == ["trial 2", "trial 1"]
@@ -209,7 +210,7 @@ def test_label_traces_title_each_trial_with_its_session_and_name():
     starts = np.array([0, 3, 5, 9, 10])
     labels = np.random.default_rng(1).standard_normal((10, 2))
     names, sessions = ["t0", "t1", "t0", "t1"], ["mouse_a", "mouse_a", "mouse_b", "mouse_b"]
-    data = run_plots.label_traces_data(
+    data = run_charts.label_traces_data(
         labels,
         np.ones_like(labels),
         labels,
@@ -222,7 +223,7 @@ def test_label_traces_title_each_trial_with_its_session_and_name():
     )
     assert data.trial_names == ("t1", "t0", "t0") and data.trial_sessions == ("mouse_b", "mouse_a", "mouse_b")
     assert data.trial_titles == ("mouse_b: t1", "mouse_a: t0", "mouse_b: t0")
-    fig = run_plots.label_traces_figure(data)
+    fig = run_charts.label_traces_figure(data)
     titles = [a for a in fig.layout.annotations if a.text in data.trial_titles]
     assert [a.text for a in titles] == list(data.trial_titles)
     # each title sits at the start of its trial's stretch: frames 9, then 0..2 (3 frames), then 5..8
@@ -232,13 +233,13 @@ def test_label_traces_title_each_trial_with_its_session_and_name():
 def test_label_traces_refuse_unknown_trials_and_labels():
     starts, labels = np.array([0, 4, 8]), np.zeros((8, 2))
     with pytest.raises(ConfigError, match="between 0 and 1"):
-        run_plots.label_traces_data(labels, labels, labels, starts, [2], [0], ["a", "b"])
+        run_charts.label_traces_data(labels, labels, labels, starts, [2], [0], ["a", "b"])
     with pytest.raises(ConfigError, match="labels \\[5\\]"):
-        run_plots.label_traces_data(labels, labels, labels, starts, [0], [5], ["a", "b"])
+        run_charts.label_traces_data(labels, labels, labels, starts, [0], [5], ["a", "b"])
 
 
 def test_split_trials_are_the_trials_whose_frames_are_in_the_split():
     starts = np.array([0, 3, 6, 9])
     split = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    assert run_plots.split_trials(split, starts) == [1]
-    assert run_plots.split_trials(split, starts, code=0) == [0]
+    assert run_charts.split_trials(split, starts) == [1]
+    assert run_charts.split_trials(split, starts, code=0) == [0]

@@ -17,9 +17,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from psvae_opt import trial_queue
-from psvae_opt.storage import open_database
-from psvae_opt.study import knee_index
+from psvae_opt.search import trial_queue
+from psvae_opt.search.storage import open_database
+from psvae_opt.search.study import knee_index
 from tests.conftest import one_line_error
 
 pytestmark = pytest.mark.slow
@@ -383,7 +383,7 @@ def test_a_launcher_that_ends_during_an_outage_still_recommends(postgres, tiny_h
     just as its workers finish (CI once failed here: the workers rode it out, the launcher did not)."""
     import threading
 
-    from psvae_opt import stages
+    from psvae_opt.service import stages
 
     url = _database(postgres, "late_outage_test")
     config = study_file(tmp_path, tiny_h5, epochs=2, alphas=(50.0, 1000.0), n_unsup=(2,))

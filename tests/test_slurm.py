@@ -15,7 +15,7 @@ import pytest
 
 from psvae_opt.config import SlurmConfig, dump_config, load_config
 from psvae_opt.errors import ConfigError
-from psvae_opt.slurm import DONE_STATES, FINISHED, batch_script, cancel, gpu_of_worker, submit, task_states
+from psvae_opt.service.slurm import DONE_STATES, FINISHED, batch_script, cancel, gpu_of_worker, submit, task_states
 
 URL = "postgresql+psycopg://lab:s3cret-pw@db.example:5432/psvae"
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from psvae_opt import trial_queue
-from psvae_opt.slurm import DONE_STATES, task_states
-from psvae_opt.study import knee_index
+from psvae_opt.search import trial_queue
+from psvae_opt.search.study import knee_index
+from psvae_opt.service.slurm import DONE_STATES, task_states
 from tests.conftest import one_line_error
 from tests.test_search import (
     _database,

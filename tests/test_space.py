@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from psvae_opt.config import load_config
-from psvae_opt.space import stage1_grid, stage2_grid, study_name, trial_config
+from psvae_opt.search.space import stage1_grid, stage2_grid, study_name, trial_config
 
 
 def test_grids_follow_the_study_file():

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy
 
 from psvae_opt.errors import StorageError
-from psvae_opt.storage import db_patience, describe, heartbeat_interval, open_database, resolve_url
+from psvae_opt.search.storage import db_patience, describe, heartbeat_interval, open_database, resolve_url
 
 
 def test_the_flag_wins_then_the_environment_then_sqlite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

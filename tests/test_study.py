@@ -8,12 +8,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from psvae_opt import trial_queue
 from psvae_opt.config import load_config
 from psvae_opt.errors import ConfigError
-from psvae_opt.intervals import t_interval
-from psvae_opt.storage import open_database
-from psvae_opt.study import (
+from psvae_opt.search import trial_queue
+from psvae_opt.search.intervals import t_interval
+from psvae_opt.search.storage import open_database
+from psvae_opt.search.study import (
     counts,
     create_stage,
     enqueue_points,
@@ -170,7 +170,7 @@ def test_every_trial_collapsed_falls_back_with_a_warning():
 
 def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(capsys):
     from psvae_opt.commands.search import _print_stage2
-    from psvae_opt.stages import StageOutcome
+    from psvae_opt.service.stages import StageOutcome
 
     study = stage2_study(
         [(1.0, 0, 0.3, 0.01, 0.1, True), (5.0, 0, 0.1, 0.01, 0.1, True), (5.0, 1, 0.2, 0.01, 0.1, True)]

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from psvae_opt import traversals as tv
 from psvae_opt.config import Config, dump_config
 from psvae_opt.data import load_session, split_frames, synth_session
 from psvae_opt.errors import ConfigError
-from psvae_opt.model import PSVAE
-from psvae_opt.runs import load_latents
-from psvae_opt.trainer import fit
+from psvae_opt.model.network import PSVAE
+from psvae_opt.reports import traversals as tv
+from psvae_opt.training.loop import fit
+from psvae_opt.training.run_folder import load_latents
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from psvae_opt import trial_queue
-from psvae_opt.storage import open_database
-from psvae_opt.workers import requeue_stale
+from psvae_opt.search import trial_queue
+from psvae_opt.search.storage import open_database
+from psvae_opt.service.trial_loop import requeue_stale
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from psvae_opt import trial_queue
-from psvae_opt.storage import open_database
-from psvae_opt.workers import StopFlag, _duplicate_of, judge_others, requeue_stale
+from psvae_opt.search import trial_queue
+from psvae_opt.search.storage import open_database
+from psvae_opt.service.trial_loop import StopFlag, _duplicate_of, judge_others, requeue_stale
 from tests.test_trial_queue import _age_heartbeat
 
 

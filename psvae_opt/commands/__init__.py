@@ -1,6 +1,9 @@
 """Command handlers of the CLI, one module per concern; ``psvae_opt.cli`` assembles them.
 
-Each module exposes ``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
+Owns: ``search`` (stage1, stage2, worker, export, status), ``train``, ``data``, ``report`` and
+``dashboard``: argument parsing, building a request, printing. Each module exposes
+``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
+May import: every package above (``errors`` to ``service``).
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from psvae_opt import dashboard, space
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.storage import open_database
-from psvae_opt.study import load_stage
+from psvae_opt.reports import dashboard
+from psvae_opt.search import space
+from psvae_opt.search.storage import open_database
+from psvae_opt.search.study import load_stage
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ def _run_data_check(args: argparse.Namespace) -> int:
     from psvae_opt.config import ModelConfig, parse_split
     from psvae_opt.data import load_session, split_frames
     from psvae_opt.errors import DataError
-    from psvae_opt.model import check_frame_shape
+    from psvae_opt.model.network import check_frame_shape
 
     s = load_session(args.files)
     try:

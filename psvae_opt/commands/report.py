@@ -1,7 +1,7 @@
 """`psvae-opt report summary|curves|labels|traversal|movie`: the guide's diagnostics, as files.
 
 Charts are interactive HTML (plotly), frames PNG and MP4; the writers live in
-:mod:`psvae_opt.diagnostics`. A trial's report uses the trial's own resolved configuration
+:mod:`psvae_opt.reports.diagnostics`. A trial's report uses the trial's own resolved configuration
 (its data file, model and split), whatever the study file says now.
 """
 
@@ -13,14 +13,15 @@ from pathlib import Path
 
 import optuna
 
-from psvae_opt import run_plots, space, traversals
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.config import Config, load_config_text
-from psvae_opt.diagnostics import write_curves, write_labels, write_summary
 from psvae_opt.errors import ConfigError
-from psvae_opt.export import prepare_folder
-from psvae_opt.runs import SPLIT_CODES
-from psvae_opt.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
+from psvae_opt.reports import run_charts, traversals
+from psvae_opt.reports.diagnostics import write_curves, write_labels, write_summary
+from psvae_opt.reports.export import prepare_folder
+from psvae_opt.reports.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
+from psvae_opt.search import space
+from psvae_opt.training.run_folder import SPLIT_CODES
 
 DEFAULT_OUT = "psvae-opt-out"
 
@@ -47,7 +48,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
     p.add_argument(
         "--split",
-        choices=run_plots.CURVE_SPLITS,
+        choices=run_charts.CURVE_SPLITS,
         default="val",
         help="split of the curves, of the default label trials and base frames (default val)",
     )
@@ -77,8 +78,8 @@ def _add_movie(p: argparse.ArgumentParser) -> None:
 
 
 def _study(args: argparse.Namespace) -> tuple[optuna.Study, Path]:
-    from psvae_opt.storage import open_database
-    from psvae_opt.study import load_stage
+    from psvae_opt.search.storage import open_database
+    from psvae_opt.search.study import load_stage
 
     cfg = load_config_from(args)
     study = load_stage(open_database(args.storage, must_exist=True), cfg, args.stage)
@@ -115,7 +116,7 @@ def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
 def _run_report(kind: str):
     def run(args: argparse.Namespace) -> int:
         from psvae_opt.data import load_session
-        from psvae_opt.devices import resolve_device
+        from psvae_opt.training.devices import resolve_device
 
         study, out = _study(args)
         if kind == "summary":
@@ -125,7 +126,7 @@ def _run_report(kind: str):
         number, run_dir, cfg = _trial(study, args.trial)
         stem = out / f"trial_{number:04d}"
         if kind == "curves":
-            run_plots.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
+            run_charts.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
             prepare_folder(out)
             print(write_curves(run_dir, Path(f"{stem}_curves_{args.split}.html"), [args.split]))
             return 0

@@ -1,6 +1,6 @@
 """`psvae-opt stage1|stage2|worker|export|status`: the two-stage search service.
 
-Arguments in, text out; what runs is :mod:`psvae_opt.stages`.
+Arguments in, text out; what runs is :mod:`psvae_opt.service.stages`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from typing import Any
 
 import optuna
 
-from psvae_opt import space, stages, worker_process
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.storage import open_database
-from psvae_opt.study import counts, given_up, load_stage
+from psvae_opt.search import space
+from psvae_opt.search.storage import open_database
+from psvae_opt.search.study import counts, given_up, load_stage
+from psvae_opt.service import stages, worker
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,8 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from psvae_opt.devices import tune_cpu_allocator
-    from psvae_opt.workers import StopFlag
+    from psvae_opt.service.trial_loop import StopFlag
+    from psvae_opt.training.devices import tune_cpu_allocator
 
     cfg = load_config_from(args)
     if args.gpu is not None and args.gpu != "auto" and not args.gpu.isdigit():
@@ -246,7 +247,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     stop = StopFlag()
     stop.install()
     db = open_database(args.storage, must_exist=True)  # the launcher creates the database
-    total = worker_process.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
+    total = worker.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
     print(f"worker {os.getpid()}: {total} trials completed")
     return 0
 

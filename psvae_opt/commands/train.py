@@ -16,8 +16,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from psvae_opt.config import dump_config
     from psvae_opt.data import load_session, split_frames
-    from psvae_opt.devices import tune_cpu_allocator
-    from psvae_opt.trainer import fit
+    from psvae_opt.training.devices import tune_cpu_allocator
+    from psvae_opt.training.loop import fit
 
     cfg = load_config_from(args)
     tune_cpu_allocator()

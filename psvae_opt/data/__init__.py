@@ -1,7 +1,12 @@
 """Data: BehaveNet's HDF5 layout, trial splits, the demo dataset and real-data import.
 
-h5py is imported only inside this package; the optional pose libraries (sleap-io, pynwb,
-ndx-pose, hdf5plugin) only inside the readers that need them.
+Owns: ``layout`` (the HDF5 layout and its checks), ``sessions`` (one or several files loaded
+as one session), ``splits`` (trial splits), ``synth`` (the demo dataset with ground truth),
+``writer`` (writing the layout), ``video`` (decoding and resizing frames), ``importer`` (video
+and pose files into the layout), ``poses``, ``keypoints``, ``views``, ``pandas_h5``, ``sleap``
+and ``nwb`` (the pose formats).
+May import: ``errors``, ``config``. h5py is imported only inside this package; the optional pose
+libraries (sleap-io, pynwb, ndx-pose, hdf5plugin) only inside the readers that need them.
 """
 
 from psvae_opt.data.importer import ImportSummary, import_labeled, import_video

@@ -3,7 +3,7 @@
 Every worker is the same ``psvae-opt worker`` command a remote machine runs. The storage URL
 reaches it through its environment (``PSVAE_OPT_STORAGE``), never its command line, where
 ``ps`` would show a password. ``local`` starts worker processes on this machine (one GPU
-each, or several per GPU); ``slurm`` submits them as one job array (:mod:`psvae_opt.slurm`).
+each, or several per GPU); ``slurm`` submits them as one job array (:mod:`psvae_opt.service.slurm`).
 Either way the launcher then follows the stage: a progress bar of its trials, dead local
 workers replaced, a job array that ended before the stage (time limits, preemption) submitted
 again, and it returns once no trial waits or runs.
@@ -23,8 +23,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from psvae_opt.storage import ENV_VAR, StudyDatabase
-from psvae_opt.workers import unfinished
+from psvae_opt.search.storage import ENV_VAR, StudyDatabase
+from psvae_opt.service.trial_loop import unfinished
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _changes(study: optuna.Study) -> tuple[int, int]:
 
 def _follow_array(job_id: str, n_tasks: int, progress: StageProgress, poll: float) -> dict[int, str]:
     """Wait until every task of a job array has ended; returns how each ended."""
-    from psvae_opt import slurm
+    from psvae_opt.service import slurm
 
     while True:
         states = slurm.task_states(job_id, n_tasks)
@@ -221,7 +221,7 @@ def _follow_array(job_id: str, n_tasks: int, progress: StageProgress, poll: floa
 
 
 def _report_failures(job_id: str, states: dict[int, str]) -> int:
-    from psvae_opt import slurm
+    from psvae_opt.service import slurm
 
     failed = {task: state for task, state in states.items() if state not in ("COMPLETED", slurm.FINISHED)}
     for task, state in failed.items():

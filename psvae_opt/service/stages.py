@@ -10,7 +10,7 @@ printing left to them (docs/design.md, "Search protocol" and "Service"):
   recommendation;
 - :func:`export` writes a stage's files.
 
-A worker's side is :mod:`psvae_opt.worker_process`.
+A worker's side is :mod:`psvae_opt.service.worker`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial
 
-from psvae_opt import devices, launchers, slurm, space
 from psvae_opt.config import Config
-from psvae_opt.dashboard import record_artifact_dir
 from psvae_opt.data import load_session
-from psvae_opt.diagnostics import save_search_summary
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.export import export_stage
-from psvae_opt.storage import StudyDatabase, resolve_url, sqlite_path
-from psvae_opt.study import (
+from psvae_opt.reports.dashboard import record_artifact_dir
+from psvae_opt.reports.diagnostics import save_search_summary
+from psvae_opt.reports.export import export_stage
+from psvae_opt.search import space
+from psvae_opt.search.storage import StudyDatabase, resolve_url, sqlite_path
+from psvae_opt.search.study import (
     counts,
     create_stage,
     enqueue_budget,
@@ -45,8 +45,10 @@ from psvae_opt.study import (
     recommend_stage2,
     seed_summary,
 )
-from psvae_opt.worker_process import require_mlflow
-from psvae_opt.workers import top_up
+from psvae_opt.service import launchers, slurm
+from psvae_opt.service.trial_loop import top_up
+from psvae_opt.service.worker import require_mlflow
+from psvae_opt.training import devices
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")

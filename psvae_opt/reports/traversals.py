@@ -28,9 +28,9 @@ from PIL import Image, ImageDraw
 from psvae_opt.config import load_config
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
-from psvae_opt.model import PSVAE
-from psvae_opt.runs import SPLIT_CODES, load_latents
-from psvae_opt.trainer import load_checkpoint
+from psvae_opt.model.network import PSVAE
+from psvae_opt.training.loop import load_checkpoint
+from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
 
 SUP_PERCENTILES = (5.0, 95.0)
 UNSUP_PERCENTILES = (15.0, 85.0)

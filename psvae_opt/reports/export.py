@@ -18,10 +18,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt import plots, space, trial_queue
 from psvae_opt.errors import ConfigError
-from psvae_opt.ratings import RATING_ATTRS, ratings_by_trial
-from psvae_opt.study import BASE_METRICS, FACTOR_PREFIX, given_up, pareto_front, seed_summary
+from psvae_opt.reports import study_charts
+from psvae_opt.reports.ratings import RATING_ATTRS, ratings_by_trial
+from psvae_opt.search import space, trial_queue
+from psvae_opt.search.study import BASE_METRICS, FACTOR_PREFIX, given_up, pareto_front, seed_summary
 
 HEALTH_COLUMNS = ("collapsed", "collapsed_dims", "zu_std", "zu_kl", "zu_label_corr", "zu_factor_corr")
 SESSION_COLUMNS = ("val_label_r2_by_session", "val_pixel_mse_by_session")  # session name -> value; 2+ sessions
@@ -101,7 +102,7 @@ def export_stage(
     }
     (out / "pareto.json").write_text(json.dumps(payload, indent=2))
     written.append(out / "pareto.json")
-    fig = plots.pareto_figure(plots.pareto_data(study, stage), f"{study.study_name}: Pareto front")
+    fig = study_charts.pareto_figure(study_charts.pareto_data(study, stage), f"{study.study_name}: Pareto front")
     fig.write_html(out / "pareto.html", include_plotlyjs=True)
     written.append(out / "pareto.html")
     written.append(_write_csv(out / "seeds_summary.csv", seed_summary(study, stage)))

@@ -22,7 +22,7 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna_dashboard import ChoiceWidget, SliderWidget, TextInputWidget, register_user_attr_form_widgets, save_note
 
-from psvae_opt import trial_queue
+from psvae_opt.search import trial_queue
 
 SINGLE_FEATURE = "rating_single_feature_dims"
 SUPERVISED_CLEAN = "rating_supervised_clean"

@@ -22,11 +22,12 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from psvae_opt import metrics, space
 from psvae_opt.config import Config, dump_config
 from psvae_opt.data import Session
-from psvae_opt.runs import METRIC_NAMES, SPLIT_CODES, load_latents, read_summary
-from psvae_opt.trainer import FitResult, fit
+from psvae_opt.model import metrics
+from psvae_opt.search import space
+from psvae_opt.training.loop import FitResult, fit
+from psvae_opt.training.run_folder import METRIC_NAMES, SPLIT_CODES, load_latents, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class TrialContext:
 def run_dir_of(config: Config, stage: int, number: int, study_key: str | None = None) -> Path:
     """Run folder of a trial: every attempt of a grid point shares it, so retries resume its checkpoint.
 
-    ``study_key`` (the study's creation time, :func:`psvae_opt.study.create_stage`) keeps
+    ``study_key`` (the study's creation time, :func:`psvae_opt.search.study.create_stage`) keeps
     the trials of a study apart from those of an earlier study of the same name, say one
     in another database or started again after its database was deleted.
     """

@@ -1,13 +1,13 @@
 """The guide's diagnostics as files, and what a worker uploads to the dashboard while it trains.
 
 - :func:`write_curves`, :func:`write_labels`, :func:`write_summary`: the charts of
-  :mod:`psvae_opt.plots` as HTML (``report`` writes them self-contained; trials upload
+  :mod:`psvae_opt.reports.study_charts` as HTML (``report`` writes them self-contained; trials upload
   versions that load plotly.js from its CDN, 4 MB less each);
-- :class:`TrialUploader`: a worker's :class:`~psvae_opt.objectives.TrialHooks`. Every
+- :class:`TrialUploader`: a worker's :class:`~psvae_opt.search.objective.TrialHooks`. Every
   :data:`CURVES_SECONDS` (at an epoch's end) it refreshes the trial's ``curves.html`` artifact
   (the same artifact id, new content), and when the fit is done it uploads the curves, label traces, traversal image and
   movie, notes a collapsed unsupervised dimension in the trial's dashboard note and, in stage
-  2, opens the trial's rating twin (:mod:`psvae_opt.ratings`);
+  2, opens the trial's rating twin (:mod:`psvae_opt.reports.ratings`);
 - :func:`save_search_summary`: the stage's summary chart saved on the study.
 
 Diagnostics are best effort: a failure logs a warning and never fails a trained trial.
@@ -25,12 +25,12 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 
-from psvae_opt import dashboard, plots, ratings, run_plots, traversals
 from psvae_opt.config import Config
 from psvae_opt.data import Session
-from psvae_opt.devices import resolve_device
-from psvae_opt.runs import SPLIT_CODES, load_latents
-from psvae_opt.trainer import FitResult
+from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
+from psvae_opt.training.devices import resolve_device
+from psvae_opt.training.loop import FitResult
+from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
 
 log = logging.getLogger(__name__)
 CURVES_SECONDS = 30.0  # the least time between refreshes of a running trial's curves artifact
@@ -49,15 +49,15 @@ def write_html(fig: go.Figure, path: Path, plotlyjs: bool | str = True) -> Path:
 
 
 def write_summary(study: optuna.Study, stage: int, path: Path) -> Path:
-    return write_html(plots.search_summary(study, stage), path)
+    return write_html(study_charts.search_summary(study, stage), path)
 
 
 def write_curves(
-    run_dir: Path, path: Path, splits: Sequence[str] = run_plots.CURVE_SPLITS, plotlyjs: bool | str = True
+    run_dir: Path, path: Path, splits: Sequence[str] = run_charts.CURVE_SPLITS, plotlyjs: bool | str = True
 ) -> Path:
-    curves = [run_plots.training_curves_data(run_dir, s) for s in splits]
+    curves = [run_charts.training_curves_data(run_dir, s) for s in splits]
     title = f"{run_dir.name}: training curves ({', '.join(splits)})"
-    return write_html(run_plots.training_curves_figure(curves, title), path, plotlyjs)
+    return write_html(run_charts.training_curves_figure(curves, title), path, plotlyjs)
 
 
 def write_labels(
@@ -73,14 +73,14 @@ def write_labels(
     before a second of one), each titled with its session and trial name."""
     latents = load_latents(run_dir)
     if not trials:
-        pool = run_plots.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])
+        pool = run_charts.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])
         firsts: dict[int, int] = {}  # session -> its first trial of the split
         for t in pool:
             firsts.setdefault(int(session.trial_sessions[t]), t)
         chosen = [*firsts.values(), *(t for t in pool if t not in firsts.values())]
         trials = sorted(chosen[:2]) or [0]
     sessions = [session.session_names[s] for s in session.trial_sessions]
-    data = run_plots.label_traces_data(
+    data = run_charts.label_traces_data(
         session.labels,
         session.masks,
         latents["y_hat"],
@@ -91,7 +91,7 @@ def write_labels(
         trial_names=[name.removeprefix(f"{s}/") for name, s in zip(session.trial_names, sessions)],
         trial_sessions=sessions,
     )
-    return write_html(run_plots.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
+    return write_html(run_charts.label_traces_figure(data, f"{run_dir.name}: label reconstructions"), path, plotlyjs)
 
 
 def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, device: str = "cpu") -> list[Path]:
@@ -131,7 +131,7 @@ class TrialUploader:
         session: the worker's data.
         config: the worker's study file.
         retry: how the end-of-trial uploads ride out a database outage
-            (:meth:`psvae_opt.storage.StudyDatabase.retry`); by default they do not.
+            (:meth:`psvae_opt.search.storage.StudyDatabase.retry`); by default they do not.
     """
 
     def __init__(
@@ -208,6 +208,6 @@ class TrialUploader:
 def save_search_summary(study: optuna.Study, stage: int) -> None:
     """Save the stage's search summary on the study (optuna-dashboard shows it on the study page)."""
     try:
-        dashboard.save_figure(study, plots.search_summary(study, stage), f"search-summary-stage{stage}")
+        dashboard.save_figure(study, study_charts.search_summary(study, stage), f"search-summary-stage{stage}")
     except Exception as exc:  # the summary is a convenience
         log.warning("search summary not saved on %s (%s: %s)", study.study_name, type(exc).__name__, exc)

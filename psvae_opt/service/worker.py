@@ -1,5 +1,5 @@
 """A worker process from start to exit: its device, the data, one frozen context per stage,
-the MLflow hook, and the loop of :mod:`psvae_opt.workers` (docs/design.md, "Workers").
+the MLflow hook, and the loop of :mod:`psvae_opt.service.trial_loop` (docs/design.md, "Workers").
 
 ``psvae-opt worker`` runs :func:`join`, whether a launcher started it on this machine, a
 SLURM array task on a compute node or a user on another machine.
@@ -20,15 +20,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from psvae_opt import devices, space
 from psvae_opt.config import Config, replace
 from psvae_opt.data import load_session, split_frames
-from psvae_opt.diagnostics import TrialUploader
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.objectives import TrialContext, TrialHooks
-from psvae_opt.storage import StudyDatabase, heartbeat_interval
-from psvae_opt.study import BASE_METRICS, load_stage
-from psvae_opt.workers import StopFlag, run_worker
+from psvae_opt.reports.diagnostics import TrialUploader
+from psvae_opt.search import space
+from psvae_opt.search.objective import TrialContext, TrialHooks
+from psvae_opt.search.storage import StudyDatabase, heartbeat_interval
+from psvae_opt.search.study import BASE_METRICS, load_stage
+from psvae_opt.service.trial_loop import StopFlag, run_worker
+from psvae_opt.training import devices
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def require_mlflow(uri: str) -> None:
 def mlflow_hook(uri: str, stage: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     """Log each complete trial to MLflow: one run per trial in the experiment named after the
     study, with the trial's parameters, the stage's two objective values and the main metrics
-    (:data:`~psvae_opt.study.BASE_METRICS`, test errors) as metrics and its user attributes as tags."""
+    (:data:`~psvae_opt.search.study.BASE_METRICS`, test errors) as metrics and its user attributes as tags."""
     require_mlflow(uri)
     import mlflow
     from optuna_integration.mlflow import MLflowCallback

@@ -1,7 +1,7 @@
 """Workers: processes that pop queued trials of a study and train them until none is left.
 
 The launcher enqueues every trial before any worker starts; a worker only ever pops WAITING
-trials (atomically, :mod:`psvae_opt.trial_queue`), so no grid point runs twice. While a trial
+trials (atomically, :mod:`psvae_opt.search.trial_queue`), so no grid point runs twice. While a trial
 trains, a heartbeat thread stamps it. Between trials a worker looks for trials of dead
 workers (no heartbeat for a grace period, by the database's clock) and re-queues them; the
 next attempt resumes from the run's ``last.pt``. A worker that was itself cut off from the
@@ -25,11 +25,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt import trial_queue
 from psvae_opt.errors import PsvaeError, StorageError
-from psvae_opt.objectives import TrialContext, objective
-from psvae_opt.storage import GRACE_BEATS, TRANSIENT, StudyDatabase
-from psvae_opt.study import enqueue_points, plan_more_seeds, point_key
+from psvae_opt.search import trial_queue
+from psvae_opt.search.objective import TrialContext, objective
+from psvae_opt.search.storage import GRACE_BEATS, TRANSIENT, StudyDatabase
+from psvae_opt.search.study import enqueue_points, plan_more_seeds, point_key
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -236,7 +236,7 @@ def run_worker(
     Args:
         interval: seconds between heartbeats; a trial is stale after GRACE_BEATS of them.
         max_seeds: stage 2 ``--seeds auto``: the seed budget per beta; when the queue runs dry
-            this worker queues the next round itself (:func:`psvae_opt.study.plan_more_seeds`).
+            this worker queues the next round itself (:func:`psvae_opt.search.study.plan_more_seeds`).
     """
     grace = GRACE_BEATS * interval
     unwatched: dict[int, float] = {}

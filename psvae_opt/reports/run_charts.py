@@ -1,5 +1,5 @@
 """The guide's charts of one run (docs/design.md, "Diagnostics"): each a pure data function plus
-a plotly renderer; the charts of a whole study are in :mod:`psvae_opt.plots`.
+a plotly renderer; the charts of a whole study are in :mod:`psvae_opt.reports.study_charts`.
 
 - training curves of one run, for the training or the validation split;
 - label reconstructions: true and predicted label traces over chosen trials, R^2 per label.
@@ -19,9 +19,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from psvae_opt import metrics
 from psvae_opt.errors import ConfigError, DataError
-from psvae_opt.runs import SPLIT_CODES, read_metrics
+from psvae_opt.model import metrics
+from psvae_opt.training.run_folder import SPLIT_CODES, read_metrics
 
 CURVE_METRICS = ("loss", "pixel_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl")
 CURVE_SPLITS = ("train", "val")

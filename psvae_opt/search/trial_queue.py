@@ -13,7 +13,7 @@ checks them against the pinned Optuna:
   attempt trains in the first attempt's run folder and resumes its checkpoint. Crashes and
   signals have separate budgets (a trial preempted ten times must still complete);
 - **ids and system attributes**: trial and study ids, a study's system attributes and raw
-  parameter writes (for the rating twins of :mod:`psvae_opt.ratings`).
+  parameter writes (for the rating twins of :mod:`psvae_opt.reports.ratings`).
 """
 
 from __future__ import annotations

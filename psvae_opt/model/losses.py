@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from psvae_opt.model import ModelOutput
+from psvae_opt.model.network import ModelOutput
 
 LOG_2PI = math.log(2.0 * math.pi)
 

@@ -11,7 +11,7 @@ run folder:
 - ``last.pt``       the resume checkpoint, rewritten every epoch;
 - ``latents.npz``   latent means and log-variances of every frame from the best checkpoint;
 - ``summary.json``  train/val/test metrics of the best checkpoint;
-- ``events.out.tfevents.*``  the per-epoch metrics for TensorBoard (:mod:`psvae_opt.event_log`).
+- ``events.out.tfevents.*``  the per-epoch metrics for TensorBoard (:mod:`psvae_opt.training.event_log`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from psvae_opt import metrics
 from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
 from psvae_opt.data import Session
-from psvae_opt.devices import DeviceData, autocast, resolve_device, resolve_precision, to_device
 from psvae_opt.errors import ConfigError, DataError, TrainingError
-from psvae_opt.event_log import EventLog
-from psvae_opt.losses import LossTerms, first_full_weight_epoch, psvae_loss
-from psvae_opt.model import PSVAE, ModelOutput
-from psvae_opt.runs import METRIC_NAMES, SESSION_DTYPE, SPLIT_CODES, append_rows, save_atomic, truncate_rows
+from psvae_opt.model import metrics
+from psvae_opt.model.losses import LossTerms, first_full_weight_epoch, psvae_loss
+from psvae_opt.model.network import PSVAE, ModelOutput
+from psvae_opt.training.devices import DeviceData, autocast, resolve_device, resolve_precision, to_device
+from psvae_opt.training.event_log import EventLog
+from psvae_opt.training.run_folder import (
+    METRIC_NAMES,
+    SESSION_DTYPE,
+    SPLIT_CODES,
+    append_rows,
+    save_atomic,
+    truncate_rows,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt import space, trial_queue
 from psvae_opt.config import Config, dump_config
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.intervals import Interval, compare, t_interval
-from psvae_opt.runs import METRIC_NAMES
-from psvae_opt.storage import StudyDatabase
+from psvae_opt.search import space, trial_queue
+from psvae_opt.search.intervals import Interval, compare, t_interval
+from psvae_opt.search.storage import StudyDatabase
+from psvae_opt.training.run_folder import METRIC_NAMES
 
 BASE_METRICS = (*(f"val_{m}" for m in METRIC_NAMES), "train_zu_corr", "mig", "max_label_leak")
 FACTOR_PREFIX = "factor_r_"  # per unlabelled factor: the best |r| of an unsupervised latent

@@ -1,0 +1,10 @@
+"""What a person looks at: charts, traversals, exports, the dashboard and its ratings.
+
+Owns: ``study_charts`` (charts of a whole study) and ``run_charts`` (charts of one run), each
+a pure data function plus a plotly renderer; ``traversals`` (latent traversal frames and
+movies); ``diagnostics`` (those charts as files and a trial's uploads); ``export`` (Pareto
+fronts and seed summaries); ``dashboard`` (optuna-dashboard's artifact store and server);
+``ratings`` (human ratings of stage-2 traversals).
+May import: every layer above (``errors`` to ``search``); plotly and optuna-dashboard live here.
+Nothing here starts or follows workers.
+"""

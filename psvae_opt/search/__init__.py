@@ -1,0 +1,9 @@
+"""The search: spaces, the objective that turns a trial into a fit, and the studies in a database.
+
+Owns: ``space`` (grids, samplers, names of both stages), ``objective`` (where an Optuna trial
+meets training), ``storage`` (SQLite/PostgreSQL, outages), ``trial_queue`` (every use of
+Optuna beyond its public API), ``study`` (queues, seed statistics, recommendations) and
+``intervals`` (statistics over seeds, pure Python).
+May import: ``errors``, ``config``, ``data``, ``model``, ``training``; the first layer with
+Optuna; SQLAlchemy only in ``storage`` and ``trial_queue``. Nothing here starts processes.
+"""
