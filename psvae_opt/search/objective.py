@@ -177,6 +177,7 @@ def objective(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     write_attrs: AttrWriter = set_attrs,
+    owner_check: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """Train the trial's PS-VAE; returns the stage's two objective values.
 
@@ -184,6 +185,7 @@ def objective(
         first_number: the number of the first attempt of the trial's grid point; every
             attempt trains in that attempt's run folder and resumes its checkpoint.
         should_stop: polled during training; True stops it with KeyboardInterrupt.
+        owner_check: called before every write to the run folder; raises when the trial was taken over.
     """
     params = space.suggest(trial, ctx.config, ctx.stage, ctx.sampler, ctx.seed_upper)
     config = space.trial_config(ctx.config, ctx.stage, params, dict(ctx.fixed))
@@ -211,6 +213,7 @@ def objective(
         progress=ctx.progress,
         on_epoch=on_epoch,
         should_stop=should_stop,
+        owner_check=owner_check,
     )
     attrs = fit_attributes(result, config.train.model_seed)
     attrs.update(latent_attributes(ctx.session, load_latents(run_dir), ctx.config.study.collapse_std))

@@ -7,7 +7,8 @@ checks them against the pinned Optuna:
 - **pop**: take one WAITING trial atomically (compare-and-set to RUNNING in the database),
   as Optuna's own ``Study._pop_waiting_trial_id`` does, and stamp its first heartbeat at once;
 - **heartbeat**: Optuna's heartbeat table, stamped and read with the *database's* clock, so
-  that workers on machines whose clocks disagree judge staleness alike;
+  that workers on machines whose clocks disagree judge staleness alike; and the state read of
+  :func:`still_running` before every write to a run folder (one attempt owns a folder at a time);
 - **retry lineage**: a re-queued trial is a new WAITING trial with the same grid point and
   the lineage in its user attributes (:data:`FIRST`, :data:`CRASHES`, :data:`SIGNALS`): every
   attempt trains in the first attempt's run folder and resumes its checkpoint. Crashes and
@@ -117,6 +118,16 @@ def heartbeat_ages(study: optuna.Study) -> dict[int, float | None]:
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one().replace(tzinfo=None)
         rows = conn.execute(query).all()
     return {tid: None if beat is None else (now - beat.replace(tzinfo=None)).total_seconds() for tid, beat in rows}
+
+
+def still_running(study: optuna.Study, tid: int) -> bool:
+    """Whether a trial is still RUNNING: the one read a worker makes before each write to the
+    trial's run folder. Another worker that finds the trial stale fails it before it queues
+    the next attempt, so an attempt that reads RUNNING here still owns the folder."""
+    query = sqlalchemy.select(sqlalchemy.cast(_TRIALS.c.state, sqlalchemy.String)).where(_TRIALS.c.trial_id == tid)
+    with _engine(study).connect() as conn:
+        state = conn.execute(query).scalar_one_or_none()
+    return state == TrialState.RUNNING.name
 
 
 def first_number(trial: FrozenTrial) -> int:

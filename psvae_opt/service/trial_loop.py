@@ -135,6 +135,23 @@ def _duplicate_of(study: optuna.Study, trial: FrozenTrial) -> int | None:
     return None
 
 
+def owner_check(
+    db: StudyDatabase, study: optuna.Study, tid: int, number: int, lost: threading.Event
+) -> Callable[[], None]:
+    """What a trial's fit calls before each write to its run folder: the trial must still be
+    RUNNING in the database. A worker that was paused (SIGSTOP, a frozen VM, swap) past its
+    heartbeat while another worker took its trial over stops here, before it writes anything
+    into the folder the next attempt now owns (docs/design.md, "Faults")."""
+
+    def check() -> None:
+        if lost.is_set() or not db.retry(lambda: trial_queue.still_running(study, tid), what="checking a trial"):
+            lost.set()
+            log.warning("trial %d was taken over by another worker; this attempt stops without writing", number)
+            raise KeyboardInterrupt(f"trial {number} was taken over")
+
+    return check
+
+
 def _attr_writer(db: StudyDatabase) -> Callable[[optuna.Trial, dict[str, Any]], None]:
     def write(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
@@ -163,7 +180,12 @@ def run_one(
     try:
         with Heartbeat(db, study, tid, interval, lost.set):
             values = objective(
-                trial, ctx, first, should_stop=lambda: stop() or lost.is_set(), write_attrs=_attr_writer(db)
+                trial,
+                ctx,
+                first,
+                should_stop=lambda: stop() or lost.is_set(),
+                write_attrs=_attr_writer(db),
+                owner_check=owner_check(db, study, tid, frozen.number, lost),
             )
         told = db.retry(lambda: study.tell(trial, values), what="reporting a trial")
     except KeyboardInterrupt:

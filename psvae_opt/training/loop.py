@@ -39,9 +39,13 @@ from psvae_opt.training.run_folder import (
     METRIC_NAMES,
     SESSION_DTYPE,
     SPLIT_CODES,
+    OwnerCheck,
     append_rows,
+    remove_leftovers,
     save_atomic,
     truncate_rows,
+    write_atomic,
+    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -202,8 +206,9 @@ def train_step(
 class _Trainer:
     """State of one run; ``fit`` drives it."""
 
-    def __init__(self, model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir):
+    def __init__(self, model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir, check: OwnerCheck):
         self.loss_cfg, self.cfg, self.run_dir = loss_cfg, train_cfg, Path(run_dir)
+        self.check = check  # before every write: does this attempt still own the run folder?
         self.device = resolve_device(train_cfg.device)
         self.precision = resolve_precision(train_cfg.precision, self.device)
         torch.backends.cudnn.deterministic = train_cfg.deterministic
@@ -259,6 +264,9 @@ class _Trainer:
 
     def resume(self) -> bool:
         path = self.run_dir / "last.pt"
+        if self.run_dir.is_dir():
+            self.check()
+            remove_leftovers(self.run_dir)  # temporary files of killed attempts
         if not path.exists():
             return False
         state = load_state(path, self.device)
@@ -271,7 +279,7 @@ class _Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
-        truncate_rows(self.run_dir / "metrics.csv", self.epoch - 1)
+        truncate_rows(self.run_dir / "metrics.csv", self.epoch - 1, self.check)
         return True
 
     def _check_same_run(self, stored: str | None) -> None:
@@ -348,11 +356,11 @@ class _Trainer:
             # Before annealing ends no epoch qualifies; the last one is kept as a fallback.
             self.best_loss = val_loss if improved else self.best_loss
             self.best_epoch, self.bad_epochs = self.epoch, 0
-            save_atomic({"model": self.model.state_dict(), "epoch": self.epoch}, self.run_dir / "best.pt")
+            save_atomic({"model": self.model.state_dict(), "epoch": self.epoch}, self.run_dir / "best.pt", self.check)
         elif self.annealed(self.epoch):
             self.bad_epochs += 1
         self.epoch += 1
-        save_atomic(self.state(), self.run_dir / "last.pt")
+        save_atomic(self.state(), self.run_dir / "last.pt", self.check)
         return self.patience_spent()
 
     def patience_spent(self) -> bool:
@@ -372,6 +380,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    owner_check: OwnerCheck | None = None,
 ) -> FitResult:
     """Train one PS-VAE and write its run folder; resumes from ``last.pt`` when present.
 
@@ -380,18 +389,20 @@ def fit(
         on_epoch: called after each epoch with (epoch, {split: metrics}).
         should_stop: polled before every batch and after every epoch; True stops the run
             with :class:`KeyboardInterrupt`, leaving ``last.pt`` at the last finished epoch.
+        owner_check: called before every write to the run folder; it raises when this attempt
+            no longer owns the folder (a worker's trial was taken over while it was paused).
     """
     from tqdm import tqdm  # the progress bar is the only thing the trainer shows
 
     run_dir = Path(run_dir)
-    t = _Trainer(model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir)
+    t = _Trainer(model_cfg, loss_cfg, train_cfg, session, split_frames, run_dir, owner_check or (lambda: None))
     if t.resume():  # the folder is checked to hold this very run before anything is written
         log.info("%s: resuming at epoch %d of %d", run_dir, t.epoch, train_cfg.max_epochs)
     resumed_from = t.epoch
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
-            (run_dir / "config.toml").write_text(config_text)
+            write_text_atomic(run_dir / "config.toml", config_text, t.check)
         events = EventLog(run_dir, METRIC_NAMES)
         if resumed_from:
             events.rewrite(run_dir / "metrics.csv")
@@ -406,6 +417,7 @@ def fit(
         epoch = t.epoch
         t.train_epoch(should_stop)
         rows = {"train": t.evaluate(t.train_rows_idx)[0], "val": t.evaluate(t.data.splits["val"])[0]}
+        t.check()  # a paused attempt that lost its trial writes nothing, not even an event
         events.add_epoch(epoch, rows)
         if not np.isfinite(rows["val"]["loss"]):
             raise TrainingError(
@@ -413,7 +425,7 @@ def fit(
                 f"was finite (alpha={loss_cfg.alpha}, beta={loss_cfg.beta}); check the validation trials' "
                 "frames and labels, or lower train.learning_rate"
             )
-        append_rows(run_dir / "metrics.csv", ({"epoch": epoch, "split": s, **m} for s, m in rows.items()))
+        append_rows(run_dir / "metrics.csv", ({"epoch": epoch, "split": s, **m} for s, m in rows.items()), t.check)
         stopped_early = t.end_epoch(rows["val"]["loss"])
         bar.update(1)
         bar.set_postfix(val_loss=f"{rows['val']['loss']:.1f}", label_r2=f"{rows['val']['label_r2']:.3f}")
@@ -458,15 +470,8 @@ def _finish(t: _Trainer, session: Session, seconds: float, resumed_from: int) ->
     rest = np.flatnonzero(split_of < 0)  # frames in no split (gap trials) still get latents
     if len(rest):
         _, mu[rest], y_hat[rest], logvar[rest] = t.evaluate(torch.from_numpy(rest).to(t.device), epoch=final_epoch)
-    np.savez(
-        t.run_dir / "latents.npz",
-        mu=mu,
-        logvar=logvar,
-        y_hat=y_hat,
-        split=split_of,
-        session=frame_sessions,
-        n_labels=t.model.n_labels,
-    )
+    arrays = {"mu": mu, "logvar": logvar, "y_hat": y_hat, "split": split_of, "session": frame_sessions}
+    write_atomic(t.run_dir / "latents.npz", lambda fh: np.savez(fh, **arrays, n_labels=t.model.n_labels), t.check)
     result = FitResult(
         run_dir=t.run_dir,
         best_epoch=int(best["epoch"]),
@@ -478,7 +483,7 @@ def _finish(t: _Trainer, session: Session, seconds: float, resumed_from: int) ->
     summary = {**asdict(result), "run_dir": str(t.run_dir), "seconds": seconds, "device": str(t.device)}
     if per_session:
         summary["per_session"] = per_session
-    (t.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(t.run_dir / "summary.json", json.dumps(summary, indent=2), t.check)
     return result
 
 

@@ -7,15 +7,21 @@
   index (int16; files written before sessions existed lack it and read as all zeros);
 - ``summary.json``: the best checkpoint's metrics of every split and, with several sessions,
   ``per_session``: session name -> split -> metrics.
+
+Every file is written whole (:func:`write_atomic`: a private temporary name, fsync, rename), so a
+kill never leaves half a file and two attempts never share a temporary file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -29,29 +35,89 @@ SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # latents.npz "s
 SESSION_DTYPE = np.int16  # latents.npz "session" values: a study has far fewer than 32767 sessions
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+OwnerCheck = Callable[[], None]  # raises when this attempt no longer owns its run folder
+TMP_SUFFIX = ".tmp"  # every temporary file of a run folder ends so: a resumed run removes them
 
 
-def append_rows(path: Path, rows: Iterable[dict]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        if new:
-            writer.writeheader()
+def _no_check() -> None:
+    return None
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], check: OwnerCheck = _no_check) -> None:
+    """Write ``path`` all at once: ``write`` fills a temporary file of a name no other process
+    uses, which is flushed to disk and then renamed over ``path`` (docs/design.md, "Faults").
+
+    A kill at any moment leaves the old file or the new one, never half of one; two processes
+    writing the same folder never share a temporary file. ``check`` runs after the data is on
+    disk and just before the rename, so an attempt that lost its trial meanwhile (a worker
+    paused past its heartbeat) raises there instead of replacing the new owner's file.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        check()
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        # the new owner of the folder removed our temporary file as a leftover: we lost the run
+        check()
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove the temporary files of killed attempts (and of older versions' ``*.pt.tmp``)."""
+    removed = []
+    for leftover in run_dir.glob(f"*{TMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def save_atomic(obj: dict, path: Path, check: OwnerCheck = _no_check) -> None:
+    write_atomic(path, lambda fh: torch.save(obj, fh), check)
+
+
+def write_text_atomic(path: Path, text: str, check: OwnerCheck = _no_check) -> None:
+    write_atomic(path, lambda fh: fh.write(text.encode()), check)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_rows(path: Path, rows: Iterable[dict], check: OwnerCheck) -> None:
+    def write(fh: BinaryIO) -> None:
+        text = io.TextIOWrapper(fh, newline="", encoding="utf-8")
+        writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
         writer.writerows({k: row[k] for k in CSV_COLUMNS} for row in rows)
+        text.flush()
+        text.detach()  # the caller closes the file
+
+    write_atomic(path, write, check)
 
 
-def truncate_rows(path: Path, last_epoch: int) -> None:
-    """Drop metrics rows of epochs after ``last_epoch`` (a resumed run redoes them)."""
+def append_rows(path: Path, rows: Iterable[dict], check: OwnerCheck = _no_check) -> None:
+    """Add rows to ``metrics.csv`` by rewriting it atomically (a run has a few hundred rows)."""
+    _write_rows(path, [*_read_rows(path), *rows], check)
+
+
+def truncate_rows(path: Path, last_epoch: int, check: OwnerCheck = _no_check) -> None:
+    """Drop metrics rows of epochs after ``last_epoch`` (a resumed run redoes them).
+
+    The file is replaced atomically: a kill during the rewrite keeps every epoch's row.
+    """
     if not path.exists():
         return
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
-    path.unlink()
-    append_rows(path, rows)
+    _write_rows(path, [r for r in _read_rows(path) if int(r["epoch"]) <= last_epoch], check)
 
 
 def load_latents(run_dir: str | Path) -> dict[str, np.ndarray]:
