@@ -65,6 +65,12 @@ sys.exit(main(args))
 """
 
 
+def worker(config: Path, url: str, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "psvae_opt.cli", "worker", "--config", str(config), "--stage", "1", *args]
+    env = dict(os.environ, TZ="UTC", OMP_NUM_THREADS="1", PSVAE_OPT_STORAGE=url, PSVAE_OPT_HEARTBEAT="1")
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def harness(mode: str, arg: str, log: Path, *args: object, **env: str) -> subprocess.Popen:
     env = dict(os.environ, TZ="UTC", OMP_NUM_THREADS="1", **env)
     cmd = [sys.executable, "-c", HARNESS, mode, arg, str(log), "--", *map(str, args)]
@@ -156,3 +162,54 @@ def test_a_worker_paused_past_its_heartbeat_writes_nothing_once_its_trial_is_tak
     assert states == [TrialState.FAIL, TrialState.COMPLETE], states
     assert study.trials[1].user_attrs["resumed_from_epoch"] == 2
     assert metric_epochs(run0) == list(range(40)) and not leftovers(run0)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_launcher_out_of_worker_restarts_fails_and_withdraws_the_recommendation(
+    tiny_h5: Path, tmp_path: Path, cli, monkeypatch
+):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    grown = study_file(tmp_path, tiny_h5, epochs=400, alphas=(50.0, 1000.0), n_unsup=(2,))
+    assert cli("stage1", "--config", grown, "--storage", url, "--workers", "0").code == 0
+    first = worker(grown, url, "--set", "train.max_epochs=2")  # completes trial 0, then is killed
+    study = optuna.load_study(study_name="t-stage1", storage=open_database(url).storage)
+    deadline = time.monotonic() + 240
+    while not study.get_trials(states=(TrialState.COMPLETE,)):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.1)
+    first.kill()
+    first.wait()
+    study.set_user_attr("recommendation", {"alpha": 50.0, "n_unsup": 2, "trial": 0, "run_dir": "x"})  # an old one
+    # the stage's only worker is killed three times (1 start + 2 restarts)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "psvae_opt.cli", "stage1", "--config", str(grown), "--storage", url, "--workers", "1"],
+        env=dict(os.environ, TZ="UTC", PSVAE_OPT_HEARTBEAT="1"), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run1, epoch = run_folder(tmp_path, 1), 0
+    for _ in range(3):
+        epoch = wait_for_epoch(run1, epoch + 1, timeout=240)
+        for pid in _children(launcher.pid):
+            os.kill(pid, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, out + err
+    assert "ERROR: 1 trial(s) still waiting or running" in out and "recommended alpha" not in out
+    study = optuna.load_study(study_name="t-stage1", storage=open_database(url).storage)
+    assert study.user_attrs["recommendation"] is None  # the one-point recommendation is withdrawn
+    monkeypatch.setenv("PSVAE_OPT_HEARTBEAT", "1")
+    time.sleep(4)  # past the grace period of the last killed worker's heartbeat
+    status = cli("status", "--config", grown, "--storage", url)
+    assert status.code == 0 and "running 1" in status.out
+    assert "1 of 1 running trial(s) have no live worker" in status.out
+    assert "recommended alpha" not in status.out

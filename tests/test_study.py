@@ -18,11 +18,13 @@ from psvae_opt.search.study import (
     create_stage,
     enqueue_points,
     given_up,
+    incomplete,
     knee_index,
     plan_more_seeds,
     recommend_stage1,
     recommend_stage2,
     seed_summary,
+    withdraw_recommendation,
 )
 
 
@@ -73,6 +75,19 @@ def test_stage1_knee_is_computed_on_the_seed_means():
     assert (rec["alpha"], rec["n_seeds"]) == (500.0, 3)
     assert rec["pixel_mse"] == pytest.approx(0.014) and rec["label_mse"] == pytest.approx(0.05)
     assert rec["trial"] == 9  # the recommended alpha's first seed
+    assert (rec["n_points"], rec["n_trials"]) == (4, 12)  # what it rests on
+
+
+def test_a_recommendation_is_computed_without_storing_and_withdrawn_while_incomplete():
+    study = stage1_study([(50, 0, 0.010, 0.30), (100, 0, 0.011, 0.05)])
+    unstored = recommend_stage1(study, store=False)
+    assert unstored["n_points"] == 2 and "recommendation" not in study.user_attrs
+    assert recommend_stage1(study) == unstored == study.user_attrs["recommendation"]
+    study.enqueue_trial({"alpha": 500.0, "n_unsup": 2, "seed": 0})
+    unfinished, gave_up = incomplete(study)
+    assert [t.state for t in unfinished] == [TrialState.WAITING] and gave_up == []
+    withdraw_recommendation(study)
+    assert study.user_attrs["recommendation"] is None
     (row,) = [r for r in study.user_attrs["seed_summary"] if r["alpha"] == 100.0]
     assert row["val_label_mse_mean"] == pytest.approx(0.47 / 3)
     seed0 = stage1_study([r for r in rows if r[1] == 0])

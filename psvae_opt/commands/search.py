@@ -15,8 +15,8 @@ import optuna
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.search import space
-from psvae_opt.search.storage import open_database
+from psvae_opt.search import space, trial_queue
+from psvae_opt.search.storage import GRACE_BEATS, StudyDatabase, heartbeat_interval, open_database
 from psvae_opt.search.study import counts, given_up, load_stage
 from psvae_opt.service import stages, worker
 
@@ -197,6 +197,11 @@ def _span(mean: float, low: float | None, high: float | None) -> str:
 def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
     study, rec = outcome.study, outcome.recommendation
     _print_front(study, outcome.front, stage)
+    if outcome.unfinished or outcome.gave_up:
+        _print_unfinished(outcome.unfinished)
+        _print_gave_up(outcome.gave_up)
+        print(f"\nno recommendation: the stage is incomplete ({outcome.counts}); none is stored until it is")
+        return 1
     if rec is None:
         print(f"\nno trial completed ({outcome.counts}); see the worker logs")
         return 1
@@ -207,11 +212,20 @@ def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
     else:
         _print_stage2(outcome)
     print(f"run folder {rec['run_dir']}")
-    _print_gave_up(outcome.gave_up)
+    print(f"(rests on {rec['n_points']} grid point(s), {rec['n_trials']} complete trial(s))")
     fails = outcome.counts.get("FAIL", 0)
     if fails:
         print(f"note: {fails} failed attempts ({outcome.counts}); each keeps its error as a user attribute")
-    return 1 if outcome.gave_up or (outcome.worker_failures and not outcome.counts.get("COMPLETE")) else 0
+    return 1 if outcome.worker_failures and not outcome.counts.get("COMPLETE") else 0
+
+
+def _print_unfinished(trials: list) -> None:
+    if not trials:
+        return
+    print(f"\nERROR: {len(trials)} trial(s) still waiting or running, with no worker of this launcher left:")
+    for t in trials:
+        print(f"  trial {t.number} {t.params or t.system_attrs.get('fixed_params')}: {t.state.name.lower()}")
+    print("  run the stage again (or start workers) to finish them; a running trial whose worker died is re-queued")
 
 
 def _print_gave_up(trials: list) -> None:
@@ -284,6 +298,7 @@ def _run_status(args: argparse.Namespace) -> int:
         rec = study.user_attrs.get("recommendation")
         state = ", ".join(f"{k.lower()} {v}" for k, v in counts(study).items()) or "no trials"
         print(f"stage {stage}: {study.study_name}: {state}")
+        _print_gone_workers(db, study)
         if rec and stage == 1:
             print(
                 f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} "
@@ -298,6 +313,18 @@ def _run_status(args: argparse.Namespace) -> int:
             )
         _print_gave_up(given_up(study))
     return 0
+
+
+def _print_gone_workers(db: StudyDatabase, study: optuna.Study) -> None:
+    """Running trials whose heartbeat is older than the grace period: their workers are gone."""
+    grace = GRACE_BEATS * heartbeat_interval()
+    ages = db.retry(lambda: trial_queue.heartbeat_ages(study), what="reading heartbeats")
+    gone = [age for age in ages.values() if age is None or age > grace]
+    if gone:
+        print(
+            f"  {len(gone)} of {len(ages)} running trial(s) have no live worker (no heartbeat for over "
+            f"{grace:.0f} s): a worker re-queues them, or run the stage again"
+        )
 
 
 COMMANDS = {

@@ -83,9 +83,14 @@ def prepare_folder(out_dir: str | Path) -> Path:
 
 
 def export_stage(
-    storage: optuna.storages.BaseStorage, study: optuna.Study, stage: int, out_dir: str | Path
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    stage: int,
+    out_dir: str | Path,
+    recommendation: dict | None = None,
 ) -> list[Path]:
-    """Write the stage's files (module docstring); ``storage`` holds the study and its rating study."""
+    """Write the stage's files (module docstring); ``storage`` holds the study and its rating study,
+    ``recommendation`` the stage's current one (None: incomplete, or nothing complete)."""
     out = prepare_folder(out_dir)
     rated = ratings_by_trial(storage, study) if stage == 2 else {}
     front = [trial_row(t) for t in pareto_front(study)]
@@ -96,7 +101,7 @@ def export_stage(
         "study": study.study_name,
         "stage": stage,
         "objectives": list(space.OBJECTIVES[stage]),
-        "recommendation": study.user_attrs.get("recommendation"),
+        "recommendation": recommendation,
         "pareto_front": rows,
         "gave_up": failures,
     }

@@ -247,8 +247,29 @@ def seed_summary(study: optuna.Study, stage: int | None = None) -> list[dict[str
     return group_summary(_complete(study), GROUPS[stage], skip_collapsed=stage == 2)
 
 
-def recommend_stage1(study: optuna.Study) -> dict[str, Any] | None:
-    """The knee of the front of seed means of (pixel MSE, label MSE); stored on the study."""
+def incomplete(study: optuna.Study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+    """Why a stage is not finished: (trials waiting or running, grid points that gave up).
+
+    A recommendation from a stage with either would rest on part of its grid, so none is
+    stored while either list is non-empty (docs/design.md, "Faults").
+    """
+    return study.get_trials(deepcopy=False, states=UNFINISHED), given_up(study)
+
+
+def withdraw_recommendation(study: optuna.Study) -> None:
+    """Clear a stored recommendation (one of an earlier, smaller grid) while the stage is incomplete."""
+    if study.user_attrs.get("recommendation") is not None:
+        study.set_user_attr("recommendation", None)
+
+
+def _basis(study: optuna.Study, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What a recommendation rests on: its groups (grid points without the seed) and complete trials."""
+    return {"n_points": len(rows), "n_trials": len(_complete(study))}
+
+
+def recommend_stage1(study: optuna.Study, store: bool = True) -> dict[str, Any] | None:
+    """The knee of the front of seed means of (pixel MSE, label MSE); stored on the study
+    unless ``store`` is False (read-only commands)."""
     rows = [
         r for r in seed_summary(study, 1) if r["val_pixel_mse_mean"] is not None and r["val_label_mse_mean"] is not None
     ]
@@ -267,9 +288,11 @@ def recommend_stage1(study: optuna.Study) -> dict[str, Any] | None:
         "run_dir": trial.user_attrs.get("run_dir"),
         "pixel_mse": best["val_pixel_mse_mean"],
         "label_mse": best["val_label_mse_mean"],
+        **_basis(study, rows),
     }
-    study.set_user_attr("seed_summary", rows)
-    study.set_user_attr("recommendation", rec)
+    if store:
+        study.set_user_attr("seed_summary", rows)
+        study.set_user_attr("recommendation", rec)
     return rec
 
 
@@ -302,9 +325,9 @@ def _candidates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return candidates, warnings
 
 
-def recommend_stage2(study: optuna.Study) -> dict[str, Any] | None:
+def recommend_stage2(study: optuna.Study, store: bool = True) -> dict[str, Any] | None:
     """The beta of lowest mean training zu_corr over healthy seeds, the verdict against the
-    runner-up, and the recommended model; stored on the study."""
+    runner-up, and the recommended model; stored on the study unless ``store`` is False."""
     rows = seed_summary(study, 2)
     candidates, warnings = _candidates(rows)
     intervals = _zu_intervals(candidates)
@@ -336,9 +359,11 @@ def recommend_stage2(study: optuna.Study) -> dict[str, Any] | None:
         "mig": model.user_attrs.get("mig"),
         "collapsed": bool(model.user_attrs.get("collapsed")),
         "warnings": warnings,
+        **_basis(study, rows),
     }
-    study.set_user_attr("seed_summary", rows)
-    study.set_user_attr("recommendation", rec)
+    if store:
+        study.set_user_attr("seed_summary", rows)
+        study.set_user_attr("recommendation", rec)
     return rec
 
 

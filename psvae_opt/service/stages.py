@@ -39,11 +39,13 @@ from psvae_opt.search.study import (
     enqueue_budget,
     enqueue_points,
     given_up,
+    incomplete,
     load_stage,
     pareto_front,
     recommend_stage1,
     recommend_stage2,
     seed_summary,
+    withdraw_recommendation,
 )
 from psvae_opt.service import launchers, slurm
 from psvae_opt.service.trial_loop import top_up
@@ -99,6 +101,7 @@ class StageOutcome:
     recommendation: dict[str, Any] | None = None
     summary: list[dict[str, Any]] = field(default_factory=list)
     gave_up: list[FrozenTrial] = field(default_factory=list)
+    unfinished: list[FrozenTrial] = field(default_factory=list)  # waiting or running when the launcher ended
     counts: dict[str, int] = field(default_factory=dict)
     front: list[FrozenTrial] = field(default_factory=list)
 
@@ -301,22 +304,33 @@ def finish_stage(study: optuna.Study, stage: int, db: StudyDatabase, outcome: St
 def _finish(study: optuna.Study, stage: int, outcome: StageOutcome) -> StageOutcome:
     if top_up(study, study.user_attrs.get("max_seeds")):
         log.warning("the workers stopped before --seeds auto finished; run the stage again to add seeds")
-    outcome.recommendation = (recommend_stage1 if stage == 1 else recommend_stage2)(study)
+    outcome.unfinished, outcome.gave_up = incomplete(study)
+    if outcome.unfinished or outcome.gave_up:  # a recommendation from part of the grid: none
+        withdraw_recommendation(study)
+        outcome.recommendation = None
+    else:
+        outcome.recommendation = (recommend_stage1 if stage == 1 else recommend_stage2)(study)
     save_search_summary(study, stage)
     outcome.summary = seed_summary(study, stage)
-    outcome.gave_up = given_up(study)
     outcome.counts = counts(study)
     outcome.front = pareto_front(study)
     return outcome
 
 
 def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[Path]:
-    """Recompute the recommendation (trials may have finished since) and write the stage's files."""
+    """Recompute the recommendation (trials may have finished since) and write the stage's files.
+
+    Export only reads the database: the recommendation is computed, not stored, and it is left
+    out (None) while the stage is incomplete (trials waiting or running, points that gave up).
+    """
     study = load_stage(db, cfg, stage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete and not given_up(study):
+    unfinished, gave_up = incomplete(study)
+    if not complete and not gave_up:
         raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
-    if complete:  # (a stage whose only trials gave up still exports its failures)
-        (recommend_stage1 if stage == 1 else recommend_stage2)(study)
-        save_search_summary(study, stage)
-    return export_stage(db.storage, study, stage, out)
+    rec = None
+    if complete and not unfinished and not gave_up:  # (a stage whose only trials gave up still exports its failures)
+        rec = (recommend_stage1 if stage == 1 else recommend_stage2)(study, store=False)
+    if unfinished:
+        log.warning("study %s is incomplete (%s): exported without a recommendation", study.study_name, counts(study))
+    return export_stage(db.storage, study, stage, out, recommendation=rec)
