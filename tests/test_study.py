@@ -76,6 +76,10 @@ def test_stage1_knee_is_computed_on_the_seed_means():
     assert rec["pixel_mse"] == pytest.approx(0.014) and rec["label_mse"] == pytest.approx(0.05)
     assert rec["trial"] == 9  # the recommended alpha's first seed
     assert (rec["n_points"], rec["n_trials"]) == (4, 12)  # what it rests on
+    (row,) = [r for r in study.user_attrs["seed_summary"] if r["alpha"] == 100.0]
+    assert row["val_label_mse_mean"] == pytest.approx(0.47 / 3)
+    seed0 = stage1_study([r for r in rows if r[1] == 0])
+    assert recommend_stage1(seed0)["alpha"] == 100.0
 
 
 def test_a_recommendation_is_computed_without_storing_and_withdrawn_while_incomplete():
@@ -88,10 +92,6 @@ def test_a_recommendation_is_computed_without_storing_and_withdrawn_while_incomp
     assert [t.state for t in unfinished] == [TrialState.WAITING] and gave_up == []
     withdraw_recommendation(study)
     assert study.user_attrs["recommendation"] is None
-    (row,) = [r for r in study.user_attrs["seed_summary"] if r["alpha"] == 100.0]
-    assert row["val_label_mse_mean"] == pytest.approx(0.47 / 3)
-    seed0 = stage1_study([r for r in rows if r[1] == 0])
-    assert recommend_stage1(seed0)["alpha"] == 100.0
 
 
 def stage2_study(rows: list[tuple], **extra: dict) -> optuna.Study:

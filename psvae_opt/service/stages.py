@@ -38,7 +38,6 @@ from psvae_opt.search.study import (
     create_stage,
     enqueue_budget,
     enqueue_points,
-    given_up,
     incomplete,
     load_stage,
     pareto_front,
