@@ -27,6 +27,11 @@ SPLIT_MODES = ("blocked", "behavenet")
 SAMPLER_NAMES = ("grid", "tpe", "nsga2")
 
 
+# A study name becomes a folder name and an Optuna study name: letters, digits, ".", "_", "-"
+# only (no path separators, "..", spaces or control characters), a letter or digit first.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -50,6 +55,11 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "study.name", "must not be empty")
+        _require(
+            bool(STUDY_NAME.fullmatch(self.name)) and ".." not in self.name,
+            "study.name",
+            f"{self.name!r}: use up to 100 letters, digits, '.', '_' and '-' (a letter or digit first, no '..')",
+        )
         _require(0 <= self.collapse_std < 1, "study.collapse_std", "must be in [0, 1) (0 = never collapsed)")
         scheme = self.mlflow_uri.partition("://")[0] if "://" in self.mlflow_uri else ""
         _require(
@@ -455,10 +465,23 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(value)
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quote, backslash and every control character TOML forbids escaped."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 and char != "\t" or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def dump_config(config: Config) -> str:

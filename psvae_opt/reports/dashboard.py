@@ -23,6 +23,8 @@ import plotly.graph_objects as go
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from psvae_opt.config import Config
+from psvae_opt.errors import StorageError
+from psvae_opt.training.run_folder import confined
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,17 @@ def artifact_dir(studies: Sequence[optuna.Study], config: Config) -> Path:
     recorded = [s.user_attrs[ARTIFACT_ATTR] for s in studies if ARTIFACT_ATTR in s.user_attrs]
     if len(set(recorded)) > 1:
         log.warning("the studies record different artifact folders %s; serving %s", sorted(set(recorded)), recorded[0])
-    return Path(recorded[0]) if recorded else default_artifact_dir(config)
+    if not recorded:
+        return default_artifact_dir(config)
+    # a folder read from the database must lie in the runs folder; one set elsewhere by the
+    # launcher's $PSVAE_OPT_ARTIFACTS needs the same variable here (docs/design.md, "Faults")
+    if not isinstance(recorded[0], str):
+        raise StorageError(
+            f"the study records the artifact folder {recorded[0]!r}, not a path; the database was altered"
+        )
+    return confined(
+        Path(config.study.runs_dir), recorded[0], f"the recorded artifact folder (set {ARTIFACT_ENV} if it is yours)"
+    )
 
 
 def open_store(folder: str | Path) -> FileSystemArtifactStore:

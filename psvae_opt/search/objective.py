@@ -13,6 +13,7 @@ sessions, the validation label R^2 and pixel MSE of each session (``val_label_r2
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,11 @@ from optuna.trial import FrozenTrial
 
 from psvae_opt.config import Config, dump_config
 from psvae_opt.data import Session
+from psvae_opt.errors import StorageError
 from psvae_opt.model import metrics
 from psvae_opt.search import space
 from psvae_opt.training.loop import FitResult, fit
-from psvae_opt.training.run_folder import METRIC_NAMES, SPLIT_CODES, load_latents, read_summary
+from psvae_opt.training.run_folder import METRIC_NAMES, SPLIT_CODES, confined, load_latents, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ class TrialContext:
     hooks: TrialHooks = TrialHooks()
 
 
+RUN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a study's run_key: its creation time, 20261205-131214
+
+
 def run_dir_of(config: Config, stage: int, number: int, study_key: str | None = None) -> Path:
     """Run folder of a trial: every attempt of a grid point shares it, so retries resume its checkpoint.
 
@@ -89,8 +94,15 @@ def run_dir_of(config: Config, stage: int, number: int, study_key: str | None = 
     the trials of a study apart from those of an earlier study of the same name, say one
     in another database or started again after its database was deleted.
     """
-    folder = Path(config.study.runs_dir).resolve() / space.study_name(config, stage)
-    return (folder / study_key if study_key else folder) / f"trial_{number:04d}"
+    root = Path(config.study.runs_dir).resolve()
+    folder = root / space.study_name(config, stage)
+    if study_key is not None and not RUN_KEY.fullmatch(str(study_key)):
+        raise StorageError(
+            f"study {space.study_name(config, stage)!r} has the run_key {str(study_key)!r}, not one psvae-opt "
+            "writes (letters, digits, '-', '_'); the database was altered: start a new study with --set study.name=NEW"
+        )
+    run_dir = (folder / study_key if study_key else folder) / f"trial_{number:04d}"
+    return confined(root, run_dir, "the run folder")
 
 
 def fit_attributes(result: FitResult, seed: int) -> dict[str, Any]:

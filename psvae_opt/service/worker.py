@@ -25,7 +25,7 @@ from psvae_opt.data import load_session, split_frames
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.reports.diagnostics import TrialUploader
 from psvae_opt.search import space
-from psvae_opt.search.objective import TrialContext, TrialHooks
+from psvae_opt.search.objective import TrialContext, TrialHooks, run_dir_of
 from psvae_opt.search.storage import StudyDatabase, heartbeat_interval
 from psvae_opt.search.study import BASE_METRICS, load_stage
 from psvae_opt.service.trial_loop import StopFlag, run_worker
@@ -119,6 +119,7 @@ def context(
 ) -> TrialContext:
     """The frozen context of a worker's trials of one stage (``attrs``: the study's user attributes)."""
     session, frames = data
+    run_dir_of(cfg, stage, 0, attrs.get("run_key"))  # a run key from the database is checked before any trial
     seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else attrs.get("seeds", 1)
     seed_upper = (cfg.stage1.model_seed + seeds - 1) if stage == 1 else seeds - 1
     uploader = db.retry(

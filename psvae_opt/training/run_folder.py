@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from psvae_opt.data import SPLITS
-from psvae_opt.errors import DataError
+from psvae_opt.errors import DataError, StorageError
 
 METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
 CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
@@ -37,6 +37,18 @@ SESSION_DTYPE = np.int16  # latents.npz "session" values: a study has far fewer 
 
 OwnerCheck = Callable[[], None]  # raises when this attempt no longer owns its run folder
 TMP_SUFFIX = ".tmp"  # every temporary file of a run folder ends so: a resumed run removes them
+
+
+def confined(root: str | Path, path: str | Path, what: str) -> Path:
+    """``path`` resolved, refused in one line unless it lies inside ``root`` (resolved): paths
+    built from a study database or a study file never lead a worker to write elsewhere."""
+    root, resolved = Path(root).resolve(), Path(path).resolve()
+    if not resolved.is_relative_to(root):
+        raise StorageError(
+            f"{what} {str(path)!r} leads outside {root}; the study database or file holds a bad path: "
+            "fix it, or start a new study with --set study.name=NEW"
+        )
+    return resolved
 
 
 def _no_check() -> None:

@@ -1,0 +1,89 @@
+"""No wrong answer from a broken run (issue 16): paths from the database and the study file,
+foreign studies, read-only commands, and the one-line refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from psvae_opt.config import dump_config, load_config, load_config_text
+from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.reports import dashboard
+from psvae_opt.search.objective import run_dir_of
+from psvae_opt.search.storage import open_database
+from tests.conftest import one_line_error
+
+
+def tiny_study_file(tmp_path: Path, data: Path, name: str = "t") -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(
+        f'[study]\nname = "{name}"\nruns_dir = "{tmp_path / "runs"}"\n'
+        f'[data]\npath = "{data}"\nsplit = "3;1;1;0"\n'
+        "[model]\nchannels = [4, 8, 8, 8, 8]\n"
+        "[train]\nmax_epochs = 2\nbatch_size = 16\n"
+        "[stage1]\nalphas = [50.0]\nn_unsup = [2]\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "two\nlines", "..", ".hidden", "with space", "x" * 101])
+def test_unsafe_study_names_are_refused(name: str, tmp_path: Path, cli):
+    r = cli("stage1", "--config", tiny_study_file(tmp_path, tmp_path / "no.h5"), "--set", f"study.name={name!r}")
+    assert "study.name" in one_line_error(r)
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*.db"))
+
+
+def test_the_written_config_escapes_every_string():
+    text = 'a "quoted" \\ back\nslash\ttab\x00nul\x7fdel\u00e9\U0001f600'
+    cfg = load_config(None, ["data.path='x'"])
+    cfg = load_config_text(dump_config(cfg).replace('path = "x"', f"path = {_quoted(text)}"), "t")
+    assert cfg.data.path == text
+    assert load_config_text(dump_config(cfg), "again") == cfg
+
+
+def _quoted(text: str) -> str:
+    from psvae_opt.config import _toml_value
+
+    return _toml_value(text)
+
+
+@pytest.mark.parametrize("key", ["../../../../../somewhere", "..", "a/b", "", "x\ny"])
+def test_a_run_key_from_the_database_cannot_lead_outside_the_runs_folder(key: str, tmp_path: Path):
+    cfg = load_config(None, [f"study.runs_dir='{tmp_path / 'runs'}'"])
+    with pytest.raises(StorageError, match="run_key"):
+        run_dir_of(cfg, 1, 3, key)
+    assert run_dir_of(cfg, 1, 3, "20261205-131214") == tmp_path / "runs" / "psvae-stage1" / "20261205-131214" / (
+        "trial_0003"
+    )
+
+
+def test_a_recorded_artifact_folder_must_lie_in_the_runs_folder(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(dashboard.ARTIFACT_ENV, raising=False)
+    cfg = load_config(None, [f"study.runs_dir='{tmp_path / 'runs'}'"])
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_user_attr(dashboard.ARTIFACT_ATTR, str(tmp_path / "runs" / "artifacts"))
+    assert dashboard.artifact_dir([study], cfg) == tmp_path / "runs" / "artifacts"
+    study.set_user_attr(dashboard.ARTIFACT_ATTR, str(tmp_path / "runs" / ".." / "elsewhere"))
+    with pytest.raises(StorageError, match="outside"):
+        dashboard.artifact_dir([study], cfg)
+    monkeypatch.setenv(dashboard.ARTIFACT_ENV, str(tmp_path / "elsewhere"))  # the operator's own choice
+    assert dashboard.artifact_dir([study], cfg) == tmp_path / "elsewhere"
+
+
+def test_a_worker_refuses_a_tampered_run_key_before_any_trial(tiny_h5: Path, tmp_path: Path, cli):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = tiny_study_file(tmp_path, tiny_h5)
+    assert cli("stage1", "--config", config, "--storage", url, "--workers", "0").code == 0
+    study = optuna.load_study(study_name="t-stage1", storage=open_database(url).storage)
+    study.set_user_attr("run_key", "../../../../../somewhere")
+    r = cli("worker", "--config", config, "--storage", url, "--stage", "1")
+    assert "run_key" in one_line_error(r)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.WAITING]
+    assert not list(tmp_path.parent.glob("somewhere*")) and not list((tmp_path / "runs").glob("*/*/trial_*"))
+
+
+def test_config_error_names_the_key():
+    with pytest.raises(ConfigError, match="study.name"):
+        load_config(None, ["study.name='a\nb'"])
