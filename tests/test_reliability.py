@@ -87,3 +87,26 @@ def test_a_worker_refuses_a_tampered_run_key_before_any_trial(tiny_h5: Path, tmp
 def test_config_error_names_the_key():
     with pytest.raises(ConfigError, match="study.name"):
         load_config(None, ["study.name='a\nb'"])
+
+
+@pytest.mark.parametrize(
+    "directions, attrs, why",
+    [
+        (["maximize", "maximize"], {}, "directions are maximize, maximize"),
+        (["minimize"], {}, "directions are minimize"),
+        (["minimize", "minimize"], {"stage": 2, "run_key": "k"}, "stage-2 study"),
+        (["minimize", "minimize"], {}, "not psvae-opt's study attributes"),
+    ],
+)
+def test_a_foreign_study_of_the_same_name_is_refused(directions, attrs, why, tmp_path: Path, cli, tiny_h5: Path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    foreign = optuna.create_study(storage=open_database(url).storage, study_name="t-stage1", directions=directions)
+    for key, value in attrs.items():
+        foreign.set_user_attr(key, value)
+    foreign.add_trial(optuna.trial.create_trial(values=[1.0] * len(directions)))
+    config = tiny_study_file(tmp_path, tiny_h5)
+    for args in (["stage1", "--workers", "0"], ["export", "--stage", "1", "--out", tmp_path / "out"], ["status"]):
+        line = one_line_error(cli(*args, "--config", config, "--storage", url))
+        assert "'t-stage1'" in line and why in line
+    assert len(foreign.get_trials()) == 1 and foreign.user_attrs == attrs  # nothing queued or recorded
+    assert not (tmp_path / "out").exists()

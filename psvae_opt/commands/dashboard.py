@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
-from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.errors import ConfigError
 from psvae_opt.reports import dashboard
 from psvae_opt.search import space
 from psvae_opt.search.storage import open_database
-from psvae_opt.search.study import load_stage
+from psvae_opt.search.study import NoStudy, load_stage
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     for stage in space.STAGES:
         try:
             studies.append(load_stage(db, cfg, stage))
-        except StorageError:
+        except NoStudy:
             pass
     folder = Path(args.artifacts).resolve() if args.artifacts else dashboard.artifact_dir(studies, cfg)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

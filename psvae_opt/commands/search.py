@@ -14,10 +14,10 @@ import optuna
 
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
 from psvae_opt.config import SAMPLER_NAMES
-from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.errors import ConfigError
 from psvae_opt.search import space, trial_queue
 from psvae_opt.search.storage import GRACE_BEATS, StudyDatabase, heartbeat_interval, open_database
-from psvae_opt.search.study import counts, given_up, load_stage
+from psvae_opt.search.study import NoStudy, counts, given_up, load_stage
 from psvae_opt.service import stages, worker
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def _run_status(args: argparse.Namespace) -> int:
     for stage in space.STAGES:
         try:
             study = load_stage(db, cfg, stage)
-        except StorageError:
+        except NoStudy:
             print(f"stage {stage}: not started ({space.study_name(cfg, stage)})")
             continue
         rec = study.user_attrs.get("recommendation")

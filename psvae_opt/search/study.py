@@ -46,8 +46,12 @@ def create_stage(
     """Create the stage's study (or load it, checking it was started with the same settings).
 
     ``settings`` are stored as study attributes: identity ones (:data:`IDENTITY`) must match
-    an existing study; others (the seed counts) are updated.
+    an existing study; others (the seed counts) are updated. An existing study of the name that
+    psvae-opt did not create for this stage is refused (:func:`check_own`) before anything is written.
     """
+    name = space.study_name(config, stage)
+    if name in _study_names(db):
+        check_own(db.retry(lambda: optuna.load_study(study_name=name, storage=db.storage), what="loading"), stage)
     study = db.retry(
         lambda: optuna.create_study(
             storage=db.storage,
@@ -83,14 +87,42 @@ def create_stage(
 def load_stage(db: StudyDatabase, config: Config, stage: int) -> optuna.Study:
     """Load an existing stage study; a clear error when it was never created."""
     name = space.study_name(config, stage)
-    names = [s.study_name for s in db.retry(db.storage.get_all_studies, what="listing studies")]
-    if name not in names:
-        raise StorageError(f"no stage-{stage} study {name!r} in {db.shown}; run `psvae-opt stage{stage}` first")
-    study = optuna.load_study(study_name=name, storage=db.storage)
+    if name not in _study_names(db):
+        raise NoStudy(f"no stage-{stage} study {name!r} in {db.shown}; run `psvae-opt stage{stage}` first")
+    study = db.retry(lambda: optuna.load_study(study_name=name, storage=db.storage), what="loading the study")
+    check_own(study, stage)
     # Each process draws from its own stream: equally seeded adaptive samplers in parallel
     # workers would propose the same points.
     study.sampler = space.SAMPLERS[study.user_attrs.get("sampler", "grid")](None)
     return study
+
+
+class NoStudy(StorageError):
+    """The database holds no study of the stage's name (not yet started)."""
+
+
+def _study_names(db: StudyDatabase) -> list[str]:
+    return [s.study_name for s in db.retry(db.storage.get_all_studies, what="listing studies")]
+
+
+def check_own(study: optuna.Study, stage: int) -> None:
+    """Refuse in one line a study of this name that is not psvae-opt's stage ``stage``: other
+    directions, another stage, or trials without psvae-opt's attributes (another tool's study).
+    An empty study with the right directions is taken (a launcher stopped while creating it)."""
+    directions = [d.name.lower() for d in study.directions]
+    attrs = study.user_attrs
+    why = None
+    if directions != list(space.DIRECTIONS[stage]):
+        why = f"its directions are {', '.join(directions)}"
+    elif attrs.get("stage") not in (None, stage):
+        why = f"it is a stage-{attrs['stage']} study"
+    elif ("stage" not in attrs or "run_key" not in attrs) and study.get_trials(deepcopy=False):
+        why = "it has trials but not psvae-opt's study attributes"
+    if why:
+        raise StorageError(
+            f"study {study.study_name!r} in this database is not a psvae-opt stage-{stage} study ({why}); "
+            "choose another name with --set study.name=NEW or another --storage"
+        )
 
 
 def point_key(params: dict[str, Any]) -> tuple:

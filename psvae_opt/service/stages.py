@@ -34,6 +34,7 @@ from psvae_opt.reports.export import export_stage
 from psvae_opt.search import space
 from psvae_opt.search.storage import StudyDatabase, resolve_url, sqlite_path
 from psvae_opt.search.study import (
+    NoStudy,
     counts,
     create_stage,
     enqueue_budget,
@@ -192,7 +193,7 @@ def _stage2_settings(req: StageRequest, cfg: Config, db: StudyDatabase) -> dict[
     if req.alpha is None or req.n_unsup is None:
         try:
             rec = load_stage(db, cfg, 1).user_attrs.get("recommendation")
-        except StorageError:
+        except NoStudy:
             rec = None
     if req.alpha is None and rec is None:
         raise ConfigError(NEEDS_ALPHA)
