@@ -13,7 +13,7 @@ from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.reports import dashboard
 from psvae_opt.search.objective import run_dir_of
 from psvae_opt.search.storage import open_database
-from tests.conftest import one_line_error
+from tests.conftest import one_line_error, run_cli_unprivileged
 
 
 def tiny_study_file(tmp_path: Path, data: Path, name: str = "t") -> Path:
@@ -110,3 +110,73 @@ def test_a_foreign_study_of_the_same_name_is_refused(directions, attrs, why, tmp
         assert "'t-stage1'" in line and why in line
     assert len(foreign.get_trials()) == 1 and foreign.user_attrs == attrs  # nothing queued or recorded
     assert not (tmp_path / "out").exists()
+
+
+def _journal_mode(path: Path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_read_only_commands_refuse_an_empty_file_and_create_nothing(tmp_path: Path, cli):
+    db = tmp_path / "empty.db"
+    db.touch()
+    url = f"sqlite:///{db}"
+    for args in (
+        ["status"],
+        ["export", "--stage", "1", "--out", tmp_path / "out"],
+        ["report", "curves", "--stage", "1"],
+    ):
+        line = one_line_error(cli(*args, "--storage", url, "--config", tiny_study_file(tmp_path, tmp_path / "x.h5")))
+        assert "no psvae-opt studies" in line, line
+    assert db.stat().st_size == 0 and not (tmp_path / "out").exists()
+
+
+def test_status_and_export_change_nothing_in_the_database(tiny_h5: Path, tmp_path: Path, cli):
+    import hashlib
+    import sqlite3
+
+    path = tmp_path / "s.db"
+    url, config = f"sqlite:///{path}", tiny_study_file(tmp_path, tiny_h5)
+    queue = run_cli_unprivileged(["stage1", "--config", config, "--storage", url, "--workers", "0"], cwd=tmp_path)
+    assert queue.code == 0, queue.err
+    with sqlite3.connect(path) as conn:  # a database that is not in WAL mode (an older version's)
+        conn.execute("PRAGMA journal_mode=DELETE")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    r = cli("status", "--config", config, "--storage", url)
+    assert r.code == 0 and "waiting 1" in r.out
+    one_line_error(cli("export", "--config", config, "--storage", url, "--stage", "1", "--out", tmp_path / "out"))
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before and _journal_mode(path) == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.db")) == ["s.db"]
+
+
+def test_status_reads_a_database_in_a_folder_it_cannot_write(tiny_h5: Path, tmp_path: Path, cli):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    url, config = f"sqlite:///{folder / 's.db'}", tiny_study_file(tmp_path, tiny_h5)
+    queue = run_cli_unprivileged(["stage1", "--config", config, "--storage", url, "--workers", "0"], cwd=tmp_path)
+    assert queue.code == 0, queue.err
+    assert _journal_mode(folder / "s.db") == "wal"
+    folder.chmod(0o555)
+    try:
+        r = run_cli_unprivileged(["status", "--config", config, "--storage", url], cwd=tmp_path)
+    finally:
+        folder.chmod(0o755)
+    assert r.code == 0 and "stage 1: t-stage1: waiting 1" in r.out, r.err
+
+
+@pytest.mark.slow
+def test_read_only_commands_create_no_tables_in_an_empty_postgres_database(postgres, tmp_path: Path, cli):
+    import psycopg
+
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS i16_empty")
+        c.execute("CREATE DATABASE i16_empty")
+    url = postgres.url.rsplit("/", 1)[0] + "/i16_empty"
+    config = tiny_study_file(tmp_path, tmp_path / "x.h5")
+    for args in (["status"], ["export", "--stage", "1", "--out", tmp_path / "out"]):
+        assert "no psvae-opt studies" in one_line_error(cli(*args, "--storage", url, "--config", config))
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=i16_empty") as conn:
+        tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema='public'").fetchone()
+    assert tables == (0,)

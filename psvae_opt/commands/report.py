@@ -82,7 +82,7 @@ def _study(args: argparse.Namespace) -> tuple[optuna.Study, Path]:
     from psvae_opt.search.study import load_stage
 
     cfg = load_config_from(args)
-    study = load_stage(open_database(args.storage, must_exist=True), cfg, args.stage)
+    study = load_stage(open_database(args.storage, read_only=True), cfg, args.stage)
     return study, Path(args.out or Path(DEFAULT_OUT) / study.study_name)
 
 

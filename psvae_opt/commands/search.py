@@ -275,7 +275,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    for path in stages.export(cfg, open_database(args.storage, must_exist=True), args.stage, args.out):
+    for path in stages.export(cfg, open_database(args.storage, read_only=True), args.stage, args.out):
         print(path)
     return 0
 
@@ -287,7 +287,7 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 def _run_status(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    db = open_database(args.storage, must_exist=True)
+    db = open_database(args.storage, read_only=True)
     print(f"storage {db.shown}")
     for stage in space.STAGES:
         try:

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,22 +189,29 @@ class StudyDatabase:
                 delay = min(delay * 2, 5.0)
 
 
-def open_database(url: str | None = None, *, must_exist: bool = False) -> StudyDatabase:
+def open_database(url: str | None = None, *, must_exist: bool = False, read_only: bool = False) -> StudyDatabase:
     """Connect to the study database (creating its schema when new).
 
     Args:
         url: storage URL; see :func:`resolve_url`.
         must_exist: for commands that only read (status, export, report, dashboard): a SQLite
             file that is not there is an error, not a new empty database.
+        read_only: for commands that change nothing (status, export, report): the database is
+            opened read-only (SQLite ``mode=ro``, a PostgreSQL session with read-only
+            transactions), no schema is created and SQLite's journal mode is left as it is; a
+            database without psvae-opt's tables is refused in one line.
     """
     url = resolve_url(url)
     check_url(url)
     path = sqlite_path(url)
-    if must_exist and path is not None and not path.exists():
+    if (must_exist or read_only) and path is not None and not path.exists():
         raise StorageError(f"no study database at {path}; run `psvae-opt stage1` first, or give --storage")
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-        if path is not None:
+        if read_only:
+            storage = _open_read_only(url, path)
+        else:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        if path is not None and not read_only:
             _serialize_sqlite(storage.engine)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise StorageError(
@@ -215,6 +223,32 @@ def open_database(url: str | None = None, *, must_exist: bool = False) -> StudyD
             )
         ) from None
     return StudyDatabase(url, storage, db_patience())
+
+
+def _open_read_only(url: str, path: Path | None) -> optuna.storages.RDBStorage:
+    """Optuna's storage on a read-only connection, after checking that its tables exist."""
+    kwargs = _engine_kwargs(url)
+    if path is not None:
+        # SQLite's URI form: mode=ro refuses every write. A file in WAL mode in a folder this user
+        # cannot write has no -shm file to open, so it is read as immutable: nothing can change it
+        # while no -wal file (of a writer elsewhere) exists
+        wal = path.with_name(path.name + "-wal")
+        immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) and not wal.exists() else ""
+        url = f"sqlite:///file:{urllib.parse.quote(str(path))}?mode=ro{immutable}&uri=true"
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "uri": True}
+    elif make_url(url).get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "options": "-c default_transaction_read_only=on"}
+    engine = sqlalchemy.create_engine(url, **kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not {"studies", "trials", "version_info"} <= tables:
+        raise StorageError(
+            f"{describe(url) if path is None else path} holds no psvae-opt studies (no Optuna tables); "
+            "run `psvae-opt stage1` first, or give the right --storage"
+        )
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
 
 
 def _serialize_sqlite(engine: sqlalchemy.Engine) -> None:
