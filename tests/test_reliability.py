@@ -180,3 +180,13 @@ def test_read_only_commands_create_no_tables_in_an_empty_postgres_database(postg
     with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=i16_empty") as conn:
         tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema='public'").fetchone()
     assert tables == (0,)
+
+
+def test_a_password_on_the_command_line_is_warned_about_and_never_shown(tmp_path: Path, cli, caplog):
+    config = tiny_study_file(tmp_path, tmp_path / "x.h5")
+    r = cli("status", "--config", config, "--storage", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in one_line_error(r) + r.out + caplog.text
+    assert "PSVAE_OPT_STORAGE or the password in ~/.pgpass" in caplog.text
+    caplog.clear()
+    cli("status", "--config", config, "--storage", "postgresql+psycopg://u@127.0.0.1:1/db")
+    assert "~/.pgpass" not in caplog.text

@@ -127,6 +127,22 @@ def check_url(url: str) -> None:
         raise StorageError(f"--storage {url}: folder {path.parent} does not exist; create it or choose another path")
 
 
+def warn_password(url: str) -> None:
+    """Warn when ``--storage`` holds a password: this process's command line shows it to every
+    user of the machine (``ps``). Its children get the URL in their environment, never on their
+    command lines; the README's examples keep it off this one too."""
+    try:
+        password = make_url(url).password
+    except Exception:  # check_url reports a malformed URL
+        return
+    if password:
+        log.warning(
+            "--storage holds a password, which `ps` shows to every user of this machine; put the URL in "
+            "%s or the password in ~/.pgpass and give --storage without it",
+            ENV_VAR,
+        )
+
+
 def _first_line(exc: BaseException) -> str:
     return str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()[0]
 
@@ -201,6 +217,8 @@ def open_database(url: str | None = None, *, must_exist: bool = False, read_only
             transactions), no schema is created and SQLite's journal mode is left as it is; a
             database without psvae-opt's tables is refused in one line.
     """
+    if url:
+        warn_password(url)
     url = resolve_url(url)
     check_url(url)
     path = sqlite_path(url)
