@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("psvae-opt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `psvae-opt status | head`: the reader left; stop quietly, as shell tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush finds no broken pipe
+        return 141
 
 
 def main_entry() -> None:

@@ -180,7 +180,7 @@ class TrainConfig:
             "train.precision",
             f"{self.precision!r} is not one of {', '.join(PRECISIONS)}",
         )
-        device_ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        device_ok = self.device in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:[0-9]+", self.device))
         _require(device_ok, "train.device", f"{self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
@@ -431,9 +431,19 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         try:
-            table = tomllib.loads(path.read_text())
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: study file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(
+                f"{path}: a folder, not a study file; give the TOML file (e.g. studies/demo.toml)"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not a UTF-8 text file (byte {exc.start}); save the study file as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     for text in overrides:

@@ -190,3 +190,121 @@ def test_a_password_on_the_command_line_is_warned_about_and_never_shown(tmp_path
     caplog.clear()
     cli("status", "--config", config, "--storage", "postgresql+psycopg://u@127.0.0.1:1/db")
     assert "~/.pgpass" not in caplog.text
+
+
+def _nothing_created(tmp_path: Path) -> None:
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "runs").exists()
+
+
+def test_a_study_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path, cli):
+    assert "a folder, not a study file" in one_line_error(cli("stage1", "--config", tmp_path, "--workers", "0"))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[study]\nname = "caf\xe9"\n'.encode("latin-1"))
+    assert "not a UTF-8 text file" in one_line_error(cli("status", "--config", latin))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin.toml"]
+
+
+def test_a_malformed_cuda_device_is_one_line(tmp_path: Path, cli):
+    config = tiny_study_file(tmp_path, tmp_path / "x.h5")
+    for device in ("cuda:x", "cuda:", "cuda:0x"):
+        line = one_line_error(cli("stage1", "--config", config, "--workers", "0", "--set", f"train.device='{device}'"))
+        assert "train.device" in line
+    _nothing_created(tmp_path)
+
+
+def test_a_runs_dir_that_cannot_hold_folders_is_refused_before_the_database(tiny_h5: Path, tmp_path: Path, cli):
+    config = tiny_study_file(tmp_path, tiny_h5)
+    (tmp_path / "afile").write_text("")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for runs_dir, why in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "sub", "is a file")):
+        r = cli(
+            "stage1", "--config", config, "--storage", url, "--workers", "0", "--set", f"study.runs_dir='{runs_dir}'"
+        )
+        assert why in one_line_error(r)
+    r = cli(
+        "stage1",
+        "--config",
+        config,
+        "--storage",
+        url,
+        "--workers",
+        "0",
+        "--set",
+        f"study.runs_dir='{tmp_path / ('r' * 300)}'",
+    )
+    assert "exceeds the file system's" in one_line_error(r)
+    _nothing_created(tmp_path)
+
+
+def test_a_bad_heartbeat_variable_is_refused_by_the_launcher(tiny_h5: Path, tmp_path: Path, cli, monkeypatch):
+    monkeypatch.setenv("PSVAE_OPT_HEARTBEAT", "abc")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    line = one_line_error(cli("stage1", "--config", tiny_study_file(tmp_path, tiny_h5), "--storage", url))
+    assert "PSVAE_OPT_HEARTBEAT='abc'" in line
+    _nothing_created(tmp_path)
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tiny_h5: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    config, url = tiny_study_file(tmp_path, tiny_h5), f"sqlite:///{tmp_path / 's.db'}"
+    assert run_cli_unprivileged(["stage1", "--config", config, "--storage", url, "--workers", "0"], tmp_path).code == 0
+    status = f"{sys.executable} -m psvae_opt.cli status --config {config} --storage {url}"
+    # the reader is gone before the first line: `head -c 0` exits at once
+    r = subprocess.run(
+        ["bash", "-c", f"{status} | (exec 0<&-; sleep 0); echo ${{PIPESTATUS[0]}} >&2"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] in ("0", "141")
+
+
+def test_the_cause_of_a_failed_commit_is_shown_not_optunas_wrapper():
+    import sqlalchemy
+
+    from psvae_opt.search.storage import error_line
+
+    cause = sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+    try:
+        try:
+            raise cause
+        except sqlalchemy.exc.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit. This typically happens due to invalid data in the commit, "
+                "e.g. exceeding max length."
+            ) from exc
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert error_line(wrapped) == "server closed the connection unexpectedly"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("finished")
+    config = tiny_study_file(root, tiny_h5)
+    url = f"sqlite:///{root / 's.db'}"
+    r = run_cli_unprivileged(["stage1", "--config", config, "--storage", url, "--workers", "1"], root)
+    assert r.code == 0, r.err
+    return config, url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("traversal", ["--steps", "1"]),
+        ("traversal", ["--frame", "100000"]),
+        ("traversal", ["--frame", "-1"]),
+        ("movie", ["--steps", "1"]),
+        ("movie", ["--frames", "100000"]),
+        ("movie", ["--fps", "0"]),
+        ("labels", ["--trials", "999"]),
+        ("labels", ["--labels", "no_such_label"]),
+    ],
+)
+def test_a_refused_report_option_leaves_no_out_folder(command, options, finished, tmp_path: Path, cli):
+    config, url = finished
+    out = tmp_path / "new" / "reports"
+    r = cli("report", command, "--config", config, "--storage", url, "--stage", "1", "--out", out, *options)
+    one_line_error(r)
+    assert not (tmp_path / "new").exists()

@@ -8,7 +8,8 @@ Charts are interactive HTML (plotly), frames PNG and MP4; the writers live in
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -113,45 +114,63 @@ def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
     return out
 
 
+@contextlib.contextmanager
+def _no_empty_folder_left(out: Path) -> Iterator[None]:
+    """Remove the folders of ``out`` that this command created if it fails before writing into them
+    (a refused --steps, --frame, --fps, --trials or --labels leaves nothing behind)."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
 def _run_report(kind: str):
     def run(args: argparse.Namespace) -> int:
-        from psvae_opt.data import load_session
-        from psvae_opt.training.devices import resolve_device
-
         study, out = _study(args)
-        if kind == "summary":
-            prepare_folder(out)
-            print(write_summary(study, args.stage, out / "summary.html"))
-            return 0
-        number, run_dir, cfg = _trial(study, args.trial)
-        stem = out / f"trial_{number:04d}"
-        if kind == "curves":
-            run_charts.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
-            prepare_folder(out)
-            print(write_curves(run_dir, Path(f"{stem}_curves_{args.split}.html"), [args.split]))
-            return 0
-        session = load_session(cfg.data.path)
-        if kind == "labels":
-            labels = _label_indices(args.labels, session.label_names)
-            prepare_folder(out)
-            print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
-            return 0
-        run_ = traversals.load_run(run_dir, session, resolve_device("auto"))  # wherever the report runs
-        code = SPLIT_CODES[args.split]
-        prepare_folder(out)
-        if kind == "traversal":
-            frame = args.frame if args.frame is not None else traversals.default_base_frames(run_.split, 1, code)[0]
-            print(traversals.write_traversal_png(run_, session, Path(f"{stem}_traversal.png"), frame, args.steps))
-        else:
-            frames = args.frames or traversals.default_base_frames(run_.split, MOVIE_BASES, code)
-            print(
-                traversals.write_traversal_movie(
-                    run_, session, Path(f"{stem}_traversal.mp4"), frames, args.steps, args.fps
-                )
-            )
-        return 0
+        with _no_empty_folder_left(out):
+            return _write_report(kind, args, study, out)
 
     return run
+
+
+def _write_report(kind: str, args: argparse.Namespace, study: optuna.Study, out: Path) -> int:
+    """Write one report into ``out``; a refused option raises before anything is written."""
+    from psvae_opt.data import load_session
+    from psvae_opt.training.devices import resolve_device
+
+    if kind == "summary":
+        prepare_folder(out)
+        print(write_summary(study, args.stage, out / "summary.html"))
+        return 0
+    number, run_dir, cfg = _trial(study, args.trial)
+    stem = out / f"trial_{number:04d}"
+    if kind == "curves":
+        run_charts.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing
+        prepare_folder(out)
+        print(write_curves(run_dir, Path(f"{stem}_curves_{args.split}.html"), [args.split]))
+        return 0
+    session = load_session(cfg.data.path)
+    if kind == "labels":
+        labels = _label_indices(args.labels, session.label_names)
+        prepare_folder(out)
+        print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
+        return 0
+    run_ = traversals.load_run(run_dir, session, resolve_device("auto"))  # wherever the report runs
+    code = SPLIT_CODES[args.split]
+    prepare_folder(out)
+    if kind == "traversal":
+        frame = args.frame if args.frame is not None else traversals.default_base_frames(run_.split, 1, code)[0]
+        print(traversals.write_traversal_png(run_, session, Path(f"{stem}_traversal.png"), frame, args.steps))
+    else:
+        frames = args.frames or traversals.default_base_frames(run_.split, MOVIE_BASES, code)
+        print(
+            traversals.write_traversal_movie(run_, session, Path(f"{stem}_traversal.mp4"), frames, args.steps, args.fps)
+        )
+    return 0
 
 
 COMMANDS = {

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 from psvae_opt.config import Config
 from psvae_opt.data import Session
 from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
+from psvae_opt.search.storage import error_line
 from psvae_opt.training.devices import resolve_device
 from psvae_opt.training.loop import FitResult
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
@@ -160,7 +161,7 @@ class TrialUploader:
         try:
             self._upload_curves(trial, run_dir)
         except Exception as exc:  # the curves are a convenience (the next epoch tries again)
-            log.warning("trial %d: curves not refreshed (%s: %s)", trial.number, type(exc).__name__, exc)
+            log.warning("trial %d: curves not refreshed (%s: %s)", trial.number, type(exc).__name__, error_line(exc))
 
     def _upload_curves(self, trial: optuna.Trial, run_dir: Path) -> None:
         path = write_curves(run_dir, run_dir / "diagnostics" / "curves.html", plotlyjs="cdn")
@@ -194,7 +195,9 @@ class TrialUploader:
             seconds = round(time.perf_counter() - start, 2)
             self._stored(lambda: trial.set_user_attr("diagnostics_seconds", seconds), what)
         except Exception as exc:  # diagnostics never fail a trained trial
-            log.warning("trial %d: diagnostics not uploaded (%s: %s)", trial.number, type(exc).__name__, exc)
+            log.warning(
+                "trial %d: diagnostics not uploaded (%s: %s)", trial.number, type(exc).__name__, error_line(exc)
+            )
 
     def _add_twin(
         self, trial: optuna.Trial, paths: list[Path], store: optuna.artifacts.FileSystemArtifactStore

@@ -28,6 +28,7 @@ from psvae_opt.data import Session
 from psvae_opt.errors import StorageError
 from psvae_opt.model import metrics
 from psvae_opt.search import space
+from psvae_opt.search.storage import error_line
 from psvae_opt.training.loop import FitResult, fit
 from psvae_opt.training.run_folder import METRIC_NAMES, SPLIT_CODES, confined, load_latents, read_summary
 
@@ -212,7 +213,7 @@ def objective(
             if ctx.hooks.on_epoch is not None:
                 ctx.hooks.on_epoch(trial, run_dir, epoch, rows)
         except Exception as exc:  # progress is best effort: a database hiccup must not stop training
-            log.warning("could not record the progress of trial %d: %s", trial.number, exc)
+            log.warning("could not record the progress of trial %d: %s", trial.number, error_line(exc))
 
     result = fit(
         config.model,

@@ -143,8 +143,16 @@ def warn_password(url: str) -> None:
         )
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()[0]
+def error_line(exc: BaseException) -> str:
+    """The cause of a storage error in one line: the driver's own message (optuna wraps every
+    failed commit as "invalid data in the commit, e.g. exceeding max length", whatever the cause)."""
+    while isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_first_line = error_line
 
 
 @dataclass

@@ -32,7 +32,7 @@ from psvae_opt.reports.dashboard import record_artifact_dir
 from psvae_opt.reports.diagnostics import save_search_summary
 from psvae_opt.reports.export import export_stage
 from psvae_opt.search import space
-from psvae_opt.search.storage import StudyDatabase, resolve_url, sqlite_path
+from psvae_opt.search.storage import StudyDatabase, db_patience, heartbeat_interval, resolve_url, sqlite_path
 from psvae_opt.search.study import (
     NoStudy,
     counts,
@@ -51,6 +51,7 @@ from psvae_opt.service import launchers, slurm
 from psvae_opt.service.trial_loop import top_up
 from psvae_opt.service.worker import require_mlflow
 from psvae_opt.training import devices
+from psvae_opt.training.run_folder import check_runs_dir
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")
@@ -132,6 +133,8 @@ def check_request(req: StageRequest, cfg: Config) -> list[str]:
     sampler = req.sampler or cfg.stage1.sampler
     if req.stage == 1 and sampler != "grid" and (req.seeds or cfg.stage1.seeds) > 1:
         raise ConfigError(f"--sampler {sampler} draws alphas one trial at a time; --seeds applies to the grid")
+    check_runs_dir(cfg.study.runs_dir)
+    heartbeat_interval(), db_patience()  # the workers would each die of a bad value
     url = resolve_url(req.storage)
     if req.launcher == "slurm":
         check_slurm_request(req, cfg, url)

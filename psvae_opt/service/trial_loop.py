@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from psvae_opt.errors import PsvaeError, StorageError
 from psvae_opt.search import trial_queue
 from psvae_opt.search.objective import TrialContext, objective
-from psvae_opt.search.storage import GRACE_BEATS, TRANSIENT, StudyDatabase
+from psvae_opt.search.storage import GRACE_BEATS, TRANSIENT, StudyDatabase, error_line
 from psvae_opt.search.study import enqueue_points, plan_more_seeds, point_key
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Heartbeat:
                     self.db.last_failure, failed = time.monotonic(), False
             except Exception as exc:  # a database outage: try again next beat
                 self.db.last_failure, failed = time.monotonic(), True
-                log.warning("heartbeat of trial id %d failed: %s", self.tid, str(exc).strip().splitlines()[0])
+                log.warning("heartbeat of trial id %d failed: %s", self.tid, error_line(exc))
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()  # the first stamp came with the pop

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from psvae_opt.data import SPLITS
-from psvae_opt.errors import DataError, StorageError
+from psvae_opt.errors import ConfigError, DataError, StorageError
 
 METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
 CSV_COLUMNS = ("epoch", "split", *METRIC_NAMES)
@@ -49,6 +49,30 @@ def confined(root: str | Path, path: str | Path, what: str) -> Path:
             "fix it, or start a new study with --set study.name=NEW"
         )
     return resolved
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up: it does not exist
+        return False
+
+
+def check_runs_dir(runs_dir: str | Path, key: str = "study.runs_dir") -> Path:
+    """Refuse in one line a runs folder that cannot hold run folders: a file, a path through a
+    file, or a name longer than the file system allows; returns it resolved."""
+    path = Path(runs_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if _exists(p))
+    limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    too_long = [part for part in path.parts if len(part.encode()) > limit]
+    if too_long:
+        raise ConfigError(
+            f"{key} = {str(runs_dir)[:80]!r}...: a folder name of {len(too_long[0].encode())} bytes "
+            f"exceeds the file system's {limit}; choose a shorter one"
+        )
+    if not existing.is_dir():
+        raise ConfigError(f"{key} = {str(runs_dir)!r}: {existing} is a file, not a folder; choose a folder")
+    return path.resolve()
 
 
 def _no_check() -> None:
