@@ -64,12 +64,12 @@ def test_a_recorded_artifact_folder_must_lie_in_the_runs_folder(tmp_path: Path, 
     cfg = load_config(None, [f"study.runs_dir='{tmp_path / 'runs'}'"])
     study = optuna.create_study(directions=["minimize", "minimize"])
     study.set_user_attr(dashboard.ARTIFACT_ATTR, str(tmp_path / "runs" / "artifacts"))
-    assert dashboard.artifact_dir([study], cfg) == tmp_path / "runs" / "artifacts"
+    assert dashboard.artifact_dir([study], cfg, writing=True) == tmp_path / "runs" / "artifacts"
     study.set_user_attr(dashboard.ARTIFACT_ATTR, str(tmp_path / "runs" / ".." / "elsewhere"))
     with pytest.raises(StorageError, match="outside"):
-        dashboard.artifact_dir([study], cfg)
+        dashboard.artifact_dir([study], cfg, writing=True)  # a worker uploads nowhere else
     monkeypatch.setenv(dashboard.ARTIFACT_ENV, str(tmp_path / "elsewhere"))  # the operator's own choice
-    assert dashboard.artifact_dir([study], cfg) == tmp_path / "elsewhere"
+    assert dashboard.artifact_dir([study], cfg, writing=True) == tmp_path / "elsewhere"
 
 
 def test_a_worker_refuses_a_tampered_run_key_before_any_trial(tiny_h5: Path, tmp_path: Path, cli):

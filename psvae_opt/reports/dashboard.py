@@ -46,8 +46,11 @@ def record_artifact_dir(study: optuna.Study, config: Config) -> Path:
     return Path(study.user_attrs[ARTIFACT_ATTR])
 
 
-def artifact_dir(studies: Sequence[optuna.Study], config: Config) -> Path:
-    """The artifact folder: ``$PSVAE_OPT_ARTIFACTS``, else the first one recorded on ``studies``, else the default."""
+def artifact_dir(studies: Sequence[optuna.Study], config: Config, *, writing: bool = False) -> Path:
+    """The artifact folder: ``$PSVAE_OPT_ARTIFACTS``, else the first one recorded on ``studies``, else the default.
+
+    ``writing`` (a worker uploading): a recorded folder must lie inside ``study.runs_dir``.
+    """
     if os.environ.get(ARTIFACT_ENV):
         return Path(os.environ[ARTIFACT_ENV]).resolve()
     recorded = [s.user_attrs[ARTIFACT_ATTR] for s in studies if ARTIFACT_ATTR in s.user_attrs]
@@ -55,6 +58,8 @@ def artifact_dir(studies: Sequence[optuna.Study], config: Config) -> Path:
         log.warning("the studies record different artifact folders %s; serving %s", sorted(set(recorded)), recorded[0])
     if not recorded:
         return default_artifact_dir(config)
+    if not writing:  # the dashboard only reads the files the database names
+        return Path(recorded[0])
     # a folder read from the database must lie in the runs folder; one set elsewhere by the
     # launcher's $PSVAE_OPT_ARTIFACTS needs the same variable here (docs/design.md, "Faults")
     if not isinstance(recorded[0], str):

@@ -145,7 +145,7 @@ class TrialUploader:
         retry: Callable[..., Any] | None = None,
     ) -> None:
         self.storage, self.study, self.session, self.config = storage, study, session, config
-        self.folder = dashboard.artifact_dir([study], config)
+        self.folder = dashboard.artifact_dir([study], config, writing=True)
         self.stage = study.user_attrs.get("stage")
         self.refresh_seconds = refresh_seconds
         self.retry = retry
