@@ -198,6 +198,8 @@ def export_model(study: optuna.Study, number: int | None, out: str | Path, devic
 
 
 def _num(value: Any, digits: int = 3) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_num(v, digits) for v in value) + "]"
     return "-" if value is None else (f"{value:.{digits}g}" if isinstance(value, float) else str(value))
 
 

@@ -179,7 +179,6 @@ def write_nwb(t: Target) -> Path:
         session_description=f"PS-VAE latents of {t.session.name}",
         identifier=str(uuid.uuid4()),
         session_start_time=start,
-        source_script="psvae-opt encode",
     )
     _add_series(nwb, t, _timestamps(t.session, None))
     with NWBHDF5IO(str(path), "w") as io:
