@@ -29,7 +29,7 @@ import optuna
 from psvae_opt import __version__
 from psvae_opt.config import Config, dump_config, load_config_text
 from psvae_opt.data import Session, load_session
-from psvae_opt.errors import ConfigError
+from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.inference import bundle
 from psvae_opt.reports import traversals
 from psvae_opt.search.study import seed_summary
@@ -183,6 +183,11 @@ def export_model(study: optuna.Study, number: int | None, out: str | Path, devic
     bundle.check_bundle_out(out)
     trial, config = chosen_trial(study, number)
     run_dir = Path(trial.user_attrs.get("run_dir", ""))
+    if not (run_dir / "best.pt").is_file() or not (run_dir / "config.toml").is_file():
+        raise DataError(
+            f"trial {trial.number}: its run folder {run_dir} holds no best.pt and config.toml (moved, or on "
+            "another machine); export where the run folders are"
+        )
     session = load_session(config.data.path)
     run = traversals.load_run(run_dir, session, device)  # checks best.pt and latents against the data
     info = bundle_info(study, trial, config, session, run)
