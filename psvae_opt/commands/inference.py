@@ -74,6 +74,18 @@ def _rate(recorded: float | None, given: float) -> float:
     return recorded if recorded is not None and math.isfinite(recorded) and recorded > 0 else given
 
 
+def _score_lines(scores: dict[str, float]) -> list[str]:
+    """The scores of a session in words: label R^2, and each unlabelled factor's best |r|."""
+    lines = []
+    if "label_r2" in scores:
+        lines.append(f"label R^2 {scores['label_r2']:.3f} (predicted vs the file's labels)")
+    factors = {k.removeprefix("factor_r_"): v for k, v in scores.items() if k.startswith("factor_r_")}
+    if factors:
+        listed = ", ".join(f"{name} {r:.3f}" for name, r in factors.items())
+        lines.append(f"true factors vs the best unsupervised latent, |r|: {listed}")
+    return lines
+
+
 def _run_encode(args: argparse.Namespace) -> int:
     from psvae_opt.inference import formats, sources
     from psvae_opt.inference.model import load_model
@@ -94,9 +106,10 @@ def _run_encode(args: argparse.Namespace) -> int:
         sessions = (replace(s, frame_rate=_rate(s.frame_rate, args.frame_rate)) for s in sessions)
 
     def report(session, encoding, paths) -> None:
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in encoding.scores.items())
-        line = f"{session.name}: {session.n_frames} frames, {session.n_trials} trials"
-        print(line + (f"; {scores}" if scores else "") + f" -> {', '.join(p.name for p in paths)}")
+        files = ", ".join(p.name for p in paths)
+        print(f"{session.name}: {session.n_frames} frames, {session.n_trials} trials -> {files}")
+        for line in _score_lines(encoding.scores):
+            print(f"  {line}")
 
     written = formats.write_sessions(
         model,
