@@ -75,7 +75,7 @@ def fingerprint(session: Session) -> dict[str, Any]:
         a, b = int(offsets[s]), int(offsets[s + 1])
         files.append(
             {
-                "file": str(path),
+                "file": str(Path(path).resolve()),
                 "frames": b - a,
                 "trials": int(np.sum((starts[:-1] >= a) & (starts[:-1] < b))),
                 "frames_sha256": hashlib.sha256(np.ascontiguousarray(session.images[a:b]).data).hexdigest(),
