@@ -322,3 +322,26 @@ def test_bad_options_are_refused(tmp_path: Path, model_dir: Path, h5: Path, cli)
     assert "one of the two" in _refused(cli, tmp_path / "o", "--model", model_dir)
     (tmp_path / "file").write_text("")
     assert "is a file" in one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "file", h5))
+
+
+def test_the_model_card_says_how_each_stage_chose_its_model():
+    from psvae_opt.inference.card import model_card
+
+    info = {
+        "frame_shape": [1, 32, 32], "study": "s-stage1", "stage": 1, "trial": 2, "n_labels": 2,
+        "label_names": ["a_x", "a_y"], "n_unsup": 2, "alpha": 100.0, "beta": 1.0, "model_seed": 0, "data_seed": 0,
+        "split": {"counts": [8, 1, 1, 0]},
+        "data_fingerprint": {"files": [{"file": "/d/x.h5"}]}, "run_dir": "/r", "metrics": {"val": {"label_r2": 0.91}},
+        "recommendation": {"trial": 2, "alpha": 100.0, "n_unsup": 2},
+        "stage_table": [{"alpha": 100.0, "n_unsup": 2, "n_seeds": 3, "n_collapsed": 1, "train_zu_corr_mean": 0.1,
+                         "train_zu_corr_low": 0.05, "train_zu_corr_high": 0.15, "val_pixel_mse_mean": 0.01,
+                         "val_label_r2_mean": 0.9, "mig_mean": None}],
+    }  # fmt: skip
+    card = model_card(info)
+    assert "alpha 100 with n_unsup 2 is the knee" in card and "| 100 | 2 | 3 | 1 | 0.1 [0.05, 0.15] |" in card
+    assert "| val | - | - | 0.91 | - |" in card
+    rec = {"trial": 4, "beta": 5.0, "resolved": True, "runner_up": 1.0, "n_healthy": 2, "zu_corr_mean": 0.02}
+    card = model_card({**info, "stage": 2, "trial": 4, "recommendation": rec, "stage_table": []})
+    assert "beta 5 has the lowest mean training zu_corr over 2 healthy seeds" in card
+    assert "distinguishable from the runner-up beta 1." in card and "NOT" not in card
+    assert "chosen by hand" in model_card({**info, "trial": 7})

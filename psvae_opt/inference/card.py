@@ -250,6 +250,11 @@ def model_card(info: dict[str, Any]) -> str:
             + " Within it, this seed has the lowest zu_corr."
         )
         lines += [f"- warning: {w}" for w in rec.get("warnings") or []]
+    elif rec.get("trial") == info["trial"]:
+        lines.append(
+            f"The recommended model of stage 1: alpha {rec.get('alpha'):g} with n_unsup {rec.get('n_unsup')} is the "
+            "knee of the front of validation pixel MSE vs label MSE (seed means); this trial is its lowest seed."
+        )
     else:
         lines.append(f"Trial {info['trial']} of stage {info['stage']}, chosen by hand (not the recommendation).")
     lines += ["", *_table(info.get("stage_table") or []), "", "## Metrics of the best checkpoint", ""]
