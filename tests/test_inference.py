@@ -345,3 +345,26 @@ def test_the_model_card_says_how_each_stage_chose_its_model():
     assert "beta 5 has the lowest mean training zu_corr over 2 healthy seeds" in card
     assert "distinguishable from the runner-up beta 1." in card and "NOT" not in card
     assert "chosen by hand" in model_card({**info, "trial": 7})
+
+
+def test_globs_encode_every_session_and_views_take_one_video_each(tmp_path: Path, h5: Path, cli):
+    folder = tmp_path / "sessions"
+    for seed in (1, 2):
+        synth_session(folder / f"day{seed}.h5", size=32, trials=2, frames=5, seed=seed)
+    model_dir = make_bundle(tmp_path / "m", h5)
+    result = cli("encode", "--model", model_dir, "--out", tmp_path / "out", f"{folder}/*.h5", "--format", "npz,csv")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["day1.csv", "day1.npz", "day2.csv", "day2.npz"]
+    assert "label R^2" in result.out and "jaw" in result.out and "chest" in result.out
+    two_views = make_bundle(tmp_path / "m2", synth_session(tmp_path / "v.h5", size=32, trials=2, frames=5, views=2))
+    video = write_video(tmp_path / "side.mp4", np.zeros((3, 32, 32), np.uint8))
+    line = _refused(cli, tmp_path / "out2", "--model", two_views, "--video", video)
+    assert "1 --video for a model of 2 channels" in line
+    rng = np.random.default_rng(1)
+    bottom = write_video(tmp_path / "bottom.mp4", rng.integers(0, 255, (3, 36, 30), dtype=np.uint8))
+    video = write_video(tmp_path / "side.mp4", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8))
+    result = cli("encode", "--model", two_views, "--out", tmp_path / "out3", "--video", video, "--video", bottom)
+    assert result.code == 0, result.err
+    stacked = np.stack([read_video(video, 32).frames, read_video(bottom, 32).frames], axis=1)  # views as channels
+    with np.load(tmp_path / "out3" / "side.npz") as f:
+        assert np.allclose(f["mean"], load_model(two_views).encode(stacked), atol=1e-6)
