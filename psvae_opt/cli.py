@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from psvae_opt.commands import Command
 from psvae_opt.commands import dashboard as dashboard_commands
 from psvae_opt.commands import data as data_commands
+from psvae_opt.commands import inference as inference_commands
 from psvae_opt.commands import report as report_commands
 from psvae_opt.commands import search as search_commands
 from psvae_opt.commands import train as train_commands
@@ -26,6 +27,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     **search_commands.COMMANDS,
     **report_commands.COMMANDS,
     **dashboard_commands.COMMANDS,
+    **inference_commands.COMMANDS,
 }
 
 

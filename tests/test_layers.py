@@ -14,19 +14,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "psvae_opt"
 
 # The packages in the order data flows (docs/design.md, "Packages"). A module may import
 # psvae_opt modules of an earlier package, and modules of its own package (without cycles).
-ORDER = ("errors", "config", "data", "model", "training", "search", "reports", "service", "commands", "cli")
+ORDER = (
+    "errors", "config", "data", "model", "training", "search", "reports", "inference", "service", "commands", "cli"
+)  # fmt: skip
 RANKS = {name: rank for rank, name in enumerate(ORDER)}
 # Third-party packages confined to places: package -> the packages or modules allowed to import it
 # ("search/storage" names one module, "search" a whole package).
 CONFINED = {
     "h5py": ("data",),
-    "optuna": ("search", "reports", "service", "commands", "cli"),
+    "optuna": ("search", "reports", "inference", "service", "commands", "cli"),
     "sqlalchemy": ("search/storage", "search/trial_queue"),
     "plotly": ("reports", "commands"),
     "optuna_dashboard": ("reports/ratings", "reports/dashboard"),
     # the poses extra: imported inside the readers that need them only
     "sleap_io": ("data",),
-    "pynwb": ("data",),
+    "pynwb": ("data", "inference/formats"),  # inference/formats: the NWB export of encoded sessions
     "ndx_pose": ("data",),
     "hdmf": ("data",),
     "hdf5plugin": ("data",),

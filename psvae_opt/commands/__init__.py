@@ -1,9 +1,9 @@
 """Command handlers of the CLI, one module per concern; ``psvae_opt.cli`` assembles them.
 
-Owns: ``search`` (stage1, stage2, worker, export, status), ``train``, ``data``, ``report`` and
-``dashboard``: argument parsing, building a request, printing. Each module exposes
-``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
-May import: every package above (``errors`` to ``service``).
+Owns: ``search`` (stage1, stage2, worker, export, status), ``train``, ``data``, ``report``,
+``dashboard`` and ``inference`` (model export, encode): argument parsing, building a request,
+printing. Each module exposes ``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
+May import: every package above (``errors`` to ``service``, ``inference`` included).
 """
 
 from __future__ import annotations
