@@ -12,7 +12,8 @@ around the observed means with variance sigma^2 / n, and sigma^2 is the residual
 squares over a chi-square with (K - 1)(n - 1) degrees of freedom: drawing both (Monte Carlo
 with a fixed generator seed, so the same scores give the same answer) gives each beta's
 P(best). The search stops once one beta has P(best) >= :data:`THRESHOLD` (0.97 per look, so
-that the repeated looks keep false resolutions under 5%) or the seed budget is spent, adding one seed to every beta per round so that blocks stay complete.
+that the repeated looks keep false resolutions under 5%) or the seed budget is spent, adding
+one seed to every beta per round so that blocks stay complete.
 
 Scores are oriented so that higher is better. A collapsed trial (or one the criterion cannot
 score) counts as what it is, a failure: instead of being dropped it takes a floor below every
