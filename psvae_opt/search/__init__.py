@@ -2,8 +2,10 @@
 
 Owns: ``space`` (grids, samplers, names of both stages), ``objective`` (where an Optuna trial
 meets training), ``storage`` (SQLite/PostgreSQL, outages), ``trial_queue`` (every use of
-Optuna beyond its public API), ``study`` (queues, seed statistics, recommendations) and
-``intervals`` (statistics over seeds, pure Python).
+Optuna beyond its public API), ``study`` (queues, seed statistics, recommendations),
+``intervals`` (statistics over seeds, pure Python), ``criteria`` (candidate selection criteria
+without ground truth, pure numpy) and ``selection_stats`` (P(best) per beta over paired seeds,
+the adaptive stop rule and its simulated error rates).
 May import: ``errors``, ``config``, ``data``, ``model``, ``training``; the first layer with
 Optuna; SQLAlchemy only in ``storage`` and ``trial_queue``. Nothing here starts processes.
 """
