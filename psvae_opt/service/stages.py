@@ -48,7 +48,7 @@ from psvae_opt.search.study import (
 from psvae_opt.service import launchers, slurm
 from psvae_opt.service.trial_loop import top_up
 from psvae_opt.service.worker import require_mlflow
-from psvae_opt.training import devices
+from psvae_opt.training import devices, gpus
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")
@@ -171,11 +171,22 @@ def seed_budget(req: StageRequest, cfg: Config) -> tuple[int, int]:
 
 
 def local_devices(req: StageRequest) -> list[str]:
-    """The ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs; CUDA checked first."""
+    """The ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs (``--gpus all``: every
+    visible one); CUDA checked first, and the GPUs' compute mode when workers share them."""
     if not req.gpus:
         return []
-    mapped = devices.visible_devices(req.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    devices.require_cuda(f"--gpus {','.join(req.gpus)}")
+    what = f"--gpus {','.join(req.gpus)}"
+    wanted = req.gpus
+    if wanted == ("all",):
+        devices.require_cuda(what)
+        import torch
+
+        wanted = tuple(str(i) for i in range(torch.cuda.device_count()))
+    mapped = devices.visible_devices(wanted, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    devices.require_cuda(what)
+    n_workers = n_local_workers(req, mapped)
+    per_gpu = -(-n_workers // len(mapped)) if n_workers else 0
+    gpus.check_sharing(mapped, per_gpu, f"{what} with {n_workers} workers")
     return mapped
 
 
