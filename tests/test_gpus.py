@@ -104,7 +104,9 @@ def test_a_worker_makes_its_gpu_the_current_device(gpu_machine):
     lock.close()
 
 
-@pytest.mark.parametrize("capability, expected", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
 def test_native_bf16_is_asked_of_the_training_device(gpu_machine, capability: tuple[int, int], expected: str):
     """A T4 (7.5) answers is_bf16_supported() with True, but only emulates bf16: auto picks fp32 there."""
     calls = gpu_machine(count=2, capability=capability)
@@ -124,7 +126,9 @@ def test_gpus_all_takes_every_visible_gpu(gpu_machine, monkeypatch: pytest.Monke
 
 def test_gpus_all_is_accepted_on_the_command_line(tmp_path: Path, cli):
     """Refused before as not a list of digits; now it reaches the CUDA check (no GPU here)."""
-    result = cli("stage1", "--config", "studies/demo.toml", "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--gpus", "all")
+    result = cli(
+        "stage1", "--config", "studies/demo.toml", "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--gpus", "all"
+    )
     assert result.code != 0
     assert "give GPU indices" not in result.err
     assert "--gpus all: CUDA is not usable here" in result.err

@@ -58,7 +58,11 @@ def machine(tmp_path: Path, smi: str | None) -> Path:
 def driver(version: str = "570.86.15", caps: tuple[str, ...] | None = ("9.0",), cuda: str = "12.8") -> str:
     """nvidia-smi of driver ``version`` with GPUs of compute capabilities ``caps`` (None: a driver
     too old to answer the capability query); its header names the CUDA version ``cuda``."""
-    query = "; ".join(f"echo '{cap}'" for cap in caps) if caps is not None else "echo 'Field \"compute_cap\" is not a valid field to query.'; exit 2"
+    query = (
+        "; ".join(f"echo '{cap}'" for cap in caps)
+        if caps is not None
+        else "echo 'Field \"compute_cap\" is not a valid field to query.'; exit 2"
+    )
     return (
         'case "$*" in *--query-gpu=compute_cap*) ' + query + "; exit 0 ;; esac\n"
         "echo '+-------------------------------------------------------------------------------+'\n"
@@ -76,7 +80,11 @@ def dry_run(bin_dir: Path, index: str, args: tuple[str, ...] = (), **env: str) -
         **env,
     }
     out = subprocess.run(
-        ["/bin/bash", str(REPO / "scripts" / "install.sh"), *args], env=run_env, capture_output=True, text=True, timeout=60
+        ["/bin/bash", str(REPO / "scripts" / "install.sh"), *args],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
     return fields, out.stderr, out.returncode

@@ -26,8 +26,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from psvae_opt.config import Config
-from psvae_opt.data import load_session
-from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.data import load_session, session_bytes
+from psvae_opt.errors import ConfigError, DataError, StorageError
 from psvae_opt.reports.dashboard import record_artifact_dir
 from psvae_opt.reports.diagnostics import save_search_summary
 from psvae_opt.reports.export import export_stage
@@ -257,8 +257,18 @@ def slurm_script(req: StageRequest, cfg: Config) -> tuple[str, Path]:
         workers_per_task=per_task,
         log_dir=folder / "logs",
         workdir=Path.cwd(),
+        dataset_bytes=_dataset_bytes(cfg),
     )
     return script, folder / f"stage{req.stage}.sbatch"
+
+
+def _dataset_bytes(cfg: Config) -> int:
+    """The session's size in host memory; 0 where it cannot be read yet (a --dry-run before the
+    data exists: the script then asks for the workers' base memory only)."""
+    try:
+        return session_bytes(cfg.data.path)
+    except (DataError, OSError):
+        return 0
 
 
 def run_stage(req: StageRequest, cfg: Config, db: StudyDatabase, mapped: list[str]) -> StageOutcome:
