@@ -156,9 +156,13 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = True
     eval_batch_size: int = 1024
+    # last.pt (weights and Adam state, 139 MB for BehaveNet's 128x128 network) at most this often,
+    # and always when a stop signal arrives or the run ends; 0 = every epoch
+    checkpoint_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
+        _require(self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0 = every epoch)")
         _require(self.batch_size >= 2, "train.batch_size", "must be >= 2")
         _require(self.eval_batch_size >= 2, "train.eval_batch_size", "must be >= 2")
         _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")

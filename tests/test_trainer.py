@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from psvae_opt.config import Config, dump_config, load_config
+from psvae_opt.config import Config, dump_config, load_config, replace
 from psvae_opt.data import load_session, split_frames, write_session
 from psvae_opt.errors import ConfigError, TrainingError
 from psvae_opt.training.loop import fit, load_checkpoint
@@ -290,3 +290,69 @@ def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, c
 
     with pytest.raises(DataError, match=r"best.pt: cannot load the checkpoint"):
         load_checkpoint(tmp_path / "run", tiny_config.model, (1, 32, 32), 4)
+
+
+def _count_saves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The checkpoint files the trainer writes, in order (written for real, names noted)."""
+    from psvae_opt.training import loop
+
+    names: list[str] = []
+    real = loop.save_atomic
+
+    def noted(obj, path):
+        names.append(Path(path).name)
+        return real(obj, path)
+
+    monkeypatch.setattr(loop, "save_atomic", noted)
+    return names
+
+
+def test_checkpoints_are_written_at_most_every_checkpoint_seconds(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A full last.pt each epoch costs NFS a large share of an epoch: once at the end instead."""
+    names = _count_saves(monkeypatch)
+    cfg = replace(tiny_config, train={"checkpoint_seconds": 3600})
+    result = run_fit(cfg, tmp_path / "run")
+    assert names == ["best.pt", "last.pt"]  # once, when training ended
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == result.best_epoch
+    names.clear()
+    run_fit(replace(tiny_config, train={"checkpoint_seconds": 0}), tmp_path / "every")
+    assert names.count("last.pt") == 3  # 0: every epoch, as before
+    assert (tmp_path / "run" / "metrics.csv").read_text() == (tmp_path / "every" / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("polls", [7 + 1 + 1, 7 + 1 + 4, 2 * (7 + 1)])  # epoch 1 at batch 0, batch 3; after epoch 1
+def test_a_stop_between_checkpoints_saves_at_once_and_resumes_exactly(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, polls: int
+):
+    cfg = replace(tiny_config, train={"checkpoint_seconds": 3600})
+    full = run_fit(cfg, tmp_path / "full")
+    names = _count_saves(monkeypatch)
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(cfg, tmp_path / "cut", should_stop=lambda: seen.append(1) or len(seen) >= polls)
+    assert names[-1] == "last.pt" and names.count("last.pt") == 1  # written by the stop itself
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"]) == {9: (1, 0), 12: (1, 3), 16: (2, 0)}[polls]
+    resumed = run_fit(cfg, tmp_path / "cut")
+    assert (tmp_path / "full" / "metrics.csv").read_text() == (tmp_path / "cut" / "metrics.csv").read_text()
+    assert resumed.metrics == full.metrics
+
+
+def test_a_stop_during_the_end_of_run_work_leaves_at_once_and_the_rerun_only_evaluates(
+    tiny_config: Config, tmp_path: Path
+):
+    """A preemption's grace time is short: the evaluation of every split and the latents wait."""
+    full = run_fit(tiny_config, tmp_path / "full")
+    seen = []
+    training_polls = 3 * (7 + 1)
+    with pytest.raises(KeyboardInterrupt, match="end-of-run evaluation"):
+        run_fit(tiny_config, tmp_path / "cut", should_stop=lambda: seen.append(1) or len(seen) > training_polls)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 3
+    epochs = []
+    resumed = run_fit(tiny_config, tmp_path / "cut", on_epoch=lambda e, rows: epochs.append(e))
+    assert epochs == [] and resumed.resumed_from == 3
+    assert resumed.metrics == full.metrics
