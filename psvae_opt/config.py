@@ -25,6 +25,7 @@ KL_ESTIMATORS = ("mss", "mws")
 PRECISIONS = ("auto", "fp32", "bf16")
 SPLIT_MODES = ("blocked", "behavenet")
 SAMPLER_NAMES = ("grid", "tpe", "nsga2")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -153,8 +154,12 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on a GPU, fp32 on the CPU
     channels_last: bool = True
-    compile: bool = False
-    deterministic: bool = True
+    compile: bool = False  # the model and the loss compiled together (psvae_opt.training.step)
+    compile_mode: str = "default"  # "reduce-overhead": CUDA graphs too (a GPU's static shapes)
+    deterministic: bool = True  # cuDNN's deterministic algorithms only
+    # cuDNN autotuning (cudnn.benchmark) among those algorithms: faster convolutions; two
+    # same-seed runs may then differ by rounding (README, "Performance"); false = bit-identical
+    autotune: bool = True
     eval_batch_size: int = 1024
     # last.pt (weights and Adam state, 139 MB for BehaveNet's 128x128 network) at most this often,
     # and always when a stop signal arrives or the run ends; 0 = every epoch
@@ -162,6 +167,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
+        _require(
+            self.compile_mode in COMPILE_MODES,
+            "train.compile_mode",
+            f"{self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}",
+        )
         _require(self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0 = every epoch)")
         _require(self.batch_size >= 2, "train.batch_size", "must be >= 2")
         _require(self.eval_batch_size >= 2, "train.eval_batch_size", "must be >= 2")

@@ -44,6 +44,7 @@ from psvae_opt.training.run_folder import (
     save_atomic,
     truncate_rows,
 )
+from psvae_opt.training.step import make_forward_loss
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +174,19 @@ def train_step(
     epoch: float,
     n_frames: int,
     precision: str = "fp32",
+    forward: Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms] | None = None,
 ) -> Tensor:
     """One optimizer step on a minibatch; returns the (detached) loss.
 
     Args:
         x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
         n_frames: training frames N of the aggregate-posterior estimate.
+        forward: the forward pass and loss as one (compiled) function,
+            :func:`psvae_opt.training.step.make_forward_loss`; None: this eager code.
     """
+    if forward is not None:
+        # a copy: a CUDA graph's output is overwritten by its next replay
+        return _step(optimizer, forward(model, x, y, mask, epoch).loss).clone()
     with autocast(x.device, precision):
         out = model(x)
     terms = psvae_loss(
@@ -194,10 +201,14 @@ def train_step(
         n_frames=n_frames,
         estimator=loss_cfg.kl_estimator,
     )
+    return _step(optimizer, terms.loss)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
     optimizer.zero_grad(set_to_none=True)
-    terms.loss.backward()
+    loss.backward()
     optimizer.step()
-    return terms.loss.detach()
+    return loss.detach()
 
 
 class _Trainer:
@@ -208,13 +219,12 @@ class _Trainer:
         self.device = resolve_device(train_cfg.device)
         self.precision = resolve_precision(train_cfg.precision, self.device)
         torch.backends.cudnn.deterministic = train_cfg.deterministic
-        torch.backends.cudnn.benchmark = not train_cfg.deterministic
+        torch.backends.cudnn.benchmark = train_cfg.autotune
         self.data = to_device(session, split_frames, self.device)
         self.model = build_model(model_cfg, session.frame_shape, session.n_labels, train_cfg.model_seed)
         self.channels_last = train_cfg.channels_last
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
-        self.step_model = torch.compile(self.model) if train_cfg.compile else self.model
         self.optimizer = build_optimizer(self.model, train_cfg.learning_rate, train_cfg.weight_decay)
         self.batch_gen = torch.Generator().manual_seed(train_cfg.model_seed)
         n_train = len(self.data.splits["train"])
@@ -223,6 +233,10 @@ class _Trainer:
                 f"train.batch_size = {train_cfg.batch_size} exceeds the {n_train} training frames; "
                 "lower train.batch_size"
             )
+        self.forward = None  # eager: train_step's own code; compiled: model and loss together
+        if train_cfg.compile:
+            mode = train_cfg.compile_mode
+            self.forward = make_forward_loss(loss_cfg, n_train, self.precision, mode)
         pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
         self.train_rows_idx = self.data.splits["train"][torch.from_numpy(np.sort(pick)).to(self.device)]
         self.epoch, self.best_loss, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
@@ -320,13 +334,14 @@ class _Trainer:
                 raise KeyboardInterrupt(f"stopped during epoch {self.epoch}; {self.run_dir / 'last.pt'} resumes it")
             batch = self.data.batch(train_idx[perm[b * size : (b + 1) * size]], self.channels_last)
             total += train_step(
-                self.step_model,
+                self.model,
                 self.optimizer,
                 *batch,
                 self.loss_cfg,
                 epoch=self.epoch,
                 n_frames=len(train_idx),
                 precision=self.precision,
+                forward=self.forward,
             )
         self.batch, self.partial_loss, self.epoch_gen = 0, 0.0, self.batch_gen.get_state()
         mean = float(total) / max(n_batches, 1)
