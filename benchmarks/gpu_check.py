@@ -99,11 +99,9 @@ def repeat_lines(h5: Path, size: tuple, device: torch.device, folder: Path) -> l
     run_fit(cfg, folder / "a")
     run_fit(cfg, folder / "b")
     same = largest_difference(folder / "a", folder / "b")
-    polls = []
+    polls, per_epoch = [], polls_per_epoch(cfg)
     try:  # stopped in the middle of epoch 1
-        run_fit(
-            cfg, folder / "cut", should_stop=lambda: polls.append(1) or len(polls) > 1.5 * len(polls_per_epoch(cfg))
-        )
+        run_fit(cfg, folder / "cut", should_stop=lambda: polls.append(1) or len(polls) > 1.5 * per_epoch)
     except KeyboardInterrupt:
         pass
     run_fit(cfg, folder / "cut")
@@ -117,9 +115,10 @@ def repeat_lines(h5: Path, size: tuple, device: torch.device, folder: Path) -> l
     ]
 
 
-def polls_per_epoch(cfg) -> range:
+def polls_per_epoch(cfg) -> int:
+    """Stop polls of one epoch: one per batch of the 8 training trials in 10, one at its end."""
     n_train = int(len(load_session(cfg.data.path).images) * 0.8)
-    return range(n_train // cfg.train.batch_size + 1)
+    return n_train // cfg.train.batch_size + 1
 
 
 class Bench:
