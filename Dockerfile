@@ -1,13 +1,14 @@
 # The psvae-opt image of the worker, init and dashboard services (docker-compose.yml).
 #
 #   docker compose build                                        # torch's CUDA 12.8 build
-#   TORCH_BUILD=cu126 docker compose build                      # a host driver older than CUDA 12.8
+#   TORCH_BUILD=cu126 docker compose build                      # GPUs older than compute capability 7.0
 #   PSVAE_UID=$(id -u) PSVAE_GID=$(id -g) docker compose build  # run as you (see USER below)
 #
 # TORCH_BUILD is a build of the PyTorch wheel index (cpu, cu126, cu128, cu130) or "pypi"
 # (PyPI's default wheel), at the version of constraints.txt. The driver is the host's (NVIDIA
-# Container Toolkit): pick the newest build not newer than the CUDA version `nvidia-smi` shows
-# on the host, as scripts/install.sh does on a machine without Docker.
+# Container Toolkit): cu128 runs on drivers >= 525 and GPUs of compute capability >= 7.0; cu126
+# reaches older GPUs; cu130 needs a driver >= 580 and capability >= 7.5 (as scripts/install.sh
+# picks on a machine without Docker).
 FROM python:3.11-slim
 
 ARG TORCH_BUILD=cu128
@@ -23,8 +24,10 @@ ENV TZ=UTC PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /work
 
 # gcc: torch.compile (train.compile = true) builds small C launchers at run time
+# tini: PID 1 of the container; it passes `docker stop`'s SIGTERM on to psvae-opt (which then
+# re-queues its trial) and reaps the compile workers' orphans, which a Python PID 1 would not
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev tini \
  && rm -rf /var/lib/apt/lists/*
 
 # Torch, then the other dependencies, each in a layer of its own before the source is
@@ -53,5 +56,5 @@ RUN groupadd --gid "$GID" psvae \
  && chown psvae:psvae /work /work/demo
 USER psvae
 # run folders, artifacts and data are volumes (see docker-compose.yml)
-ENTRYPOINT ["psvae-opt"]
+ENTRYPOINT ["/usr/bin/tini", "--", "psvae-opt"]
 CMD ["--help"]

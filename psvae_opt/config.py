@@ -25,6 +25,7 @@ KL_ESTIMATORS = ("mss", "mws")
 PRECISIONS = ("auto", "fp32", "bf16")
 SPLIT_MODES = ("blocked", "behavenet")
 SAMPLER_NAMES = ("grid", "tpe", "nsga2")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 
 # A study name becomes a folder name and an Optuna study name: letters, digits, ".", "_", "-"
@@ -163,12 +164,25 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on a GPU, fp32 on the CPU
     channels_last: bool = True
-    compile: bool = False
-    deterministic: bool = True
+    compile: bool = False  # the model and the loss compiled together (psvae_opt.training.step)
+    compile_mode: str = "default"  # "reduce-overhead": CUDA graphs too (a GPU's static shapes)
+    deterministic: bool = True  # cuDNN's deterministic algorithms only
+    # cuDNN autotuning (cudnn.benchmark) among those algorithms: faster convolutions; two
+    # same-seed runs may then differ by rounding (README, "Performance"); false = bit-identical
+    autotune: bool = True
     eval_batch_size: int = 1024
+    # last.pt (weights and Adam state, 139 MB for BehaveNet's 128x128 network) at most this often,
+    # and always when a stop signal arrives or the run ends; 0 = every epoch
+    checkpoint_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, "train.max_epochs", "must be >= 1")
+        _require(
+            self.compile_mode in COMPILE_MODES,
+            "train.compile_mode",
+            f"{self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}",
+        )
+        _require(self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0 = every epoch)")
         _require(self.batch_size >= 2, "train.batch_size", "must be >= 2")
         _require(self.eval_batch_size >= 2, "train.eval_batch_size", "must be >= 2")
         _require(self.learning_rate > 0, "train.learning_rate", "must be > 0")
@@ -238,6 +252,7 @@ class Stage2Config:
         )
 
 
+GPU_KEYS = "slurm.gpus_per_task (with slurm.gpu_type = 'h100' for a typed GRES, slurm.gpu_option)"
 SLURM_TIME_FORMATS = "MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS[:MINUTES[:SECONDS]] or UNLIMITED"
 # sbatch options psvae-opt writes itself (value: the key that sets it, "" = not settable)
 SLURM_OWN_OPTIONS = {
@@ -249,11 +264,11 @@ SLURM_OWN_OPTIONS = {
     "--job-name": "",
     "--partition": "slurm.partition",
     "--time": "slurm.time",
-    "--gres": "slurm.gpus_per_task",
-    "--gpus-per-task": "slurm.gpus_per_task",
+    "--gres": GPU_KEYS,
+    "--gpus-per-task": GPU_KEYS,
     "--cpus-per-task": "slurm.cpus_per_task",
     "--mem": "slurm.mem",
-    "--gpus": "slurm.gpus_per_task",
+    "--gpus": GPU_KEYS,
     "--ntasks": "",
     "--nodes": "",
 }
@@ -303,10 +318,12 @@ class SlurmConfig:
     time: str | int = ""  # the time limit of each array task, in sbatch --time formats (a number: minutes)
     gpus_per_task: int = 1  # GPUs of each array task (0 = CPU-only tasks)
     workers_per_task: int = 1  # worker processes of each task, spread evenly over its GPUs
-    cpus_per_task: int = 0
-    mem: str = ""  # memory of each task, e.g. "16G"
+    cpus_per_task: int = 0  # 0 = 2 per worker (a core and autograd's backward thread)
+    mem: str = ""  # memory of each task, e.g. "16G"; "" = sized from the dataset (psvae_opt.service.slurm)
     signal_seconds: int = 120  # USR1 this long before the time limit (or at preemption); 0 = none
     extra: tuple[str, ...] = ()  # further sbatch options, e.g. ["--qos=high", "#SBATCH --account=lab"]
+    gpu_type: str = ""  # a typed GRES, e.g. "h100": --gres=gpu:h100:N ("" = any GPU)
+    gpu_option: str = "gres"  # how GPUs are asked for: --gres=gpu:... or --gpus-per-task=...
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "time", str(self.time))  # time = 90 in a study file: "90" minutes
@@ -322,12 +339,22 @@ class SlurmConfig:
         _require(self.gpus_per_task >= 0, "slurm.gpus_per_task", "must be >= 0 (0 = CPU-only tasks)")
         _require(self.workers_per_task >= 1, "slurm.workers_per_task", "must be >= 1")
         _require(
+            re.fullmatch(r"[\w.-]*", self.gpu_type) is not None,
+            "slurm.gpu_type",
+            f"{self.gpu_type!r} is not a GPU type such as h100 or a100_80gb",
+        )
+        _require(
+            self.gpu_option in ("gres", "gpus-per-task"),
+            "slurm.gpu_option",
+            f"{self.gpu_option!r} is not gres or gpus-per-task",
+        )
+        _require(
             self.gpus_per_task == 0 or self.workers_per_task % self.gpus_per_task == 0,
             "slurm.workers_per_task",
             f"{self.workers_per_task} is not a multiple of slurm.gpus_per_task ({self.gpus_per_task}), "
             "so the GPUs would not get equal shares",
         )
-        _require(self.cpus_per_task >= 0, "slurm.cpus_per_task", "must be >= 0 (0 = the cluster's default)")
+        _require(self.cpus_per_task >= 0, "slurm.cpus_per_task", "must be >= 0 (0 = 2 per worker)")
         _require(
             re.fullmatch(r"(\d+[KMGTkmgt]?)?", self.mem) is not None,
             "slurm.mem",

@@ -1,34 +1,51 @@
 #!/usr/bin/env bash
 # Install psvae-opt into ./.venv (idempotent); `install.sh test` adds the test tools.
 #
-# Torch comes first, at the version of constraints.txt, in the build this machine can use:
-#   - no NVIDIA driver (no working nvidia-smi): the CPU build;
-#   - a driver: the newest CUDA build of that torch not newer than the CUDA version the driver
-#     supports (nvidia-smi's "CUDA Version"); a driver older than every build is refused.
+# Torch comes first, at the version of constraints.txt, in the build this machine's GPUs can run:
+#   - no NVIDIA driver (no working nvidia-smi): the CPU build; but where `sbatch` is on the PATH
+#     (a SLURM login node, whose .venv the GPU nodes run) the choice is refused: give --torch;
+#   - a driver: the newest CUDA build whose least driver and least compute capability this
+#     machine meets (TORCH_CUDA_BUILDS): CUDA 12.x builds run on any driver >= 525 (minor-version
+#     compatibility), 13.x needs >= 580; each build carries kernels only from some capability up
+#     (cu130 none for 7.0, the V100), and the smallest capability among the GPUs decides.
 # Builds come from the PyTorch wheel index; where it cannot be reached within seconds (a
 # machine that reaches PyPI only), torch comes from PyPI (on Linux its default wheel carries CUDA).
+#   --torch cpu|cu126|cu128|cu130|pypi           choose the build (same as PSVAE_OPT_TORCH)
 #   PSVAE_OPT_TORCH=cpu|cu126|cu128|cu130|pypi   choose the build (pypi: PyPI's default wheel)
 #   PSVAE_OPT_TORCH_INDEX=URL                    another wheel index (default the PyTorch one)
 #   PSVAE_OPT_INSTALL_DRY_RUN=1                  print the choice and the pip command, change nothing
-# An installed torch is kept unless it is another version, another build than PSVAE_OPT_TORCH
-# asks for, or a CPU build on a machine with a driver (then it is replaced).
+# An installed torch is kept unless it is another version, another build than the one chosen
+# explicitly, or a CPU build on a machine with a driver (then it is replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_INDEX=${PSVAE_OPT_TORCH_INDEX:-https://download.pytorch.org/whl}
-# The CUDA builds of the pinned torch on that index, oldest first (TAG:CUDA); update with constraints.txt.
-TORCH_CUDA_BUILDS="cu126:12.6 cu128:12.8 cu130:13.0"
+# The CUDA builds of the pinned torch on that index, oldest first, as TAG:LEAST_DRIVER:LEAST_CAPABILITY
+# (driver branch that runs the build; smallest compute capability it has kernels for); update with
+# constraints.txt from the PyTorch release notes (torch.cuda.get_arch_list() of each build).
+TORCH_CUDA_BUILDS="cu126:525:5.0 cu128:525:7.0 cu130:580:7.5"
 torch_version=$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' constraints.txt)
 
 note() { echo "install.sh: $*" >&2; }
 
-version_le() {  # MAJOR.MINOR $1 <= $2
-  local a_major=${1%%.*} a_minor=${1#*.} b_major=${2%%.*} b_minor=${2#*.}
-  ((a_major < b_major || (a_major == b_major && a_minor <= b_minor)))
+target="."
+while [ $# -gt 0 ]; do
+  case "$1" in
+    test) target=".[test]" ;;
+    --torch) [ $# -ge 2 ] || { note "error: --torch needs a build (cpu, pypi, cu126, cu128, cu130)"; exit 1; }
+      PSVAE_OPT_TORCH=$2; shift ;;
+    --torch=*) PSVAE_OPT_TORCH=${1#--torch=} ;;
+    *) note "error: unknown argument $1 (give test and/or --torch BUILD)"; exit 1 ;;
+  esac
+  shift
+done
+
+capability_number() {  # "7.5" -> 75, "12.0" -> 120
+  echo $((${1%%.*} * 10 + ${1#*.}))
 }
 
 torch_build() {  # prints cpu, pypi or a CUDA tag such as cu128
-  local choice=${PSVAE_OPT_TORCH:-} smi driver best="" entry
+  local choice=${PSVAE_OPT_TORCH:-} smi driver caps least cap best="" entry tag need_driver need_cap
   if [ -n "$choice" ]; then
     if [[ ! "$choice" =~ ^(cpu|pypi|cu[0-9]{2,3})$ ]]; then
       note "error: PSVAE_OPT_TORCH=$choice: give cpu, pypi or a CUDA build (torch $torch_version: ${TORCH_CUDA_BUILDS})"
@@ -39,25 +56,43 @@ torch_build() {  # prints cpu, pypi or a CUDA tag such as cu128
     return
   fi
   if ! smi=$(timeout 30 nvidia-smi 2>/dev/null); then
+    if command -v sbatch >/dev/null 2>&1; then
+      note "error: no NVIDIA driver here, but sbatch is: on a SLURM login node choose the build the GPU nodes" \
+        "need, since they run this .venv: --torch cu128 (drivers >= 525, GPUs of compute capability >= 7.0)," \
+        "--torch cu126 (older GPUs), --torch cu130 (drivers >= 580, capability >= 7.5) or --torch cpu" \
+        "(CPU-only partitions); or run this script on a GPU node (srun --gres=gpu:1 bash scripts/install.sh)"
+      return 1
+    fi
     note "torch build cpu: no NVIDIA driver here (nvidia-smi missing or failing)"
     echo cpu
     return
   fi
-  driver=$(sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' <<<"$smi" | head -n 1)
+  driver=$(sed -n 's/.*Driver Version: *\([0-9][0-9]*\)[.0-9]*.*/\1/p' <<<"$smi" | head -n 1)
   if [ -z "$driver" ]; then
-    note "torch build cpu: nvidia-smi names no CUDA version; set PSVAE_OPT_TORCH=cu128 (or another) to choose"
+    note "torch build cpu: nvidia-smi names no driver version; set PSVAE_OPT_TORCH=cu128 (or another) to choose"
     echo cpu
     return
   fi
+  # one line per GPU ("7.0"); a driver too old to report it gets the build with the widest range
+  caps=$(timeout 30 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null \
+    | sed -n 's/^ *\([0-9][0-9]*\.[0-9]\) *$/\1/p') || caps=""
+  least=""
+  for cap in $caps; do
+    if [ -z "$least" ] || (($(capability_number "$cap") < $(capability_number "$least"))); then least=$cap; fi
+  done
   for entry in $TORCH_CUDA_BUILDS; do
-    if version_le "${entry#*:}" "$driver"; then best=${entry%%:*}; fi
+    IFS=: read -r tag need_driver need_cap <<<"$entry"
+    if ((driver >= need_driver)) && { [ -z "$least" ] || (($(capability_number "$least") >= $(capability_number "$need_cap"))); }; then
+      best=$tag
+      [ -n "$least" ] || break  # capability unknown: the oldest build, whose kernels reach furthest back
+    fi
   done
   if [ -z "$best" ]; then
-    note "error: the NVIDIA driver supports CUDA up to $driver, older than every CUDA build of torch $torch_version" \
-      "(${TORCH_CUDA_BUILDS}); update the driver, or set PSVAE_OPT_TORCH=cpu for the CPU build"
+    note "error: no CUDA build of torch $torch_version runs here (driver $driver, compute capability ${least:-unknown};" \
+      "builds TAG:LEAST_DRIVER:LEAST_CAPABILITY ${TORCH_CUDA_BUILDS}); update the driver, or set PSVAE_OPT_TORCH=cpu for the CPU build"
     return 1
   fi
-  note "torch build $best: the NVIDIA driver supports CUDA up to $driver"
+  note "torch build $best: NVIDIA driver $driver, compute capability ${least:-unknown} (the least of the GPUs)"
   echo "$best"
 }
 
@@ -117,7 +152,5 @@ fi
 if [ "$action" != keep ]; then
   .venv/bin/python -m pip install -q "${pip_args[@]}"
 fi
-target="."
-[ "${1:-}" = "test" ] && target=".[test]"
 .venv/bin/python -m pip install -q -c constraints.txt -e "$target"
 .venv/bin/psvae-opt --version

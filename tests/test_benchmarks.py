@@ -74,43 +74,39 @@ def test_behavenets_pooled_r2_counts_the_spread_between_label_means():
     assert mirror_mouse.pooled_r2(y, y_hat, mask) == pytest.approx(1 - 1 / total)
 
 
-def test_the_gpu_benchmark_runs_on_the_cpu_and_prints_a_table(capsys: pytest.CaptureFixture):
-    """Its --quick mode on the CPU: every section of the table, and the projection from it."""
-    import gpu_throughput
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_cpu_parts_and_prints_one_line_each(capsys: pytest.CaptureFixture, tmp_path: Path):
+    """--quick on the CPU: the same code as on a GPU, tiny sizes, no compile."""
+    import gpu_check
 
-    from psvae_opt.config import ModelConfig
-    from psvae_opt.model.network import count_parameters
-    from psvae_opt.training.loop import build_model
-
-    argv = ["--device", "cpu", "--quick", "--variants", "fp32", "bf16 channels-last", "--multi-models", "demo"]
-    assert gpu_throughput.main(argv) == 0
+    assert gpu_check.main(["--quick", "--device", "cpu", "--dir", str(tmp_path), "--workers", "1", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in out if line.startswith("|")]
-    assert table[0] == ["section", "model", "variant", "batch", "workers", "frames/s", "ms/step", "note"]
-    rows = {(r[0], r[1], r[2], int(r[3]), int(r[4])): r for r in table[1:]}
-    expected = {
-        *((s, m, v, 8, 1) for s in ("single",) for m in ("behavenet", "demo") for v in ("fp32", "bf16 channels-last")),
-        ("batch", "behavenet", "bf16 channels-last", 4, 1),
-        ("batch", "demo", "bf16 channels-last", 4, 1),
-        ("gpu", "demo", "bf16 channels-last", 8, 1),
-        ("gpu", "demo", "bf16 channels-last", 8, 2),
-    }
-    assert set(rows) == expected
-    rate = {key: float(r[5].replace(",", "")) for key, r in rows.items()}
-    assert all(v > 0 for v in rate.values())
-    for key, r in rows.items():  # ms per step of one worker = 1000 x batch x workers / summed frames/s
-        assert float(r[6]) == pytest.approx(1000 * key[3] * key[4] / rate[key], rel=0.6 / rate[key] + 0.01)
-    for name, (shape, channels) in gpu_throughput.MODELS.items():
-        params = count_parameters(build_model(ModelConfig(channels=channels), shape, 4, seed=0))
-        assert rows[("single", name, "fp32", 8, 1)][7] == f"{params:,} parameters"
-    assert rows[("single", "behavenet", "fp32", 8, 1)][7] == "8,746,005 parameters"  # BehaveNet's 1x128x128 network
-    (line,) = [line for line in out if line.startswith("projection:")]
-    total, best, hours, need = re.search(
-        r"= ([\d,]+) frames / ([\d,]+) frames/s .* = ([\d.]+) h on one GPU \(target 1.5 h needs ([\d,]+) frames/s\)",
-        line,
+    lines = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in out}
+    assert lines["gpu"].startswith(" none (device cpu)")
+    assert re.search(r"largest relative difference 0.00e\+00 \(within 0.001\)", lines["determinism"])
+    assert lines["resume"].endswith("largest relative difference 0.00e+00 (identical)")  # the trainer's exact resume
+    steps = {k: v for k, v in lines.items() if k.startswith("step ")}
+    assert set(steps) == {
+        "step default", "step autotune off", "step fp32", "step bf16", "step bf16 batch 32", "step bf16 batch 64",
+        "step compiled", "step compiled cuda-graphs",
+    }  # fmt: skip
+    rates = {}
+    for name, text in steps.items():
+        if "skipped" in text:
+            continue
+        ms, rate, batch = re.search(
+            r"([\d.]+) ms/step, ([\d,]+) frames/s, GPU busy - \(\w+, batch (\d+)\)", text
+        ).groups()
+        rates[name] = float(rate.replace(",", ""))
+        assert rates[name] == pytest.approx(1000 * int(batch) / float(ms), rel=0.02)
+    assert "skipped (--quick)" in steps["step compiled"]
+    epoch, evaluation, share = re.search(
+        r"training 80,000 frames ([\d.]+) s; evaluation ([\d.]+) s \((\d+)%\)", lines["epoch"]
     ).groups()
-    total, best, need = (int(v.replace(",", "")) for v in (total, best, need))
-    assert total == 24 * 200 * 100_000 and need == round(total / 5400)
-    behavenet = max(v for k, v in rate.items() if k[1] == "behavenet" and k[0] != "batch")
-    assert best == round(behavenet)
-    assert float(hours) == pytest.approx(total / behavenet / 3600, rel=0.6 / behavenet + 0.01)
+    assert float(epoch) == pytest.approx(80_000 / rates["step default"], rel=0.02)
+    assert int(share) == round(100 * float(evaluation) / float(epoch))
+    summed = [float(v.replace(",", "")) for v in re.findall(r"\d: ([\d,]+)", lines["workers"])]
+    assert len(summed) == 2 and all(v > 0 for v in summed)
+    hours = float(re.search(r"= ([\d.]+) GPU-hours", lines["projection"]).group(1))
+    best = max(max(summed), rates["step default"])
+    assert hours == pytest.approx(24 * 200 * 100_000 / best * (1 + float(evaluation) / float(epoch)) / 3600, rel=0.02)

@@ -94,3 +94,14 @@ def test_services_are_wired_for_a_gpu_server(compose: dict):
         url = services[name]["environment"]["PSVAE_OPT_STORAGE"]
         assert url == "postgresql+psycopg://psvae:from-the-environment@postgres:5432/psvae"
     assert "pgdata" in compose["volumes"]
+    for name in ("init", "worker", "dashboard"):  # one OpenMP thread per core of the host in every replica, else
+        assert services[name]["environment"]["OMP_NUM_THREADS"] == "2"
+    assert services["init"]["init"] is True  # its own entrypoint (sh -c) bypasses the image's init
+
+
+def test_the_image_runs_psvae_opt_under_an_init():
+    """PID 1 of a container gets no default signal handling and must reap orphans: tini, not Python."""
+    text = (REPO / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "psvae-opt"]' in text
+    install = next(line for line in text.splitlines() if "apt-get install" in line)
+    assert "tini" in install.split()

@@ -15,6 +15,7 @@ import torch
 from psvae_opt.config import Config, replace
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.network import PSVAE
+from psvae_opt.training import gpus
 from psvae_opt.training.devices import claim_gpu, resolve_device
 from psvae_opt.training.run_folder import read_metrics
 from tests.test_trainer import run_fit
@@ -170,6 +171,8 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         monkeypatch.setattr(torch.cuda, "init", init)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(gpus, "launch_tiny_kernel", lambda device: None)  # a GPU whose kernels run
+        gpus.check_kernels.cache_clear()
         monkeypatch.setenv("PATH", str(path or tmp_path / "empty"))
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 

@@ -55,15 +55,22 @@ def machine(tmp_path: Path, smi: str | None) -> Path:
     return bin_dir
 
 
-def driver(cuda: str) -> str:
-    """nvidia-smi of a driver that supports CUDA ``cuda``."""
+def driver(version: str = "570.86.15", caps: tuple[str, ...] | None = ("9.0",), cuda: str = "12.8") -> str:
+    """nvidia-smi of driver ``version`` with GPUs of compute capabilities ``caps`` (None: a driver
+    too old to answer the capability query); its header names the CUDA version ``cuda``."""
+    query = (
+        "; ".join(f"echo '{cap}'" for cap in caps)
+        if caps is not None
+        else "echo 'Field \"compute_cap\" is not a valid field to query.'; exit 2"
+    )
     return (
+        'case "$*" in *--query-gpu=compute_cap*) ' + query + "; exit 0 ;; esac\n"
         "echo '+-------------------------------------------------------------------------------+'\n"
-        f"echo '| NVIDIA-SMI 570.86.15    Driver Version: 570.86.15    CUDA Version: {cuda}     |'"
+        f"echo '| NVIDIA-SMI {version}    Driver Version: {version}    CUDA Version: {cuda}     |'"
     )
 
 
-def dry_run(bin_dir: Path, index: str, **env: str) -> tuple[dict[str, str], str, int]:
+def dry_run(bin_dir: Path, index: str, args: tuple[str, ...] = (), **env: str) -> tuple[dict[str, str], str, int]:
     run_env = {
         "PATH": str(bin_dir),
         "HOME": os.environ.get("HOME", "/root"),
@@ -73,7 +80,11 @@ def dry_run(bin_dir: Path, index: str, **env: str) -> tuple[dict[str, str], str,
         **env,
     }
     out = subprocess.run(
-        ["/bin/bash", str(REPO / "scripts" / "install.sh")], env=run_env, capture_output=True, text=True, timeout=60
+        ["/bin/bash", str(REPO / "scripts" / "install.sh"), *args],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
     return fields, out.stderr, out.returncode
@@ -84,10 +95,16 @@ def dry_run(bin_dir: Path, index: str, **env: str) -> tuple[dict[str, str], str,
     [
         (None, "cpu"),  # no driver
         ("echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'; exit 9", "cpu"),
-        (driver("12.8"), "cu128"),
-        (driver("12.9"), "cu128"),  # the newest build not newer than the driver
-        (driver("12.6"), "cu126"),
-        (driver("13.1"), "cu130"),
+        (driver("570.86.15", ("9.0",)), "cu128"),
+        (driver("535.104.05", ("8.0",), cuda="12.2"), "cu128"),  # R535: any 12.x build (minor-version compatibility)
+        (driver("550.54.15", ("9.0",), cuda="12.4"), "cu128"),
+        (driver("525.60.13", ("8.6",), cuda="12.0"), "cu128"),
+        (driver("580.65.06", ("9.0", "9.0"), cuda="13.0"), "cu130"),
+        (driver("580.65.06", ("9.0", "7.0"), cuda="13.0"), "cu128"),  # a V100 among them: cu130 has no sm_70
+        (driver("580.65.06", ("7.0",), cuda="13.0"), "cu128"),
+        (driver("575.51.03", ("6.0",), cuda="12.9"), "cu126"),  # a P100: only cu126 has Pascal kernels
+        (driver("580.65.06", ("7.5",), cuda="13.0"), "cu130"),  # a T4
+        (driver("550.54.15", None, cuda="12.4"), "cu126"),  # capability unknown: the widest build
     ],
 )
 def test_the_build_follows_the_driver(tmp_path: Path, index: str, smi: str | None, build: str):
@@ -99,10 +116,31 @@ def test_the_build_follows_the_driver(tmp_path: Path, index: str, smi: str | Non
 
 
 def test_a_driver_older_than_every_build_is_refused(tmp_path: Path, index: str):
-    fields, err, code = dry_run(machine(tmp_path, driver("11.4")), index)
+    fields, err, code = dry_run(machine(tmp_path, driver("470.82.01", ("8.0",), cuda="11.4")), index)
     assert code == 1 and not fields
-    assert "the NVIDIA driver supports CUDA up to 11.4, older than every CUDA build of torch" in err
+    assert f"no CUDA build of torch {TORCH} runs here (driver 470, compute capability 8.0;" in err
     assert "set PSVAE_OPT_TORCH=cpu" in err
+    fields, err, code = dry_run(machine(tmp_path / "kepler", driver("570.86.15", ("3.7",))), index)
+    assert code == 1 and "compute capability 3.7" in err  # a K80: no build has its kernels
+
+
+def test_a_login_node_without_driver_asks_for_the_build(tmp_path: Path, index: str):
+    """A SLURM login node (sbatch, no driver) refuses to guess, since the GPU nodes run its .venv;
+    --torch (or PSVAE_OPT_TORCH) chooses."""
+    bin_dir = machine(tmp_path, None)
+    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    fields, err, code = dry_run(bin_dir, index)
+    assert code == 1 and not fields
+    assert "no NVIDIA driver here, but sbatch is: on a SLURM login node choose the build" in err
+    assert "--torch cu128" in err
+    fields, err, code = dry_run(bin_dir, index, args=("--torch", "cu128"))
+    assert code == 0, err
+    assert fields["build"] == "cu128" and fields["pip"] == f"install --index-url {index}/cu128 torch=={TORCH}+cu128"
+    fields, err, code = dry_run(bin_dir, index, args=("test", "--torch=cpu"))
+    assert code == 0 and fields["build"] == "cpu"
+    _, err, code = dry_run(bin_dir, index, args=("--gpu",))
+    assert code == 1 and "unknown argument --gpu" in err
 
 
 @pytest.mark.parametrize(
@@ -114,7 +152,7 @@ def test_a_driver_older_than_every_build_is_refused(tmp_path: Path, index: str):
     ],
 )
 def test_the_variable_overrides_the_choice(tmp_path: Path, index: str, choice: str, pip: str):
-    fields, err, code = dry_run(machine(tmp_path, driver("12.8")), index, PSVAE_OPT_TORCH=choice)
+    fields, err, code = dry_run(machine(tmp_path, driver()), index, PSVAE_OPT_TORCH=choice)
     assert code == 0, err
     assert fields["build"] == choice and fields["pip"] == pip.format(index=index, torch=TORCH)
     assert f"torch build {choice} (PSVAE_OPT_TORCH)" in err
@@ -132,7 +170,7 @@ def test_an_unreachable_index_falls_back_to_pypi_at_once(tmp_path: Path):
     with socket.socket() as s:  # a port nobody listens on: refused at once
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    fields, err, code = dry_run(machine(tmp_path, driver("12.8")), closed)
+    fields, err, code = dry_run(machine(tmp_path, driver()), closed)
     assert code == 0, err
     assert fields["build"] == "cu128" and fields["pip"] == "install -c constraints.txt torch"
     assert f"the PyTorch index {closed}/cu128 cannot be reached: torch {TORCH} from PyPI instead" in err
@@ -155,5 +193,5 @@ def test_the_installed_torch_is_reported_and_kept_when_it_fits(tmp_path: Path, i
     assert fields["action"] == expected
     if installed.endswith("+cpu") and Path(sys.prefix) == REPO / ".venv":
         assert version("torch") == installed
-        fields, _, _ = dry_run(machine(tmp_path / "gpu", driver("12.8")), index)
+        fields, _, _ = dry_run(machine(tmp_path / "gpu", driver()), index)
         assert fields["action"] == "replace"  # a CPU build where a driver is: replaced by the cu128 build

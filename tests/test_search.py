@@ -34,7 +34,8 @@ def study_file(
         f'[study]\nname = "t"\nruns_dir = "{tmp_path / "runs"}"\n'
         f'[data]\npath = "{data}"\nsplit = "3;1;1;0"\n'
         "[model]\nchannels = [4, 8, 8, 8, 8]\n"
-        f"[train]\nmax_epochs = {epochs}\nbatch_size = 16\nlearning_rate = 1e-3\n"
+        # checkpoint_seconds = 0: last.pt every epoch, which the tests watch to kill workers mid-run
+        f"[train]\nmax_epochs = {epochs}\nbatch_size = 16\nlearning_rate = 1e-3\ncheckpoint_seconds = 0\n"
         "[loss]\nanneal_epochs = 1\n"
         f"[stage1]\nalphas = {list(alphas)}\nn_unsup = {list(n_unsup)}\n"
         f"[stage2]\nbetas = {list(betas)}\nseeds = 2\n"

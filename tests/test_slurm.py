@@ -34,7 +34,8 @@ def stop(signum, frame):
     sys.exit(0)
 signal.signal(signal.SIGUSR1, stop)
 signal.signal(signal.SIGTERM, stop)
-print("argv", *args, "threads", os.environ.get("OMP_NUM_THREADS"), flush=True)
+env = os.environ
+print("argv", *args, "threads", env.get("OMP_NUM_THREADS"), "ld", env.get("LD_LIBRARY_PATH", "-"), flush=True)
 (out / f"ready-{tag}").write_text(os.environ.get("PSVAE_OPT_STORAGE", "unset"))
 if opt("--gpu") is not None and opt("--gpu") == opt("--fail-gpu"):
     sys.exit(int(opt("--exit")))
@@ -89,10 +90,21 @@ def test_every_slurm_key_is_set_by_set_and_survives_a_dump():
             "slurm.mem=64G",
             "slurm.signal_seconds=300",
             'slurm.extra=["--qos=high", "#SBATCH --account=lab"]',
+            "slurm.gpu_type=h100",
+            "slurm.gpu_option=gpus-per-task",
         ],
     )
     assert cfg.slurm == SlurmConfig(
-        "gpu,gpu-long", "1-12:00:00", 2, 4, 16, "64G", 300, ("--qos=high", "#SBATCH --account=lab")
+        "gpu,gpu-long",
+        "1-12:00:00",
+        2,
+        4,
+        16,
+        "64G",
+        300,
+        ("--qos=high", "#SBATCH --account=lab"),
+        "h100",
+        "gpus-per-task",
     )
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"slurm-dump-{os.getpid()}.toml"
     path.write_text(dump_config(cfg))
@@ -116,12 +128,14 @@ def test_every_slurm_key_is_set_by_set_and_survives_a_dump():
         ("slurm.cpus_per_task=-2", "slurm.cpus_per_task: must be >= 0"),
         ("slurm.mem=16GB", "slurm.mem: '16GB' is not a memory size"),
         ("slurm.signal_seconds=70000", "slurm.signal_seconds: must be in 0..65535"),
+        ("slurm.gpu_type=h100:2", "slurm.gpu_type: 'h100:2' is not a GPU type"),
+        ("slurm.gpu_option=gpus", "slurm.gpu_option: 'gpus' is not gres or gpus-per-task"),
         ('slurm.extra=["qos=high"]', "slurm.extra: 'qos=high' is not an sbatch option"),
         ('slurm.extra=["--array=0-9"]', "slurm.extra: '--array=0-9': psvae-opt writes it itself"),
         ('slurm.extra=["-t 60"]', "slurm.extra: '-t 60': set slurm.time instead"),
         (
             'slurm.extra=["#SBATCH --gres=gpu:a100:1"]',
-            "slurm.extra: '#SBATCH --gres=gpu:a100:1': set slurm.gpus_per_task",
+            "slurm.extra: '#SBATCH --gres=gpu:a100:1': set slurm.gpus_per_task (with slurm.gpu_type = 'h100'",
         ),
         (
             'slurm.extra=["--qos=high\\n#SBATCH --array=1"]',
@@ -185,15 +199,57 @@ def test_every_key_is_rendered_and_paths_are_absolute(tmp_path: Path):
     assert "--storage" not in text and "://" not in text
 
 
-def test_defaults_leave_the_cluster_defaults_alone(tmp_path: Path, worker: list[str]):
+def test_defaults_leave_partition_time_and_gpus_to_the_cluster(tmp_path: Path, worker: list[str]):
     text = script_for(SlurmConfig(gpus_per_task=0, signal_seconds=0), tmp_path, worker).read_text()
     assert not any(
-        h.split("=")[0]
-        in ("#SBATCH --partition", "#SBATCH --time", "#SBATCH --gres", "#SBATCH --mem", "#SBATCH --signal")
-        or h.startswith("#SBATCH --cpus-per-task")
+        h.split("=")[0] in ("#SBATCH --partition", "#SBATCH --time", "#SBATCH --gres", "#SBATCH --signal")
         for h in headers(text)
     )
     assert "gpus=()" in text and "--gpu" not in text
+
+
+def test_cpus_and_memory_are_sized_per_worker_from_the_dataset():
+    """A cluster's default is often one core and a small DefMemPerCPU for the whole task: each
+    worker gets 2 CPUs and the dataset once and a half plus 3 GiB."""
+    kwargs = dict(job_name="s", n_tasks=1, worker_argv=["/usr/bin/python3"], log_dir=Path("/l"), workdir=Path("/w"))
+    text = batch_script(
+        SlurmConfig(gpus_per_task=2, workers_per_task=4), workers_per_task=4, dataset_bytes=10 * 2**30, **kwargs
+    )
+    assert "#SBATCH --cpus-per-task=8" in headers(text)
+    assert "#SBATCH --mem=72G" in headers(text)  # 4 x (15 + 3) GiB
+    text = batch_script(SlurmConfig(), workers_per_task=1, dataset_bytes=2**30 + 1, **kwargs)
+    assert "#SBATCH --cpus-per-task=2" in headers(text) and "#SBATCH --mem=5G" in headers(text)  # 4.5 GiB up
+    given = SlurmConfig(cpus_per_task=3, mem="9000M")
+    text = batch_script(given, workers_per_task=1, dataset_bytes=50 * 2**30, **kwargs)
+    assert "#SBATCH --cpus-per-task=3" in headers(text) and "#SBATCH --mem=9000M" in headers(text)
+
+
+def test_the_stage_sizes_memory_from_its_own_dataset(tiny_config):
+    from psvae_opt.data import load_session, session_bytes
+    from psvae_opt.service.stages import StageRequest, slurm_script
+
+    session = load_session(tiny_config.data.path)
+    assert session_bytes(tiny_config.data.path) == session.images.nbytes + session.labels.nbytes + session.masks.nbytes
+    script, _ = slurm_script(StageRequest(stage=1, config_path="/x/s.toml", launcher="slurm"), tiny_config)
+    assert "#SBATCH --mem=4G" in headers(script)  # 3 GiB and 1.5 x 0.2 MB, rounded up
+
+
+@pytest.mark.parametrize(
+    "cfg, line",
+    [
+        (SlurmConfig(gpus_per_task=2, gpu_type="h100", workers_per_task=2), "#SBATCH --gres=gpu:h100:2"),
+        (SlurmConfig(gpus_per_task=1, gpu_option="gpus-per-task"), "#SBATCH --gpus-per-task=1"),
+        (
+            SlurmConfig(gpus_per_task=1, gpu_type="a100_80gb", gpu_option="gpus-per-task"),
+            "#SBATCH --gpus-per-task=a100_80gb:1",
+        ),
+        (SlurmConfig(gpus_per_task=1), "#SBATCH --gres=gpu:1"),
+    ],
+)
+def test_typed_gres_and_gpus_per_task(cfg: SlurmConfig, line: str):
+    kwargs = dict(job_name="s", n_tasks=1, worker_argv=["/usr/bin/python3"], log_dir=Path("/l"), workdir=Path("/w"))
+    gpu_lines = [h for h in headers(batch_script(cfg, workers_per_task=cfg.workers_per_task, **kwargs)) if "gpu" in h]
+    assert gpu_lines == [line]
 
 
 @pytest.mark.parametrize(
@@ -260,6 +316,50 @@ def test_each_worker_gets_its_gpu_threads_and_the_first_failure_is_the_exit_code
     assert all(log[log.index("threads") + 1] == "2" for log in logs)  # 8 CPUs / 4 workers
     assert "task 77_3: worker 2 exited with 3" in out and "task 77_3: worker 0 exited with 0" in out
     assert sorted(p.read_text() for p in (tmp_path / "out").glob("ready-*")) == [URL] * 4  # from the environment
+
+
+def test_the_login_nodes_library_path_stays_behind(tmp_path: Path, worker: list[str]):
+    """--export=ALL passes the login node's LD_LIBRARY_PATH (an older CUDA, say): the task drops it."""
+    script = script_for(SlurmConfig(gpus_per_task=0), tmp_path, worker)
+    proc = run_locally(script, tmp_path, LD_LIBRARY_PATH="/opt/cuda-11.2/lib64")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    words = (tmp_path / "logs" / "77_3.w0.log").read_text().split()
+    assert words[words.index("ld") + 1] == "-"
+
+
+def fake_gpu_node(folder: Path, mode: str, mps: bool) -> dict[str, str]:
+    """PATH with a stand-in nvidia-smi reporting ``mode`` for every GPU and, with ``mps``, an
+    nvidia-cuda-mps-control that notes how it was called."""
+    folder.mkdir()
+    (folder / "nvidia-smi").write_text(f"#!/bin/sh\necho {mode}\necho {mode}\n")
+    if mps:
+        (folder / "nvidia-cuda-mps-control").write_text(f'#!/bin/sh\necho "$* $(cat)" >> {folder}/mps-calls\n')
+    for exe in folder.iterdir():
+        exe.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}", "TMPDIR": str(folder)}
+
+
+@pytest.mark.parametrize(
+    "mode, mps, workers", [("Default", False, 4), ("Exclusive_Process", False, 2), ("Exclusive_Process", True, 4)]
+)
+def test_workers_share_an_exclusive_gpu_only_through_mps(
+    tmp_path: Path, worker: list[str], mode: str, mps: bool, workers: int
+):
+    cfg = SlurmConfig(gpus_per_task=2, workers_per_task=4)
+    script = script_for(cfg, tmp_path, worker, workers=4)
+    env = fake_gpu_node(tmp_path / "bin", mode, mps)
+    proc = run_locally(script, tmp_path, **env)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    logs = sorted((tmp_path / "logs").glob("77_3.w*.log"))
+    assert len(logs) == workers
+    gpus = [log.read_text().split() for log in logs]
+    assert sorted(w[w.index("--gpu") + 1] for w in gpus) == (["0", "0", "1", "1"] if workers == 4 else ["0", "1"])
+    calls = (tmp_path / "bin" / "mps-calls").read_text().splitlines() if mps else []
+    assert [c.strip() for c in calls] == (["-d", "quit"] if mps and mode != "Default" else [])
+    if workers == 2:
+        assert "exclusive-process GPUs and no MPS: 2 worker(s), one per GPU, instead of 4" in out
 
 
 def test_without_the_storage_variable_a_task_stops_at_once(tmp_path: Path, worker: list[str]):

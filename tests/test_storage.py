@@ -89,3 +89,22 @@ def test_retry_rides_out_an_outage_and_records_it(tmp_path: Path, monkeypatch: p
     with pytest.raises(StorageError, match="refused testing"):
         db.retry(readonly, what="testing")  # no waiting: a read-only file does not mend
     assert os.environ["TZ"] == "UTC"
+
+
+@pytest.mark.postgres
+def test_each_process_holds_at_most_two_postgresql_connections(postgres):
+    """A large job array must stay under max_connections: the pool never grows past 2 (the trial
+    loop and its heartbeat thread); a third concurrent user waits for one instead of opening it."""
+    from psvae_opt.search.storage import PG_CONNECTIONS_PER_PROCESS
+
+    db = open_database(postgres.url)
+    engine = db.storage.engine
+    assert PG_CONNECTIONS_PER_PROCESS == 2
+    held = [engine.connect() for _ in range(PG_CONNECTIONS_PER_PROCESS)]
+    engine.pool._timeout = 0.5  # 120 s in use: long enough to outlast a slow statement of the other thread
+    with pytest.raises(sqlalchemy.exc.TimeoutError):
+        engine.connect()
+    assert engine.pool.checkedout() == 2
+    for conn in held:
+        conn.close()
+    engine.dispose()

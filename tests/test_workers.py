@@ -84,3 +84,72 @@ def test_the_stop_flag_names_the_signal():
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def test_every_local_worker_gets_its_share_of_the_cores():
+    """GPU workers too: without OMP_NUM_THREADS each of N processes starts a thread per core."""
+    from psvae_opt.service.launchers import local_worker_env
+
+    assert local_worker_env(3, ["0", "1"], 4, cpus=16) == {"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "4"}
+    assert local_worker_env(0, [], 2, cpus=16) == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "8"}
+    assert local_worker_env(5, ["GPU-a"], 32, cpus=16)["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_stop_after_training_skips_the_diagnostics(tiny_config, tmp_path):
+    """Rendering diagnostics can outlast a preemption's grace time: the trial goes back to the
+    queue at once, and its next attempt (training done) only evaluates and renders."""
+    from psvae_opt.config import replace
+    from psvae_opt.data import load_session, split_frames
+    from psvae_opt.search.objective import TrialContext, TrialHooks, objective
+
+    cfg = replace(tiny_config, study={"runs_dir": str(tmp_path / "runs")})
+    session = load_session(cfg.data.path)
+    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
+    finished = []
+    ctx = TrialContext(
+        cfg, 1, session, frames, progress=False, hooks=TrialHooks(on_finish=lambda *a: finished.append(a))
+    )
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.enqueue_trial({"alpha": 50.0, "n_unsup": 2, "seed": 0})
+    polls = []
+    training_and_evaluation = 3 * (7 + 1) + 3  # batches and epoch ends, then the three splits' evaluations
+    with pytest.raises(KeyboardInterrupt, match="stopped before the diagnostics"):
+        objective(study.ask(), ctx, 0, should_stop=lambda: polls.append(1) or len(polls) > training_and_evaluation)
+    assert finished == []
+    study.enqueue_trial({"alpha": 50.0, "n_unsup": 2, "seed": 0})
+    values = objective(study.ask(), ctx, 0)
+    assert len(finished) == 1 and all(v == v for v in values)
+
+
+@pytest.mark.parametrize("max_seeds", [None, 5])
+def test_an_idle_worker_near_the_end_of_a_stage_frees_its_gpu(db_study, max_seeds):
+    """Every trial runs elsewhere (fresh heartbeats): after one grace period an idle worker exits
+    instead of waiting for them all; with --seeds auto it stays, to run the next round."""
+    import threading
+
+    from psvae_opt.service.trial_loop import run_worker
+
+    db, study = db_study
+    tids = [trial_queue.pop_waiting(study) for _ in range(3)]
+    beating = threading.Event()
+
+    def beat() -> None:  # the other workers, alive
+        while not beating.wait(0.3):
+            for tid in tids:
+                trial_queue.stamp(study, tid)
+
+    threading.Thread(target=beat, daemon=True).start()
+    stop = StopFlag()
+    timer = threading.Timer(12.0, stop.event.set)  # the limit: it would otherwise wait for them all
+    timer.start()
+    start = time.monotonic()
+    try:
+        assert run_worker(db, study, None, stop, interval=1, max_seeds=max_seeds) == 0
+    finally:
+        timer.cancel()
+        beating.set()
+    if max_seeds is None:
+        assert not stop() and 3 <= time.monotonic() - start < 10  # left by itself after the grace (3 beats)
+    else:
+        assert stop()
+    assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}  # nobody's trial was judged dead

@@ -41,7 +41,7 @@ def _add_stage(stage: int):
             help="local worker processes, or SLURM array tasks (default 1, or one per GPU); 0 only creates and queues",
         )  # fmt: skip
         p.add_argument(
-            "--gpus", metavar="LIST", help="GPUs of the local workers, indices of the visible ones, e.g. 0,1"
+            "--gpus", metavar="LIST", help="GPUs of the local workers: indices of the visible ones, e.g. 0,1, or all"
         )
         p.add_argument(
             "--workers-per-gpu", type=int, default=1, metavar="K", help="workers sharing each GPU (default 1)"
@@ -74,8 +74,8 @@ def _add_stage(stage: int):
 
 def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
-    if args.gpus is not None and not (gpus and all(g.isdigit() for g in gpus)):
-        raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1")
+    if args.gpus is not None and not (gpus == ("all",) or (gpus and all(g.isdigit() for g in gpus))):
+        raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1, or all")
     return stages.StageRequest(
         stage=stage,
         config_path=args.config,

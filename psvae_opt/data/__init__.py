@@ -12,7 +12,7 @@ libraries (sleap-io, pynwb, ndx-pose, hdf5plugin) only inside the readers that n
 from psvae_opt.data.importer import ImportSummary, import_labeled, import_video
 from psvae_opt.data.keypoints import Poses
 from psvae_opt.data.poses import POSE_FORMATS, read_poses
-from psvae_opt.data.sessions import Session, load_session, resolve_paths
+from psvae_opt.data.sessions import Session, load_session, resolve_paths, session_bytes
 from psvae_opt.data.splits import SPLITS, frame_indices, split_frames, split_trials
 from psvae_opt.data.synth import synth_session
 from psvae_opt.data.writer import check_writable, write_session
@@ -30,6 +30,7 @@ __all__ = [
     "load_session",
     "read_poses",
     "resolve_paths",
+    "session_bytes",
     "split_frames",
     "split_trials",
     "synth_session",

@@ -159,6 +159,18 @@ def _check_agree(infos: Sequence[FileInfo]) -> None:
             raise DataError(f"{where} differ in label names ({diff}); import every session with the same --keypoints")
 
 
+def session_bytes(path_or_paths: str | Path | Sequence[str | Path]) -> int:
+    """Bytes of host memory :func:`load_session` fills (frames as uint8, labels and masks as
+    float32), from the files' shapes alone: no frame is read."""
+    total = 0
+    for path in resolve_paths(path_or_paths):
+        with open_file(path) as f:
+            info = inspect_file(f, path)
+        c, h, w = info.frame_shape
+        total += info.n_frames * (c * h * w + 2 * 4 * len(info.label_names))
+    return total
+
+
 def load_session(path_or_paths: str | Path | Sequence[str | Path]) -> Session:
     """Read and validate one BehaveNet-layout HDF5 file, or several as one Session.
 

@@ -228,6 +228,10 @@ def objective(
         should_stop=should_stop,
         owner_check=owner_check,
     )
+    if should_stop():  # a stop signal: diagnostics could outlast SLURM's grace time; re-queue now
+        raise KeyboardInterrupt(
+            f"stopped before the diagnostics of trial {trial.number}; its next attempt only evaluates"
+        )
     attrs = fit_attributes(result, config.train.model_seed)
     attrs.update(latent_attributes(ctx.session, load_latents(run_dir), ctx.config.study.collapse_std))
     attrs.update(session_attributes(run_dir))

@@ -88,6 +88,9 @@ def db_patience() -> float:
     return _positive_number(PATIENCE_ENV, DEFAULT_PATIENCE)
 
 
+PG_CONNECTIONS_PER_PROCESS = 2
+
+
 def _engine_kwargs(url: str) -> dict:
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
@@ -95,7 +98,15 @@ def _engine_kwargs(url: str) -> dict:
         # with BEGIN IMMEDIATE (see _serialize_sqlite)
         return {"connect_args": {"timeout": 120, "isolation_level": None}}
     if backend == "postgresql":
-        return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "connect_args": {"connect_timeout": 10}}
+        # at most PG_CONNECTIONS_PER_PROCESS, ever (the trial loop and the heartbeat thread): a
+        # large array must stay under the server's max_connections (README, "On a SLURM cluster")
+        return {
+            "pool_pre_ping": True,
+            "pool_size": PG_CONNECTIONS_PER_PROCESS,
+            "max_overflow": 0,
+            "pool_timeout": 120,
+            "connect_args": {"connect_timeout": 10},
+        }
     return {"pool_pre_ping": True}
 
 

@@ -80,6 +80,14 @@ class StageProgress:
         self.bar.close()
 
 
+def local_worker_env(i: int, devices: Sequence[str], n_workers: int, cpus: int | None = None) -> dict[str, str]:
+    """What local worker ``i`` adds to its environment: its one GPU (none: the CPU) and its
+    share of the cores as ``OMP_NUM_THREADS``, GPU workers included: left unset, each of N
+    processes starts one thread per core of the machine and they crowd each other out."""
+    threads = max(1, (cpus or os.cpu_count() or 1) // n_workers)
+    return {"CUDA_VISIBLE_DEVICES": devices[i % len(devices)] if devices else "", "OMP_NUM_THREADS": str(threads)}
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -105,12 +113,9 @@ def launch_local(
         the number of workers that exited with an error.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
 
     def start(i: int) -> subprocess.Popen:
-        extra = {"CUDA_VISIBLE_DEVICES": devices[i % len(devices)]} if devices else {"CUDA_VISIBLE_DEVICES": ""}
-        if not devices:
-            extra["OMP_NUM_THREADS"] = str(threads)
+        extra = local_worker_env(i, devices, n_workers)
         command = [*argv, "--gpu", "0"] if devices else list(argv)
         out = (log_dir / f"worker-{i}.log").open("a")
         log.info("worker %d: device %s, log %s", i, extra["CUDA_VISIBLE_DEVICES"] or "CPU", log_dir / f"worker-{i}.log")

@@ -12,7 +12,9 @@ succeeded).
 
 The storage URL may hold a password, so it is in neither the script nor any command line:
 the submitting process has it in ``PSVAE_OPT_STORAGE``, which sbatch passes on to the tasks
-(``--export=ALL``).
+(``--export=ALL``); the script drops the login node's ``LD_LIBRARY_PATH``. Tasks ask for
+CPUs and memory sized per worker where the study file gives none (:func:`task_cpus`,
+:func:`task_mem`); workers that share an exclusive-process GPU go through NVIDIA MPS.
 """
 
 from __future__ import annotations
@@ -46,6 +48,38 @@ def gpu_of_worker(worker: int, workers_per_task: int, gpus_per_task: int) -> int
     return worker * gpus_per_task // workers_per_task
 
 
+CPUS_PER_WORKER = 2  # a core for the training loop, one for autograd's backward thread
+WORKER_BASE_BYTES = 3 * 2**30  # host memory of a worker before its data: Python, torch, the CUDA runtime
+
+
+def task_cpus(cfg: SlurmConfig, workers_per_task: int) -> int:
+    """``slurm.cpus_per_task``, else :data:`CPUS_PER_WORKER` per worker (a cluster's default is
+    often one core for the whole task)."""
+    return cfg.cpus_per_task or CPUS_PER_WORKER * workers_per_task
+
+
+def task_mem(cfg: SlurmConfig, workers_per_task: int, dataset_bytes: int) -> str:
+    """``slurm.mem``, else enough host memory for the task's workers: each holds the whole dataset
+    (``dataset_bytes``, frames and labels) in host memory, plus half again for transient copies,
+    plus :data:`WORKER_BASE_BYTES`; whole GiB, rounded up. A cluster's DefMemPerCPU is often far
+    less, and an OUT_OF_MEMORY kill spends the trials' crash budgets."""
+    if cfg.mem:
+        return cfg.mem
+    per_worker = dataset_bytes + dataset_bytes // 2 + WORKER_BASE_BYTES
+    return f"{-(-workers_per_task * per_worker // 2**30)}G"
+
+
+def gpu_request(cfg: SlurmConfig) -> tuple[str, str] | None:
+    """The sbatch option and value asking for the task's GPUs (None for CPU-only tasks):
+    ``gres=gpu[:TYPE]:N`` or ``gpus-per-task=[TYPE:]N``."""
+    if not cfg.gpus_per_task:
+        return None
+    typed = f"{cfg.gpu_type}:" if cfg.gpu_type else ""
+    if cfg.gpu_option == "gpus-per-task":
+        return "gpus-per-task", f"{typed}{cfg.gpus_per_task}"
+    return "gres", f"gpu:{typed}{cfg.gpus_per_task}"
+
+
 def batch_script(
     cfg: SlurmConfig,
     *,
@@ -55,12 +89,15 @@ def batch_script(
     workers_per_task: int,
     log_dir: Path,
     workdir: Path,
+    dataset_bytes: int = 0,
 ) -> str:
     """The sbatch script of a job array of ``n_tasks`` tasks, each running ``workers_per_task``
     copies of ``worker_argv`` (absolute paths, no storage URL).
 
     Logs: ``log_dir/JOBID_TASK.log`` for the task's shell, ``log_dir/JOBID_TASK.wI.log`` for its
     worker I. With ``cfg.gpus_per_task`` > 0 each worker gets ``--gpu N`` (:func:`gpu_of_worker`).
+    CPUs and memory not given are sized per worker (:func:`task_cpus`, :func:`task_mem` of
+    ``dataset_bytes``, the bytes of the session's frames and labels).
     """
     _check_paths(worker_argv, log_dir, workdir)
     if n_tasks < 1:
@@ -81,12 +118,11 @@ def batch_script(
     ]
     if cfg.signal_seconds:
         header.append(f"#SBATCH --signal=B:USR1@{cfg.signal_seconds}")
-    optional = {
-        "partition": cfg.partition,
-        "time": cfg.time,
-        "gres": f"gpu:{cfg.gpus_per_task}" if cfg.gpus_per_task else None,
-        "cpus-per-task": cfg.cpus_per_task,
-        "mem": cfg.mem,
+    optional = {"partition": cfg.partition, "time": cfg.time}
+    optional |= dict(filter(None, [gpu_request(cfg)]))
+    optional |= {
+        "cpus-per-task": task_cpus(cfg, workers_per_task),
+        "mem": task_mem(cfg, workers_per_task, dataset_bytes),
     }
     header += [f"#SBATCH --{key}={value}" for key, value in optional.items() if value]
     header += [slurm_extra_line(item) for item in cfg.extra]
@@ -101,6 +137,8 @@ def batch_script(
         worker=worker,
         gpu_flag=GPU_FLAG if cfg.gpus_per_task else "",
         gpus=gpus if cfg.gpus_per_task else "",
+        shared=int(bool(cfg.gpus_per_task) and workers_per_task > cfg.gpus_per_task),
+        one_each=" ".join(map(str, range(cfg.gpus_per_task))),
     )
 
 
@@ -113,6 +151,9 @@ _TEMPLATE = """#!/bin/bash
 # submitting environment on (--export=ALL), and with it {storage_env}.
 set -u
 export TZ=UTC PYTHONUNBUFFERED=1
+# --export=ALL brought the login node's library path: torch's wheels carry their own CUDA
+# libraries, and a login node's (older) ones found first would break them
+unset LD_LIBRARY_PATH
 cd {workdir} || exit 1
 if [ -z "${{{storage_env}:-}}" ]; then
   echo "psvae-opt: {storage_env} is not set in the environment sbatch passed on; submit with it set" >&2
@@ -120,7 +161,27 @@ if [ -z "${{{storage_env}:-}}" ]; then
 fi
 task="${{SLURM_ARRAY_JOB_ID:-${{SLURM_JOB_ID:-0}}}}_${{SLURM_ARRAY_TASK_ID:-0}}"
 cpus="${{SLURM_CPUS_PER_TASK:-${{SLURM_CPUS_ON_NODE:-1}}}}"
-threads=$(( cpus / {n_workers} )); [ "$threads" -ge 1 ] || threads=1
+n_workers={n_workers}
+gpus=({gpus})
+mps=""
+# Workers sharing a GPU in an exclusive compute mode: all but one would fail with "busy or
+# unavailable". Use the node's MPS daemon, or start one for this task, or else one worker per GPU.
+if [ {shared} = 1 ] && nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | grep -q Exclusive; then
+  if [ -e "${{CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}}/control" ]; then
+    echo "task $task: exclusive-process GPUs, shared through the node's MPS daemon"
+  elif command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
+    export CUDA_MPS_PIPE_DIRECTORY="${{TMPDIR:-/tmp}}/psvae-opt-mps-$task"
+    export CUDA_MPS_LOG_DIRECTORY="$CUDA_MPS_PIPE_DIRECTORY.log"
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d && mps=1
+    echo "task $task: exclusive-process GPUs: started an MPS daemon so that $n_workers workers share them"
+  else
+    gpus=({one_each})
+    echo "task $task: exclusive-process GPUs and no MPS: ${{#gpus[@]}} worker(s), one per GPU, instead of $n_workers"
+    n_workers=${{#gpus[@]}}
+  fi
+fi
+threads=$(( cpus / n_workers )); [ "$threads" -ge 1 ] || threads=1
 pids=()
 forward() {{
   echo "task $task got SIG$1: passing it on to its workers (pids ${{pids[*]:-}})"
@@ -129,8 +190,7 @@ forward() {{
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 trap 'forward INT' INT
-gpus=({gpus})
-for (( i = 0; i < {n_workers}; i++ )); do
+for (( i = 0; i < n_workers; i++ )); do
   gpu=()
   [ ${{#gpus[@]}} -eq 0 ] || gpu=({gpu_flag} "${{gpus[$i]}}")
   # ${{a[@]+"${{a[@]}}"}}: an empty array under set -u, also in bash before 4.4
@@ -139,7 +199,7 @@ for (( i = 0; i < {n_workers}; i++ )); do
   echo "task $task: worker $i (pid $!) ${{gpu[*]:-}}"
 done
 status=0
-for (( i = 0; i < {n_workers}; i++ )); do
+for (( i = 0; i < n_workers; i++ )); do
   # a trapped signal ends `wait` early (status > 128) while the worker still runs: wait again
   while :; do
     wait "${{pids[$i]}}"
@@ -149,6 +209,7 @@ for (( i = 0; i < {n_workers}; i++ )); do
   echo "task $task: worker $i exited with $code"
   [ "$status" -ne 0 ] || status=$code
 done
+[ -z "$mps" ] || echo quit | nvidia-cuda-mps-control
 exit "$status"
 """
 

@@ -26,8 +26,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from psvae_opt.config import Config
-from psvae_opt.data import load_session
-from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.data import load_session, session_bytes
+from psvae_opt.errors import ConfigError, DataError, StorageError
 from psvae_opt.reports.dashboard import record_artifact_dir
 from psvae_opt.reports.diagnostics import save_search_summary
 from psvae_opt.reports.export import export_stage
@@ -50,7 +50,7 @@ from psvae_opt.search.study import (
 from psvae_opt.service import launchers, slurm
 from psvae_opt.service.trial_loop import top_up
 from psvae_opt.service.worker import require_mlflow
-from psvae_opt.training import devices
+from psvae_opt.training import devices, gpus
 from psvae_opt.training.run_folder import check_runs_dir
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,22 @@ def seed_budget(req: StageRequest, cfg: Config) -> tuple[int, int]:
 
 
 def local_devices(req: StageRequest) -> list[str]:
-    """The ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs; CUDA checked first."""
+    """The ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs (``--gpus all``: every
+    visible one); CUDA checked first, and the GPUs' compute mode when workers share them."""
     if not req.gpus:
         return []
-    mapped = devices.visible_devices(req.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    devices.require_cuda(f"--gpus {','.join(req.gpus)}")
+    what = f"--gpus {','.join(req.gpus)}"
+    wanted = req.gpus
+    if wanted == ("all",):
+        devices.require_cuda(what)
+        import torch
+
+        wanted = tuple(str(i) for i in range(torch.cuda.device_count()))
+    mapped = devices.visible_devices(wanted, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    devices.require_cuda(what)
+    n_workers = n_local_workers(req, mapped)
+    per_gpu = -(-n_workers // len(mapped)) if n_workers else 0
+    gpus.check_sharing(mapped, per_gpu, f"{what} with {n_workers} workers")
     return mapped
 
 
@@ -252,8 +263,18 @@ def slurm_script(req: StageRequest, cfg: Config) -> tuple[str, Path]:
         workers_per_task=per_task,
         log_dir=folder / "logs",
         workdir=Path.cwd(),
+        dataset_bytes=_dataset_bytes(cfg),
     )
     return script, folder / f"stage{req.stage}.sbatch"
+
+
+def _dataset_bytes(cfg: Config) -> int:
+    """The session's size in host memory; 0 where it cannot be read yet (a --dry-run before the
+    data exists: the script then asks for the workers' base memory only)."""
+    try:
+        return session_bytes(cfg.data.path)
+    except (DataError, OSError):
+        return 0
 
 
 def run_stage(req: StageRequest, cfg: Config, db: StudyDatabase, mapped: list[str]) -> StageOutcome:

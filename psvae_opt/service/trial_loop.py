@@ -9,7 +9,9 @@ database waits a whole grace period after it reconnects before it judges others,
 outage never fails a live trial (docs/design.md, "Faults").
 
 SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before a time limit or preemption) stop a worker
-after the current batch; its trial is re-queued on the signal budget, not the crash budget.
+after the current batch (or before the end-of-run evaluation and diagnostics); its trial is
+re-queued on the signal budget, not the crash budget. A worker that finds nothing to take near
+a stage's end exits after a grace period instead of holding its GPU (:func:`leave_when_idle`).
 """
 
 from __future__ import annotations
@@ -263,6 +265,7 @@ def run_worker(
     grace = GRACE_BEATS * interval
     unwatched: dict[int, float] = {}
     done = 0
+    idle_since: float | None = None
     while not stop():
         judge_others(db, study, grace, unwatched)
         tid = db.retry(lambda: trial_queue.pop_waiting(study), what="taking a queued trial")
@@ -271,7 +274,24 @@ def run_worker(
                 continue
             if all_done(db, study):
                 break
+            idle_since = idle_since or time.monotonic()
+            if leave_when_idle(db, idle_since, grace, max_seeds):
+                log.info("worker %d: no trial waits and others run the rest: exiting to free its GPU", os.getpid())
+                break
             stop.event.wait(min(interval, 5))  # others are running: wait in case one dies
             continue
+        idle_since = None
         done += run_one(db, study, tid, ctx, stop, interval) == TrialState.COMPLETE
     return done
+
+
+def leave_when_idle(db: StudyDatabase, idle_since: float, grace: float, max_seeds: int | None) -> bool:
+    """Whether a worker with nothing to take should exit rather than hold its GPU (or its SLURM
+    allocation) until every running trial has finished: once it has been idle, and connected,
+    for a whole grace period, it has judged the others' heartbeats at least once, so a dead
+    worker's trial went back to the queue. A trial whose worker dies later is re-queued by a
+    worker still running, or by the next array the launcher submits for trials left. With
+    ``--seeds auto`` idle workers stay: the last trial of a round queues the next round."""
+    if max_seeds:
+        return False
+    return time.monotonic() - idle_since >= grace and db.connected_for() >= grace

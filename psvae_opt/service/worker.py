@@ -29,7 +29,7 @@ from psvae_opt.search.objective import TrialContext, TrialHooks, run_dir_of
 from psvae_opt.search.storage import StudyDatabase, heartbeat_interval
 from psvae_opt.search.study import BASE_METRICS, load_stage
 from psvae_opt.service.trial_loop import StopFlag, run_worker
-from psvae_opt.training import devices
+from psvae_opt.training import devices, gpus
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,15 @@ def worker_device(gpu: str | None, cfg: Config) -> tuple[Config, object]:
     lock = None
     index = int(gpu) if gpu != "auto" else None
     if index is None:
-        index, lock = devices.claim_gpu(torch.cuda.device_count())
+        # an exclusive-process GPU takes one worker (others get a one-line error), unless MPS shares it
+        shared = any(m in gpus.EXCLUSIVE_MODES for m in gpus.compute_modes().values()) and not gpus.mps_running()
+        index, lock = devices.claim_gpu(torch.cuda.device_count(), slots=1 if shared else 16)
         log.info("worker %d takes GPU %d", os.getpid(), index)
     elif index >= torch.cuda.device_count():
         raise ConfigError(
             f"--gpu {index}: this worker sees {torch.cuda.device_count()} GPU(s) (0..{torch.cuda.device_count() - 1})"
         )
+    gpus.select(index)  # the current device from here on; its kernels checked
     return replace(cfg, train={"device": f"cuda:{index}"}), lock
 
 

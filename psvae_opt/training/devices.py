@@ -22,6 +22,7 @@ from torch import Tensor
 
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
+from psvae_opt.training import gpus
 
 
 @dataclass(frozen=True)
@@ -255,9 +256,13 @@ def require_cuda(what: str) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """ "auto" is the first GPU when CUDA is usable, else the CPU, silently (a study file that
-    runs anywhere); "cuda" and "cuda:N" refuse to start without a usable GPU N, naming why."""
+    runs anywhere); "cuda" and "cuda:N" refuse to start without a usable GPU N, naming why.
+    Either way a GPU must run one kernel of this torch (:func:`~psvae_opt.training.gpus.check_kernels`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            gpus.check_kernels(device, "train.device = 'auto'")
+        return device
     device = torch.device(name)
     if device.type == "cuda":
         require_cuda(f"train.device = {name!r}")
@@ -267,6 +272,7 @@ def resolve_device(name: str) -> torch.device:
                 f"train.device = {name!r}: this process sees {count} GPU(s) (cuda:0..cuda:{count - 1}); "
                 "check CUDA_VISIBLE_DEVICES"
             )
+        gpus.check_kernels(device, f"train.device = {name!r}")
     return device
 
 
@@ -308,8 +314,8 @@ def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """ "auto" is bf16 autocast (fp32 weights, optimizer and loss) where the hardware
-    multiplies bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX;
-    fp32 elsewhere.
+    multiplies bf16 natively: a GPU of compute capability >= 8.0 (asked of ``device`` itself), or
+    a CPU with AVX512-BF16 or AMX; fp32 elsewhere (a V100 or T4 would emulate it, slower than fp32).
 
     On a 2-core AVX512-BF16 CPU, bf16 trains BehaveNet's 1x128x128 network 1.8 times as fast
     as fp32 (benchmarks/train_throughput.py).
@@ -317,7 +323,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if gpus.native_bf16(device) else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 

@@ -8,7 +8,8 @@ run folder:
 - ``metrics.csv``   one row per epoch and split with every metric of :data:`METRIC_NAMES`;
 - ``best.pt``       the best checkpoint (lowest validation loss once annealing is complete),
                     loadable with ``torch.load(..., weights_only=True)``;
-- ``last.pt``       the resume checkpoint, rewritten every epoch;
+- ``last.pt``       the resume checkpoint: at most every ``train.checkpoint_seconds`` (with
+                    ``best.pt``), at the end, and at once on a stop, mid-epoch too (its batch);
 - ``latents.npz``   latent means and log-variances of every frame from the best checkpoint;
 - ``summary.json``  train/val/test metrics of the best checkpoint;
 - ``events.out.tfevents.*``  the per-epoch metrics for TensorBoard (:mod:`psvae_opt.training.event_log`).
@@ -47,6 +48,7 @@ from psvae_opt.training.run_folder import (
     write_atomic,
     write_text_atomic,
 )
+from psvae_opt.training.step import make_forward_loss
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +178,19 @@ def train_step(
     epoch: float,
     n_frames: int,
     precision: str = "fp32",
+    forward: Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms] | None = None,
 ) -> Tensor:
     """One optimizer step on a minibatch; returns the (detached) loss.
 
     Args:
         x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
         n_frames: training frames N of the aggregate-posterior estimate.
+        forward: the forward pass and loss as one (compiled) function,
+            :func:`psvae_opt.training.step.make_forward_loss`; None: this eager code.
     """
+    if forward is not None:
+        # a copy: a CUDA graph's output is overwritten by its next replay
+        return _step(optimizer, forward(model, x, y, mask, epoch).loss).clone()
     with autocast(x.device, precision):
         out = model(x)
     terms = psvae_loss(
@@ -197,10 +205,14 @@ def train_step(
         n_frames=n_frames,
         estimator=loss_cfg.kl_estimator,
     )
+    return _step(optimizer, terms.loss)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
     optimizer.zero_grad(set_to_none=True)
-    terms.loss.backward()
+    loss.backward()
     optimizer.step()
-    return terms.loss.detach()
+    return loss.detach()
 
 
 class _Trainer:
@@ -212,13 +224,12 @@ class _Trainer:
         self.device = resolve_device(train_cfg.device)
         self.precision = resolve_precision(train_cfg.precision, self.device)
         torch.backends.cudnn.deterministic = train_cfg.deterministic
-        torch.backends.cudnn.benchmark = not train_cfg.deterministic
+        torch.backends.cudnn.benchmark = train_cfg.autotune
         self.data = to_device(session, split_frames, self.device)
         self.model = build_model(model_cfg, session.frame_shape, session.n_labels, train_cfg.model_seed)
         self.channels_last = train_cfg.channels_last
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
-        self.step_model = torch.compile(self.model) if train_cfg.compile else self.model
         self.optimizer = build_optimizer(self.model, train_cfg.learning_rate, train_cfg.weight_decay)
         self.batch_gen = torch.Generator().manual_seed(train_cfg.model_seed)
         n_train = len(self.data.splits["train"])
@@ -227,9 +238,18 @@ class _Trainer:
                 f"train.batch_size = {train_cfg.batch_size} exceeds the {n_train} training frames; "
                 "lower train.batch_size"
             )
+        self.forward = None  # eager: train_step's own code; compiled: model and loss together
+        if train_cfg.compile:
+            mode = train_cfg.compile_mode
+            self.forward = make_forward_loss(loss_cfg, n_train, self.precision, mode)
         pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
         self.train_rows_idx = self.data.splits["train"][torch.from_numpy(np.sort(pick)).to(self.device)]
         self.epoch, self.best_loss, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
+        # mid-epoch position: the batch to start at, the batch generator before the epoch's
+        # permutation, the loss summed so far (saved on a stop, so that a resume is exact)
+        self.batch, self.epoch_gen, self.partial_loss = 0, self.batch_gen.get_state(), 0.0
+        self.pending_best: dict | None = None  # best.pt's contents, not yet written
+        self.saved_at, self.unsaved = time.monotonic(), False
         self.fingerprint = json.dumps(
             {
                 "model": asdict(model_cfg),
@@ -256,7 +276,9 @@ class _Trainer:
             "best_loss": float(self.best_loss),
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
-            "batch_gen": self.batch_gen.get_state(),
+            "batch_gen": self.epoch_gen,
+            "batch": self.batch,
+            "partial_loss": self.partial_loss,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
             "fingerprint": self.fingerprint,
@@ -276,6 +298,8 @@ class _Trainer:
         self.epoch, self.best_loss = int(state["epoch"]), float(state["best_loss"])
         self.best_epoch, self.bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
         self.batch_gen.set_state(state["batch_gen"].cpu())
+        self.batch, self.partial_loss = int(state.get("batch", 0)), float(state.get("partial_loss", 0.0))
+        self.epoch_gen = self.batch_gen.get_state()
         torch.set_rng_state(state["torch_rng"].cpu())
         if self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
@@ -301,28 +325,33 @@ class _Trainer:
     def train_epoch(self, should_stop: Callable[[], bool] | None = None) -> float:
         """One pass over the training frames in random minibatches; returns the mean loss.
 
-        ``should_stop`` is polled before every batch; when it says stop, the partial epoch
-        is abandoned with :class:`KeyboardInterrupt` (``last.pt`` still holds the previous one).
+        ``should_stop`` is polled before every batch; when it says stop, the epoch's position is
+        saved in ``last.pt`` (a resume goes on from that batch) and :class:`KeyboardInterrupt` raised.
         """
         self.model.train()
         train_idx = self.data.splits["train"]
         size = self.cfg.batch_size
+        self.epoch_gen = self.batch_gen.get_state()
         perm = torch.randperm(len(train_idx), generator=self.batch_gen).to(self.device)
-        total = torch.zeros((), device=self.device)
+        total = torch.full((), self.partial_loss, device=self.device)
         n_batches = len(train_idx) // size  # drop the last partial batch: TC needs full ones
-        for b in range(n_batches):
+        for b in range(self.batch, n_batches):
             if should_stop is not None and should_stop():
+                self.batch, self.partial_loss = b, float(total)
+                self.save()
                 raise KeyboardInterrupt(f"stopped during epoch {self.epoch}; {self.run_dir / 'last.pt'} resumes it")
             batch = self.data.batch(train_idx[perm[b * size : (b + 1) * size]], self.channels_last)
             total += train_step(
-                self.step_model,
+                self.model,
                 self.optimizer,
                 *batch,
                 self.loss_cfg,
                 epoch=self.epoch,
                 n_frames=len(train_idx),
                 precision=self.precision,
+                forward=self.forward,
             )
+        self.batch, self.partial_loss, self.epoch_gen = 0, 0.0, self.batch_gen.get_state()
         mean = float(total) / max(n_batches, 1)
         if not np.isfinite(mean):
             raise TrainingError(
@@ -356,12 +385,23 @@ class _Trainer:
             # Before annealing ends no epoch qualifies; the last one is kept as a fallback.
             self.best_loss = val_loss if improved else self.best_loss
             self.best_epoch, self.bad_epochs = self.epoch, 0
-            save_atomic({"model": self.model.state_dict(), "epoch": self.epoch}, self.run_dir / "best.pt", self.check)
+            model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.pending_best = {"model": model, "epoch": self.epoch}
         elif self.annealed(self.epoch):
             self.bad_epochs += 1
-        self.epoch += 1
-        save_atomic(self.state(), self.run_dir / "last.pt", self.check)
+        self.epoch, self.unsaved = self.epoch + 1, True
+        if time.monotonic() - self.saved_at >= self.cfg.checkpoint_seconds:
+            self.save()
         return self.patience_spent()
+
+    def save(self) -> None:
+        """Write the pending best checkpoint, then ``last.pt`` (in that order: ``last.pt`` never
+        names a best epoch that ``best.pt`` does not hold)."""
+        if self.pending_best is not None:
+            save_atomic(self.pending_best, self.run_dir / "best.pt", self.check)
+            self.pending_best = None
+        save_atomic(self.state(), self.run_dir / "last.pt", self.check)
+        self.saved_at, self.unsaved = time.monotonic(), False
 
     def patience_spent(self) -> bool:
         """Early stopping: ``patience`` annealed epochs in a row without a better validation loss."""
@@ -433,13 +473,22 @@ def fit(
             on_epoch(epoch, rows)
         if should_stop is not None and should_stop():
             bar.close()
+            t.save()
             raise KeyboardInterrupt(f"stopped after epoch {epoch}; {run_dir / 'last.pt'} resumes it")
     bar.close()
-    return _finish(t, session, time.perf_counter() - start, resumed_from)
+    if t.unsaved:
+        t.save()  # the finished run's last state: a rerun of it only evaluates
+    return _finish(t, session, time.perf_counter() - start, resumed_from, should_stop)
 
 
-def _finish(t: _Trainer, session: Session, seconds: float, resumed_from: int) -> FitResult:
+def _finish(
+    t: _Trainer, session: Session, seconds: float, resumed_from: int, should_stop: Callable[[], bool] | None = None
+) -> FitResult:
     """Reload the best checkpoint, evaluate every split, write latents and the summary.
+
+    ``should_stop`` is polled before each evaluation: a stop here (a preemption's grace time
+    is short) ends the run with :class:`KeyboardInterrupt` at once; ``last.pt`` already holds
+    the finished training, so its next attempt only evaluates.
 
     With several sessions the summary adds ``per_session`` (session name -> split -> metrics,
     each split's frames of that session evaluated alone; a split with fewer than 2 frames
@@ -459,6 +508,8 @@ def _finish(t: _Trainer, session: Session, seconds: float, resumed_from: int) ->
         idx = t.data.splits.get(split)
         if idx is None or len(idx) < 2:
             continue
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt(f"stopped during the end-of-run evaluation of {t.run_dir}; a rerun only evaluates")
         summary_metrics[split], mu_s, y_s, lv_s = t.evaluate(idx, epoch=final_epoch)
         where = idx.cpu().numpy()
         mu[where], y_hat[where], logvar[where], split_of[where] = mu_s, y_s, lv_s, code
