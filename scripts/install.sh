@@ -3,7 +3,8 @@
 #
 # Torch comes first, at the version of constraints.txt, in the build this machine's GPUs can run:
 #   - no NVIDIA driver (no working nvidia-smi): the CPU build; but where `sbatch` is on the PATH
-#     (a SLURM login node, whose .venv the GPU nodes run) the choice is refused: give --torch;
+#     (a SLURM login node, whose .venv the GPU nodes run) a plain install refuses to choose: give
+#     --torch (`install.sh test` takes the CPU build there: the tests run on this machine);
 #   - a driver: the newest CUDA build whose least driver and least compute capability this
 #     machine meets (TORCH_CUDA_BUILDS): CUDA 12.x builds run on any driver >= 525 (minor-version
 #     compatibility), 13.x needs >= 580; each build carries kernels only from some capability up
@@ -29,9 +30,10 @@ torch_version=$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' constraints.txt)
 note() { echo "install.sh: $*" >&2; }
 
 target="."
+for_tests=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    test) target=".[test]" ;;
+    test) target=".[test]"; for_tests=1 ;;
     --torch) [ $# -ge 2 ] || { note "error: --torch needs a build (cpu, pypi, cu126, cu128, cu130)"; exit 1; }
       PSVAE_OPT_TORCH=$2; shift ;;
     --torch=*) PSVAE_OPT_TORCH=${1#--torch=} ;;
@@ -56,7 +58,7 @@ torch_build() {  # prints cpu, pypi or a CUDA tag such as cu128
     return
   fi
   if ! smi=$(timeout 30 nvidia-smi 2>/dev/null); then
-    if command -v sbatch >/dev/null 2>&1; then
+    if [ -z "$for_tests" ] && command -v sbatch >/dev/null 2>&1; then
       note "error: no NVIDIA driver here, but sbatch is: on a SLURM login node choose the build the GPU nodes" \
         "need, since they run this .venv: --torch cu128 (drivers >= 525, GPUs of compute capability >= 7.0)," \
         "--torch cu126 (older GPUs), --torch cu130 (drivers >= 580, capability >= 7.5) or --torch cpu" \

@@ -139,6 +139,10 @@ def test_a_login_node_without_driver_asks_for_the_build(tmp_path: Path, index: s
     assert fields["build"] == "cu128" and fields["pip"] == f"install --index-url {index}/cu128 torch=={TORCH}+cu128"
     fields, err, code = dry_run(bin_dir, index, args=("test", "--torch=cpu"))
     assert code == 0 and fields["build"] == "cpu"
+    # the tests run on this machine, so `install.sh test` (scripts/test.sh, CI) takes the CPU build
+    fields, err, code = dry_run(bin_dir, index, args=("test",))
+    assert code == 0, err
+    assert fields["build"] == "cpu" and "no NVIDIA driver here" in err
     _, err, code = dry_run(bin_dir, index, args=("--gpu",))
     assert code == 1 and "unknown argument --gpu" in err
 
