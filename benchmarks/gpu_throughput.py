@@ -38,7 +38,7 @@ import torch
 from psvae_opt.config import LossConfig, ModelConfig
 from psvae_opt.model.network import count_parameters
 from psvae_opt.training.devices import DeviceData
-from psvae_opt.training.loop import build_model, build_optimizer, train_step
+from psvae_opt.training.steps import build_model, build_optimizer, train_step
 
 MODELS = {  # name -> (frame shape, channels): BehaveNet's network and the demo study's (studies/demo.toml)
     "behavenet": ((1, 128, 128), (32, 64, 128, 256, 512)),

@@ -80,7 +80,7 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_prints_a_table(capsys: pytest.Cap
 
     from psvae_opt.config import ModelConfig
     from psvae_opt.model.network import count_parameters
-    from psvae_opt.training.loop import build_model
+    from psvae_opt.training.steps import build_model
 
     argv = ["--device", "cpu", "--quick", "--variants", "fp32", "bf16 channels-last", "--multi-models", "demo"]
     assert gpu_throughput.main(argv) == 0

@@ -161,7 +161,7 @@ def test_the_search_summary_is_saved_on_the_study(storage):
 
 def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Path, caplog, tiny_h5: Path):
     from psvae_opt.data import load_session
-    from psvae_opt.training.loop import FitResult
+    from psvae_opt.training.run_end import FitResult
 
     study = stage2(storage)
     cfg = load_config(None, [f"study.runs_dir={tmp_path}"])

@@ -13,7 +13,8 @@ import torch
 from psvae_opt.config import Config, dump_config, load_config
 from psvae_opt.data import load_session, split_frames, write_session
 from psvae_opt.errors import ConfigError, TrainingError
-from psvae_opt.training.loop import fit, load_checkpoint
+from psvae_opt.training.checkpoints import load_checkpoint
+from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import CSV_COLUMNS, METRIC_NAMES, read_metrics
 from tests.conftest import TINY_MODEL, random_frames
 
@@ -45,6 +46,11 @@ def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Con
     assert summary["best_epoch"] == result.best_epoch
     assert set(summary["metrics"]) == {"train", "val", "test"}
     assert set(summary["metrics"]["val"]) == set(METRIC_NAMES)
+    # the result hands back what the files hold, so the objective need not read them again
+    assert result.summary == summary
+    assert set(result.latents) == set(latents.files)
+    for key in latents.files:
+        np.testing.assert_array_equal(result.latents[key], latents[key])
 
 
 def test_latents_are_the_means_of_the_best_checkpoint(tiny_config: Config, tmp_path: Path):
@@ -199,7 +205,7 @@ def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
     from psvae_opt.config import LossConfig
     from psvae_opt.model.network import PSVAE
     from psvae_opt.training.devices import DeviceData
-    from psvae_opt.training.loop import evaluate
+    from psvae_opt.training.steps import evaluate
 
     torch.manual_seed(0)
     model = PSVAE((1, 16, 16), n_labels=2, n_unsup=2, channels=(4, 8), strides=(2, 2))
@@ -286,7 +292,7 @@ def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, c
     with pytest.raises(DataError, match=r"last.pt: cannot load the checkpoint .*the file is damaged"):
         run_fit(tiny_config, tmp_path / "run")
     (tmp_path / "run" / "best.pt").write_bytes(b"")
-    from psvae_opt.training.loop import load_checkpoint
+    from psvae_opt.training.checkpoints import load_checkpoint
 
     with pytest.raises(DataError, match=r"best.pt: cannot load the checkpoint"):
         load_checkpoint(tmp_path / "run", tiny_config.model, (1, 32, 32), 4)

@@ -29,7 +29,7 @@ from psvae_opt.config import Config
 from psvae_opt.data import Session
 from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
 from psvae_opt.training.devices import resolve_device
-from psvae_opt.training.loop import FitResult
+from psvae_opt.training.run_end import FitResult
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
 
 log = logging.getLogger(__name__)
