@@ -24,7 +24,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from psvae_opt.config import SlurmConfig, slurm_extra_line
+from psvae_opt.config.slurm import SlurmConfig, slurm_extra_line
 from psvae_opt.errors import ConfigError
 
 STORAGE_ENV = "PSVAE_OPT_STORAGE"
