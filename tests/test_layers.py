@@ -34,8 +34,8 @@ CONFINED = {
     "pandas": ("data",),
     "tables": ("data",),
     # the mlflow extra: the trial callback of study.mlflow_uri
-    "mlflow": ("service/worker",),
-    "optuna_integration": ("service/worker",),
+    "mlflow": ("service/mlflow_log",),
+    "optuna_integration": ("service/mlflow_log",),
 }
 
 
@@ -191,3 +191,11 @@ def test_metrics_and_intervals_are_pure():
     assert {n.split(".")[0] for n in imported_modules(PACKAGE / "search" / "intervals.py")} <= set(
         sys.stdlib_module_names
     ) | {"__future__"}
+
+
+def test_the_launcher_side_imports_nothing_of_the_worker_side():
+    """stages, launchers and slurm start and follow workers; what a worker does inside is its own."""
+    worker_side = {("service", "worker"), ("service", "trial_loop")}
+    for module in ("stages", "launchers", "slurm"):
+        targets = {_target(n) for n in imported_modules(PACKAGE / "service" / f"{module}.py")}
+        assert not targets & worker_side, f"service/{module}.py imports {sorted(t[1] for t in targets & worker_side)}"

@@ -2,7 +2,9 @@
 
 Owns: ``search`` (stage1, stage2, worker, export, status), ``train``, ``data``, ``report`` and
 ``dashboard``: argument parsing, building a request, printing. Each module exposes
-``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
+``COMMANDS``: name -> :class:`Command` (or a dict of subcommands). ``environment``: the only
+module of psvae-opt that reads environment variables; commands pass what it reads down as
+explicit arguments.
 May import: every package above (``errors`` to ``service``).
 """
 
@@ -39,6 +41,16 @@ def add_config_arguments(p: argparse.ArgumentParser, required: bool = True) -> N
 
 def add_storage_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL", help=STORAGE_HELP)
+
+
+def open_database_from(args: argparse.Namespace, must_exist: bool = True):
+    """The study database of ``--storage`` (else ``$PSVAE_OPT_STORAGE``, else the SQLite file
+    here) with the outage patience of the environment; ``must_exist`` for commands that only read."""
+    from psvae_opt.commands import environment
+    from psvae_opt.search.storage import open_database
+
+    url = environment.storage_url(args.storage)
+    return open_database(url, must_exist=must_exist, patience=environment.db_patience())
 
 
 def load_config_from(args: argparse.Namespace):

@@ -12,11 +12,17 @@ from typing import Any
 
 import optuna
 
-from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.commands import (
+    Command,
+    add_config_arguments,
+    add_storage_argument,
+    environment,
+    load_config_from,
+    open_database_from,
+)
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.search import space
-from psvae_opt.search.storage import open_database
 from psvae_opt.search.study import counts, given_up, load_stage
 from psvae_opt.service import stages, worker
 
@@ -73,6 +79,7 @@ def _add_stage(stage: int):
 
 
 def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
+    """The stage's request: its options, and the environment (read here, at the edge)."""
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
     if args.gpus is not None and not (gpus and all(g.isdigit() for g in gpus)):
         raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1")
@@ -80,7 +87,7 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
         stage=stage,
         config_path=args.config,
         overrides=tuple(args.overrides),
-        storage=args.storage,
+        storage=environment.storage_url(args.storage),
         workers=args.workers,
         gpus=gpus,
         workers_per_gpu=args.workers_per_gpu,
@@ -95,32 +102,28 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
         max_seeds=getattr(args, "max_seeds", None),
         alpha=getattr(args, "alpha", None),
         n_unsup=getattr(args, "n_unsup", None),
+        patience=environment.db_patience(),
+        artifacts=environment.artifacts(),
+        cuda_visible=environment.cuda_visible(),
     )
 
 
 def _run_stage(stage: int):
     def run(args: argparse.Namespace) -> int:
         cfg = load_config_from(args)
-        req = _request(stage, args)
-        mapped = stages.check_request(req, cfg)
-        if req.dry_run:
-            if req.launcher != "slurm":
-                raise ConfigError("--dry-run prints the SLURM batch script: use it with --launcher slurm")
-            script, path = stages.slurm_script(req, cfg)
-            print(f"# {path} (not written; nothing submitted)\n{script}", end="")
+        outcome = stages.run(_request(stage, args), cfg)
+        if outcome.study is None:  # --dry-run
+            print(f"# {outcome.script_path} (not written; nothing submitted)\n{outcome.script}", end="")
             return 0
-        db = open_database(args.storage)
-        outcome = stages.run_stage(req, cfg, db, mapped)
         study = outcome.study
-        state = outcome.counts if outcome.followed else db.retry(lambda: counts(study), what="counting trials")
-        print(f"study {study.study_name} in {db.shown}: {outcome.queued} trials queued; {state}")
+        print(f"study {study.study_name} in {outcome.storage_shown}: {outcome.queued} trials queued; {outcome.counts}")
         if outcome.job_id:
-            print(f"submitted job array {outcome.job_id} ({req.workers or 1} tasks): {outcome.script_path}")
+            print(f"submitted job array {outcome.job_id} ({args.workers or 1} tasks): {outcome.script_path}")
         if not outcome.followed:
             if not outcome.job_id:
                 print(
                     f"no local workers; start them with: psvae-opt worker --config {args.config} --stage {stage} "
-                    f"(and PSVAE_OPT_STORAGE={db.shown})"
+                    f"(and PSVAE_OPT_STORAGE={outcome.storage_shown})"
                 )
             return 0
         return _print_outcome(stage, outcome)
@@ -237,17 +240,20 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from psvae_opt.service.trial_loop import StopFlag
-    from psvae_opt.training.devices import tune_cpu_allocator
-
     cfg = load_config_from(args)
-    if args.gpu is not None and args.gpu != "auto" and not args.gpu.isdigit():
-        raise ConfigError(f"--gpu {args.gpu!r}: give auto or the index of a visible GPU such as 0")
-    tune_cpu_allocator()
-    stop = StopFlag()
-    stop.install()
-    db = open_database(args.storage, must_exist=True)  # the launcher creates the database
-    total = worker.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
+    req = worker.WorkerRequest(
+        stages=tuple(args.stage),
+        storage=environment.storage_url(args.storage),
+        gpu=args.gpu,
+        wait=args.wait,
+        progress=args.progress,
+        patience=environment.db_patience(),
+        heartbeat=environment.heartbeat_interval(),
+        gpu_locks=environment.gpu_locks(),
+        artifacts=environment.artifacts(),
+        cuda_visible=environment.cuda_visible(),
+    )
+    total = worker.run(req, cfg)
     print(f"worker {os.getpid()}: {total} trials completed")
     return 0
 
@@ -261,7 +267,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    for path in stages.export(cfg, open_database(args.storage, must_exist=True), args.stage, args.out):
+    for path in stages.export(cfg, open_database_from(args), args.stage, args.out):
         print(path)
     return 0
 
@@ -273,7 +279,7 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 def _run_status(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    db = open_database(args.storage, must_exist=True)
+    db = open_database_from(args)
     print(f"storage {db.shown}")
     for stage in space.STAGES:
         try:

@@ -132,6 +132,7 @@ class TrialUploader:
         config: the worker's study file.
         retry: how the end-of-trial uploads ride out a database outage
             (:meth:`psvae_opt.search.storage.StudyDatabase.retry`); by default they do not.
+        mounted_artifacts: where this machine mounts the artifact folder (``$PSVAE_OPT_ARTIFACTS``).
     """
 
     def __init__(
@@ -142,9 +143,10 @@ class TrialUploader:
         config: Config,
         refresh_seconds: float = CURVES_SECONDS,
         retry: Callable[..., Any] | None = None,
+        mounted_artifacts: str | None = None,
     ) -> None:
         self.storage, self.study, self.session, self.config = storage, study, session, config
-        self.folder = dashboard.artifact_dir([study], config)
+        self.folder = dashboard.artifact_dir([study], config, mounted_artifacts)
         self.stage = study.user_attrs.get("stage")
         self.refresh_seconds = refresh_seconds
         self.retry = retry

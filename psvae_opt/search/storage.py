@@ -1,6 +1,7 @@
 """Where studies live: an embedded SQLite file by default, PostgreSQL for shared use.
 
-``--storage URL``, else ``$PSVAE_OPT_STORAGE``, else ``sqlite:///psvae-opt.db`` in the working
+``--storage URL``, else ``$PSVAE_OPT_STORAGE`` (read by the command edge,
+:mod:`psvae_opt.commands.environment`), else ``sqlite:///psvae-opt.db`` in the working
 directory. PostgreSQL goes through SQLAlchemy and psycopg 3 (``postgresql+psycopg://``) with
 pre-ping, so a process survives a database restart.
 
@@ -13,8 +14,6 @@ environment, :data:`ENV_VAR`).
 from __future__ import annotations
 
 import logging
-import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -47,11 +46,10 @@ _PERMANENT = ("readonly database", "file is not a database", "unable to open dat
 
 
 def resolve_url(url: str | None) -> str:
-    """The storage URL a command uses: the flag, else the environment, else a SQLite file here."""
+    """The storage URL a command uses: the one given (``--storage``, else ``$PSVAE_OPT_STORAGE``,
+    which the command edge reads), else a SQLite file here."""
     if url:
         return url
-    if os.environ.get(ENV_VAR):
-        return os.environ[ENV_VAR]
     return f"sqlite:///{Path.cwd() / DEFAULT_FILE}"
 
 
@@ -61,30 +59,6 @@ def describe(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # a malformed URL: hide what looks like a password
         return _PASSWORD.sub(r"\1***\2", url)
-
-
-def _positive_number(name: str, default: float, integer: bool = False) -> float:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value) if integer else float(value)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number >= 1):
-        kind = "a whole number of seconds" if integer else "a number of seconds"
-        raise StorageError(f"{name}={value!r}: give {kind} >= 1")
-    return number
-
-
-def heartbeat_interval() -> int:
-    """Seconds between a running trial's heartbeats (``$PSVAE_OPT_HEARTBEAT``, default 30)."""
-    return int(_positive_number(HEARTBEAT_ENV, DEFAULT_HEARTBEAT, integer=True))
-
-
-def db_patience() -> float:
-    """Seconds of database outage a process rides out (``$PSVAE_OPT_DB_PATIENCE``, default 300)."""
-    return _positive_number(PATIENCE_ENV, DEFAULT_PATIENCE)
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -188,13 +162,16 @@ class StudyDatabase:
                 delay = min(delay * 2, 5.0)
 
 
-def open_database(url: str | None = None, *, must_exist: bool = False) -> StudyDatabase:
+def open_database(
+    url: str | None = None, *, must_exist: bool = False, patience: float = DEFAULT_PATIENCE
+) -> StudyDatabase:
     """Connect to the study database (creating its schema when new).
 
     Args:
         url: storage URL; see :func:`resolve_url`.
         must_exist: for commands that only read (status, export, report, dashboard): a SQLite
             file that is not there is an error, not a new empty database.
+        patience: seconds of database outage the process rides out (``$PSVAE_OPT_DB_PATIENCE``).
     """
     url = resolve_url(url)
     check_url(url)
@@ -214,7 +191,7 @@ def open_database(url: str | None = None, *, must_exist: bool = False) -> StudyD
                 else "start the server or fix --storage"
             )
         ) from None
-    return StudyDatabase(url, storage, db_patience())
+    return StudyDatabase(url, storage, patience)
 
 
 def _serialize_sqlite(engine: sqlalchemy.Engine) -> None:

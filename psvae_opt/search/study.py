@@ -371,6 +371,18 @@ def plan_more_seeds(study: optuna.Study, max_seeds: int) -> list[dict[str, Any]]
     return points
 
 
+def unfinished(study: optuna.Study) -> int:
+    """Trials waiting or running: the work a stage still has."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
+
+
+def top_up(study: optuna.Study, max_seeds: int | None) -> int:
+    """Queue the next round of ``--seeds auto`` (nothing when seeds are fixed); returns how many."""
+    if not max_seeds:
+        return 0
+    return enqueue_points(study, plan_more_seeds(study, max_seeds))
+
+
 def _beta_of(trial: FrozenTrial) -> float | None:
     beta = trial_queue.point_of(trial).get("beta")
     return None if beta is None else float(beta)

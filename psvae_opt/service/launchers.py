@@ -24,7 +24,8 @@ import optuna
 from optuna.trial import TrialState
 
 from psvae_opt.search.storage import ENV_VAR, StudyDatabase
-from psvae_opt.service.trial_loop import unfinished
+from psvae_opt.search.study import unfinished
+from psvae_opt.service.slurm import GPU_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def launch_local(
         extra = {"CUDA_VISIBLE_DEVICES": devices[i % len(devices)]} if devices else {"CUDA_VISIBLE_DEVICES": ""}
         if not devices:
             extra["OMP_NUM_THREADS"] = str(threads)
-        command = [*argv, "--gpu", "0"] if devices else list(argv)
+        command = [*argv, GPU_FLAG, "0"] if devices else list(argv)
         out = (log_dir / f"worker-{i}.log").open("a")
         log.info("worker %d: device %s, log %s", i, extra["CUDA_VISIBLE_DEVICES"] or "CPU", log_dir / f"worker-{i}.log")
         return subprocess.Popen(command, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 from psvae_opt.config.slurm import SlurmConfig, slurm_extra_line
 from psvae_opt.errors import ConfigError
+from psvae_opt.search.storage import ENV_VAR
 
-STORAGE_ENV = "PSVAE_OPT_STORAGE"
-GPU_FLAG = "--gpu"  # the worker option that takes the index of a visible GPU
+GPU_FLAG = "--gpu"  # the worker option that takes the index of a visible GPU (launchers pass it too)
+
 TIMEOUT = 60.0  # seconds to wait for an answer of the SLURM controller
 # Tasks in these states will not run again (FINISHED: left the queue, final state unknown)
 DONE_STATES = frozenset(
@@ -96,7 +97,7 @@ def batch_script(
         header="\n".join(header),
         workdir=shlex.quote(str(workdir)),
         log_dir=shlex.quote(str(log_dir)),
-        storage_env=STORAGE_ENV,
+        storage_env=ENV_VAR,
         n_workers=workers_per_task,
         worker=worker,
         gpu_flag=GPU_FLAG if cfg.gpus_per_task else "",
@@ -162,7 +163,7 @@ def _check_paths(worker_argv: Sequence[str], log_dir: Path, workdir: Path) -> No
             raise ValueError(f"worker_argv: {flag} {value!r} must be an absolute path")
     for arg in worker_argv:
         if arg == "--storage" or re.match(r"[A-Za-z][\w+.-]*://", arg):
-            raise ValueError("worker_argv must not hold the storage URL: the tasks read it from " + STORAGE_ENV)
+            raise ValueError("worker_argv must not hold the storage URL: the tasks read it from " + ENV_VAR)
     for what, path in (("log_dir", log_dir), ("workdir", workdir)):
         if not Path(path).is_absolute():
             raise ValueError(f"{what} must be an absolute path, got {path}")

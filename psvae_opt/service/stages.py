@@ -3,6 +3,7 @@
 What the ``stage1``/``stage2``/``worker``/``export``/``status`` commands do, with the
 printing left to them (docs/design.md, "Search protocol" and "Service"):
 
+- :func:`run` is what a stage command calls: the request checked, the stage run;
 - :func:`check_request` refuses a bad request before anything is created (no database file,
   no run folder);
 - :func:`run_stage` creates (or resumes) the stage's study, queues its grid once, starts the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from psvae_opt.reports.dashboard import record_artifact_dir
 from psvae_opt.reports.diagnostics import save_search_summary
 from psvae_opt.reports.export import export_stage
 from psvae_opt.search import space
-from psvae_opt.search.storage import StudyDatabase, resolve_url, sqlite_path
+from psvae_opt.search.storage import DEFAULT_PATIENCE, StudyDatabase, open_database, resolve_url, sqlite_path
 from psvae_opt.search.study import (
     counts,
     create_stage,
@@ -44,10 +44,10 @@ from psvae_opt.search.study import (
     recommend_stage1,
     recommend_stage2,
     seed_summary,
+    top_up,
 )
 from psvae_opt.service import launchers, slurm
-from psvae_opt.service.trial_loop import top_up
-from psvae_opt.service.worker import require_mlflow
+from psvae_opt.service.mlflow_log import require_mlflow
 from psvae_opt.training import devices
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def _too_few_unsup(n_unsup: int) -> ConfigError:
 
 @dataclass(frozen=True)
 class StageRequest:
-    """What a stage command asks for (its command-line options)."""
+    """What a stage command asks for: its command-line options (``storage``: ``--storage``, else
+    ``$PSVAE_OPT_STORAGE``) and the environment it runs in."""
 
     stage: int
     config_path: str
@@ -83,6 +84,10 @@ class StageRequest:
     max_seeds: int | None = None  # --seeds auto; default stage2.max_seeds
     alpha: float | None = None
     n_unsup: int | None = None
+    # the environment, read by the command edge (psvae_opt.commands.environment)
+    patience: float = DEFAULT_PATIENCE  # seconds of database outage ridden out
+    artifacts: str | None = None  # where this machine mounts the artifact folder (None: the default)
+    cuda_visible: str | None = None  # the launcher's CUDA_VISIBLE_DEVICES: what --gpus indices count
 
 
 @dataclass
@@ -101,6 +106,24 @@ class StageOutcome:
     gave_up: list[FrozenTrial] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     front: list[FrozenTrial] = field(default_factory=list)
+    storage_shown: str = ""  # the database, password hidden
+
+
+def run(req: StageRequest, cfg: Config) -> StageOutcome:
+    """A stage command from request to outcome: the request checked (nothing is created for a
+    bad one), then with ``--dry-run`` the batch script only, else the stage run
+    (:func:`run_stage`) and its trial counts."""
+    mapped = check_request(req, cfg)
+    if req.dry_run:
+        script, path = slurm_script(req, cfg)
+        return StageOutcome(None, followed=False, script=script, script_path=path)
+    db = open_database(req.storage, patience=req.patience)
+    outcome = run_stage(req, cfg, db, mapped)
+    outcome.storage_shown = db.shown
+    if not outcome.followed:
+        study = outcome.study
+        outcome.counts = db.retry(lambda: counts(study), what="counting trials")
+    return outcome
 
 
 def check_request(req: StageRequest, cfg: Config) -> list[str]:
@@ -140,6 +163,8 @@ def check_request(req: StageRequest, cfg: Config) -> list[str]:
         if cfg.study.mlflow_uri:
             require_mlflow(cfg.study.mlflow_uri)
         load_session(cfg.data.path)  # refuse bad data here, not in every worker
+    if req.dry_run and req.launcher != "slurm":
+        raise ConfigError("--dry-run prints the SLURM batch script: use it with --launcher slurm")
     return mapped
 
 
@@ -174,8 +199,8 @@ def local_devices(req: StageRequest) -> list[str]:
     """The ``CUDA_VISIBLE_DEVICES`` entries of the local workers' GPUs; CUDA checked first."""
     if not req.gpus:
         return []
-    mapped = devices.visible_devices(req.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    devices.require_cuda(f"--gpus {','.join(req.gpus)}")
+    mapped = devices.visible_devices(req.gpus, req.cuda_visible)
+    devices.require_cuda(f"--gpus {','.join(req.gpus)}", req.cuda_visible)
     return mapped
 
 
@@ -223,7 +248,7 @@ def _start(req: StageRequest, cfg: Config, db: StudyDatabase) -> tuple[optuna.St
         study = create_stage(db, cfg, 2, settings=settings)
         first = settings["initial_seeds"] if settings["seeds"] == "auto" else settings["seeds"]
         queued = db.retry(lambda: enqueue_points(study, space.stage2_grid(cfg, first)), what="queueing the grid")
-    record_artifact_dir(study, cfg)
+    record_artifact_dir(study, cfg, req.artifacts)
     return study, queued
 
 

@@ -29,7 +29,7 @@ from psvae_opt.errors import PsvaeError, StorageError
 from psvae_opt.search import trial_queue
 from psvae_opt.search.objective import TrialContext, objective
 from psvae_opt.search.storage import GRACE_BEATS, TRANSIENT, StudyDatabase
-from psvae_opt.search.study import enqueue_points, plan_more_seeds, point_key
+from psvae_opt.search.study import point_key, top_up, unfinished
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -201,10 +201,6 @@ def _failed(db: StudyDatabase, study: optuna.Study, tid: int, number: int, exc: 
     return TrialState.FAIL
 
 
-def unfinished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
-
-
 def all_done(db: StudyDatabase, study: optuna.Study) -> bool:
     """No trial waiting or running, seen twice a second apart: a re-queue writes the FAIL and
     the next attempt's WAITING copy in two transactions, and a worker looking in between would
@@ -213,13 +209,6 @@ def all_done(db: StudyDatabase, study: optuna.Study) -> bool:
         return False
     time.sleep(1.0)
     return db.retry(lambda: unfinished(study), what="counting trials") == 0
-
-
-def top_up(study: optuna.Study, max_seeds: int | None) -> int:
-    """Queue the next round of ``--seeds auto`` (nothing when seeds are fixed); returns how many."""
-    if not max_seeds:
-        return 0
-    return enqueue_points(study, plan_more_seeds(study, max_seeds))
 
 
 def run_worker(
