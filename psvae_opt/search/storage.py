@@ -25,7 +25,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from psvae_opt.errors import StorageError
+from psvae_opt.errors import StorageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def check_url(url: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()[0]
+    return first_line(getattr(exc, "orig", None) or exc.__cause__ or exc)
 
 
 @dataclass

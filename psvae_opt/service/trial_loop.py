@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt.errors import PsvaeError, StorageError
+from psvae_opt.errors import PsvaeError, StorageError, first_line
 from psvae_opt.search import trial_queue
 from psvae_opt.search.objective import TrialContext, objective
 from psvae_opt.search.storage import GRACE_BEATS, TRANSIENT, StudyDatabase
@@ -76,7 +76,7 @@ class Heartbeat:
                     self.db.last_failure, failed = time.monotonic(), False
             except Exception as exc:  # a database outage: try again next beat
                 self.db.last_failure, failed = time.monotonic(), True
-                log.warning("heartbeat of trial id %d failed: %s", self.tid, str(exc).strip().splitlines()[0])
+                log.warning("heartbeat of trial id %d failed: %s", self.tid, first_line(exc))
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()  # the first stamp came with the pop
@@ -180,7 +180,7 @@ def run_one(
         )
         return TrialState.FAIL
     except TRANSIENT + (StorageError,) as exc:  # the database, not the trial, failed: run it again
-        log.error("trial %d lost the database (%s); re-queueing it", frozen.number, str(exc).splitlines()[0])
+        log.error("trial %d lost the database (%s); re-queueing it", frozen.number, first_line(exc))
         db.retry(lambda: trial_queue.requeue(study, tid, "the database was unreachable", "crash"), what="re-queueing")
         return TrialState.FAIL
     except Exception as exc:  # the trial fails, the worker goes on

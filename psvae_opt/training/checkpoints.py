@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from psvae_opt.config import ModelConfig
-from psvae_opt.errors import DataError, TrainingError
+from psvae_opt.errors import DataError, TrainingError, first_line
 from psvae_opt.model.network import PSVAE
 from psvae_opt.training.run_folder import save_atomic, truncate_rows
 from psvae_opt.training.run_state import RunState
@@ -92,7 +92,7 @@ def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as exc:
         raise DataError(
-            f"{path} does not hold a model of this configuration ({str(exc).strip().splitlines()[0]}); "
+            f"{path} does not hold a model of this configuration ({first_line(exc)}); "
             "report on the trial's own run folder"
         ) from None
     return model.to(device).eval()
@@ -105,8 +105,7 @@ def load_state(path: Path, device: torch.device | str) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # torch raises many kinds for a damaged file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot load the checkpoint ({reason[:200]}); the file is damaged") from None
+        raise DataError(f"{path}: cannot load the checkpoint ({first_line(exc)[:200]}); the file is damaged") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DataError(f"{path}: not a psvae-opt checkpoint (no model state)")
     return state

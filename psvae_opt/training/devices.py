@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from psvae_opt.data import Session
-from psvae_opt.errors import ConfigError
+from psvae_opt.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _nvidia_smi() -> tuple[tuple[int, int] | None, str | None]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"nvidia-smi did not run ({exc})"
     if out.returncode != 0:
-        first = next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()), "no output")
+        first = first_line(out.stdout + out.stderr, "no output")
         return None, f"the NVIDIA driver does not answer (nvidia-smi: {first})"
     match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", out.stdout)
     return ((int(match.group(1)), int(match.group(2))) if match else None), None
@@ -222,7 +222,7 @@ def _diagnose(cuda_visible: str | None = None) -> tuple[str, str] | None:
         if torch.cuda.device_count() > 0:
             return None
     except Exception as exc:  # torch raises RuntimeError, AssertionError or AcceleratorError here
-        init_error = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        init_error = first_line(exc)
     driver, problem = _nvidia_smi()
     if problem:
         return problem, f"run on a machine with an NVIDIA GPU and driver, {cpu}"
