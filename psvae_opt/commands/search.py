@@ -22,7 +22,7 @@ from psvae_opt.commands import (
 )
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError, StorageError
-from psvae_opt.search import space
+from psvae_opt.search import space, trial_queue
 from psvae_opt.search.study import counts, given_up, load_stage
 from psvae_opt.service import stages, worker
 
@@ -222,7 +222,7 @@ def _print_gave_up(trials: list) -> None:
         return
     print(f"\nERROR: {len(trials)} grid point(s) gave up after spending their crash budget:")
     for t in trials:
-        print(f"  trial {t.number} {t.params or t.system_attrs.get('fixed_params')}: {t.user_attrs.get('error')}")
+        print(f"  trial {t.number} {t.params or trial_queue.fixed_point(t)}: {t.user_attrs.get('error')}")
     print("  run the stage again to resume them from their last saved epoch")
 
 

@@ -73,7 +73,7 @@ def write_labels(
     before a second of one), each titled with its session and trial name."""
     latents = load_latents(run_dir)
     if not trials:
-        pool = run_charts.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])
+        pool = run_charts.trials_in_split(latents["split"], session.trial_starts, SPLIT_CODES[split])
         firsts: dict[int, int] = {}  # session -> its first trial of the split
         for t in pool:
             firsts.setdefault(int(session.trial_sessions[t]), t)

@@ -125,7 +125,7 @@ def judge_others(db: StudyDatabase, study: optuna.Study, grace: float, unwatched
 
 def _duplicate_of(study: optuna.Study, trial: FrozenTrial) -> int | None:
     """Another live attempt of the same grid point (two processes queued it at once), or None."""
-    if not trial.system_attrs.get("fixed_params"):  # an adaptive trial: its sampler draws its point
+    if trial_queue.fixed_point(trial) is None:  # an adaptive trial: its sampler draws its point
         return None
     key, first = point_key(trial_queue.point_of(trial)), trial_queue.first_number(trial)
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,14 +66,6 @@ def load_latents(run_dir: str | Path) -> dict[str, np.ndarray]:
     if "session" not in arrays:
         arrays["session"] = np.zeros(len(arrays["mu"]), SESSION_DTYPE)
     return arrays
-
-
-def read_summary(run_dir: str | Path) -> dict:
-    """A finished run's ``summary.json``; a one-line error when there is none."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        raise DataError(f"{run_dir}: no summary.json; the run has not finished (or the folder is wrong)")
-    return json.loads(path.read_text())
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float | str]]:
