@@ -199,3 +199,11 @@ def test_the_launcher_side_imports_nothing_of_the_worker_side():
     for module in ("stages", "launchers", "slurm"):
         targets = {_target(n) for n in imported_modules(PACKAGE / "service" / f"{module}.py")}
         assert not targets & worker_side, f"service/{module}.py imports {sorted(t[1] for t in targets & worker_side)}"
+
+
+MAX_LINES = 400  # a module longer than this holds more than one concern (docs/design.md, "Packages")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_400_lines(path: Path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it by concern"

@@ -27,6 +27,7 @@ def run_fit(cfg: Config, out: Path, **kwargs):
     )
 
 
+@pytest.mark.slow  # trains a model
 def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Config, tmp_path: Path):
     result = run_fit(tiny_config, tmp_path / "run")
     run = tmp_path / "run"
@@ -53,6 +54,7 @@ def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Con
         np.testing.assert_array_equal(result.latents[key], latents[key])
 
 
+@pytest.mark.slow  # trains a model
 def test_latents_are_the_means_of_the_best_checkpoint(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "run")
     session = load_session(tiny_config.data.path)
@@ -62,6 +64,7 @@ def test_latents_are_the_means_of_the_best_checkpoint(tiny_config: Config, tmp_p
     np.testing.assert_allclose(np.load(tmp_path / "run" / "latents.npz")["mu"][:7], mu.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow  # trains a model
 def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "a")
     run_fit(tiny_config, tmp_path / "b")
@@ -83,6 +86,7 @@ def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
     assert (tmp_path / "a" / "metrics.csv").read_text() != (tmp_path / "c" / "metrics.csv").read_text()
 
 
+@pytest.mark.slow  # trains a model
 def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
     full = run_fit(tiny_config, tmp_path / "full")
     done = []
@@ -99,6 +103,7 @@ def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_confi
     assert resumed.metrics == full.metrics
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
     full = run_fit(tiny_config, tmp_path / "full")
     polls = []
@@ -112,6 +117,7 @@ def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_identical(tiny_confi
     assert resumed.metrics == full.metrics
 
 
+@pytest.mark.slow  # trains a model
 def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path: Path):
     cfg = load_config(
         None,
@@ -131,6 +137,7 @@ def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path:
     assert result.best_epoch == min((e for e in val if e >= 2), key=val.get)
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_too_short_to_anneal_keeps_its_last_epoch(tiny_h5: Path, tmp_path: Path):
     cfg = load_config(
         None,
@@ -164,6 +171,7 @@ def test_batch_larger_than_the_training_set_is_refused(tiny_h5: Path, tmp_path: 
         run_fit(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow  # trains a model
 def test_cli_train_with_overrides(tiny_h5: Path, tmp_path: Path, cli):
     study = tmp_path / "s.toml"
     study.write_text(
@@ -229,6 +237,7 @@ def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
     np.testing.assert_allclose(logvar_chunked, logvar_whole, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "run")
     other = load_config(
@@ -263,6 +272,7 @@ def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Con
     assert run_fit(longer, tmp_path / "run").resumed_from == 3  # more epochs of the same run: resumed
 
 
+@pytest.mark.slow  # trains a model
 def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_path: Path):
     # lr 0.5 diverges the validation loss after the first annealed epoch: patience 1 stops it
     args = [
@@ -282,6 +292,7 @@ def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_pa
     assert again == [] and second.epochs_run == first.epochs_run and second.best_epoch == first.best_epoch
 
 
+@pytest.mark.slow  # trains a model
 def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, cli):
     from psvae_opt.errors import DataError
 
