@@ -124,3 +124,24 @@ def test_a_gpu_worker_names_why_cuda_is_unusable(monkeypatch):
 def test_a_worker_waits_no_longer_than_asked_for_a_missing_study(db):
     with pytest.raises(StorageError, match="no stage-2 study 'psvae-stage2'"):
         worker.wait_for_study(db, load_config(None), 2, seconds=0)
+
+
+def test_a_queued_stage_and_its_status_without_training(tiny_h5: Path, tmp_path: Path, cli, monkeypatch):
+    """`stage1 --workers 0` goes through stages.run (queue only); `status` through stages.status.
+    The storage URL comes from the environment, as the command edge reads it."""
+    from tests.test_search import study_file
+
+    config = study_file(tmp_path, tiny_h5)
+    monkeypatch.setenv("PSVAE_OPT_STORAGE", f"sqlite:///{tmp_path / 'env.db'}")
+    queued = cli("stage1", "--config", config, "--workers", "0")
+    assert queued.code == 0, queued.err
+    assert f"study t-stage1 in sqlite:///{tmp_path / 'env.db'}: 4 trials queued; {{'WAITING': 4}}" in queued.out
+    assert "no local workers; start them with: psvae-opt worker" in queued.out
+    status = cli("status", "--config", config)
+    assert status.code == 0 and status.out.splitlines() == [
+        f"storage sqlite:///{tmp_path / 'env.db'}",
+        "stage 1: t-stage1: waiting 4",
+        "stage 2: not started (t-stage2)",
+    ]
+    again = cli("stage1", "--config", config, "--workers", "0")  # the grid is queued once
+    assert ": 0 trials queued; {'WAITING': 4}" in again.out

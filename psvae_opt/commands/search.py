@@ -21,9 +21,8 @@ from psvae_opt.commands import (
     open_database_from,
 )
 from psvae_opt.config import SAMPLER_NAMES
-from psvae_opt.errors import ConfigError, StorageError
+from psvae_opt.errors import ConfigError
 from psvae_opt.search import space, trial_queue
-from psvae_opt.search.study import counts, given_up, load_stage
 from psvae_opt.service import stages, worker
 
 log = logging.getLogger(__name__)
@@ -281,16 +280,14 @@ def _run_status(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
     db = open_database_from(args)
     print(f"storage {db.shown}")
-    for stage in space.STAGES:
-        try:
-            study = load_stage(db, cfg, stage)
-        except StorageError:
-            print(f"stage {stage}: not started ({space.study_name(cfg, stage)})")
+    for st in stages.status(cfg, db):
+        if st.study is None:
+            print(f"stage {st.stage}: not started ({st.name})")
             continue
-        rec = study.user_attrs.get("recommendation")
-        state = ", ".join(f"{k.lower()} {v}" for k, v in counts(study).items()) or "no trials"
-        print(f"stage {stage}: {study.study_name}: {state}")
-        if rec and stage == 1:
+        rec = st.recommendation
+        state = ", ".join(f"{k.lower()} {v}" for k, v in st.counts.items()) or "no trials"
+        print(f"stage {st.stage}: {st.name}: {state}")
+        if rec and st.stage == 1:
             print(
                 f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} "
                 f"(trial {rec['trial']}, {rec['run_dir']})"
@@ -302,7 +299,7 @@ def _run_status(args: argparse.Namespace) -> int:
                 f"  recommended beta = {rec['beta']:g}, seed {rec['seed']} "
                 f"(trial {rec['trial']}, {rec['run_dir']}){runner}"
             )
-        _print_gave_up(given_up(study))
+        _print_gave_up(st.gave_up)
     return 0
 
 

@@ -9,7 +9,7 @@ printing left to them (docs/design.md, "Search protocol" and "Service"):
 - :func:`run_stage` creates (or resumes) the stage's study, queues its grid once, starts the
   workers (local processes or a SLURM job array), follows them to the end and stores the
   recommendation;
-- :func:`export` writes a stage's files.
+- :func:`export` writes a stage's files, :func:`status` reads where both stages stand.
 
 A worker's side is :mod:`psvae_opt.service.worker`.
 """
@@ -333,6 +333,32 @@ def _finish(study: optuna.Study, stage: int, outcome: StageOutcome) -> StageOutc
     outcome.counts = counts(study)
     outcome.front = pareto_front(study)
     return outcome
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """What ``status`` prints of one stage: ``study`` None when it was never started."""
+
+    stage: int
+    name: str
+    study: optuna.Study | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    recommendation: dict[str, Any] | None = None
+    gave_up: list[FrozenTrial] = field(default_factory=list)
+
+
+def status(cfg: Config, db: StudyDatabase) -> list[StageStatus]:
+    """Trial counts, recommendation and given-up grid points of both stages."""
+    out = []
+    for stage in space.STAGES:
+        try:
+            study = load_stage(db, cfg, stage)
+        except StorageError:
+            out.append(StageStatus(stage, space.study_name(cfg, stage)))
+            continue
+        rec = study.user_attrs.get("recommendation")
+        out.append(StageStatus(stage, study.study_name, study, counts(study), rec, given_up(study)))
+    return out
 
 
 def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[Path]:
