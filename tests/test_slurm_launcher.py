@@ -34,7 +34,7 @@ from tests.test_search import (
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.postgres]
 REPO = Path(__file__).resolve().parents[1]
 COMPLETED = re.compile(r"^worker (\d+): (\d+) trials completed$", re.M)
-TAKEN = re.compile(r"psvae_opt\.objectives: trial (\d+): .* -> (\S+)$", re.M)
+TAKEN = re.compile(r"psvae_opt\.search\.objective: trial (\d+): .* -> (\S+)$", re.M)
 
 
 def slurm_study(tmp_path: Path, data: Path, slurm: str = "", **kwargs) -> Path:
