@@ -36,9 +36,9 @@ from psvae_opt.config import LossConfig, ModelConfig, dump_config, load_config
 from psvae_opt.data import load_session, split_frames, synth_session
 from psvae_opt.training import gpus
 from psvae_opt.training.devices import DeviceData, cpu_has_bf16, resolve_precision
-from psvae_opt.training.loop import build_model, build_optimizer, evaluate, fit, train_step
+from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import save_atomic
-from psvae_opt.training.step import make_forward_loss
+from psvae_opt.training.steps import build_model, build_optimizer, evaluate, make_forward_loss, train_step
 
 SIZES = {  # frame side, model channels, batch, timed steps, warm-up steps, worker window (s)
     "full": (128, (32, 64, 128, 256, 512), 128, 40, 10, 10.0),

@@ -26,7 +26,7 @@ import torch
 from psvae_opt.config import LossConfig
 from psvae_opt.model.network import PSVAE, count_parameters
 from psvae_opt.training.devices import DeviceData, resolve_precision, tune_cpu_allocator
-from psvae_opt.training.loop import build_optimizer, train_step
+from psvae_opt.training.steps import build_optimizer, train_step
 
 
 def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict:

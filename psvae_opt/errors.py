@@ -27,3 +27,17 @@ class StorageError(PsvaeError):
 
 class TrainingError(PsvaeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+def first_line(error: BaseException | str, empty: str | None = None) -> str:
+    """The first non-blank line of an error message, stripped: what a one-line message quotes.
+
+    A message with no such line (``RuntimeError()``, a blank stderr) gives ``empty`` when
+    given, else the exception's type name (``"no message"`` for a string), never an IndexError.
+    """
+    line = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), None)
+    if line is not None:
+        return line
+    if empty is not None:
+        return empty
+    return type(error).__name__ if isinstance(error, BaseException) else "no message"

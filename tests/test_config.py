@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from psvae_opt.config import Config, dump_config, load_config, parse_override
+from psvae_opt.config import Config, dump_config, load_config, load_config_text, parse_override, replace, toml_string
 from psvae_opt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,20 @@ def test_dump_then_load_gives_the_same_config(tmp_path: Path):
     path = tmp_path / "c.toml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'say "hi"', "C:\\runs\\new", "two\nlines\r\n", "tab\there", "bell\x07 del\x7f nul\x00", "é 名 🐭", ""],
+)
+def test_every_string_is_written_as_toml_that_reads_back_identical(text: str):
+    assert tomllib.loads(f"v = {toml_string(text)}")["v"] == text
+
+
+def test_a_config_with_awkward_strings_reads_back_unchanged():
+    awkward = 'a "b"\n\tc\\d\x01'  # quotes, newline, tab, backslash, a control character
+    cfg = replace(load_config(None), study={"runs_dir": "runs\nold"}, data={"path": awkward})
+    assert load_config_text(dump_config(cfg), "test") == cfg
 
 
 @pytest.mark.parametrize("study", sorted((REPO / "studies").glob("*.toml")), ids=lambda p: p.name)

@@ -124,7 +124,6 @@ def test_stage1_exports_carry_no_rating_columns(storage, tmp_path: Path):
 
 
 def test_the_artifact_folder_is_recorded_once_and_found_again(storage, tmp_path: Path, monkeypatch):
-    monkeypatch.delenv(dashboard.ARTIFACT_ENV, raising=False)
     study = stage2(storage)
     cfg = load_config(None, [f"study.runs_dir={tmp_path / 'runs'}"])
     assert dashboard.record_artifact_dir(study, cfg) == tmp_path / "runs" / "artifacts"
@@ -132,8 +131,10 @@ def test_the_artifact_folder_is_recorded_once_and_found_again(storage, tmp_path:
     assert dashboard.record_artifact_dir(study, other) == tmp_path / "runs" / "artifacts"  # a resumed study keeps it
     assert dashboard.artifact_dir([study], other) == tmp_path / "runs" / "artifacts"
     assert dashboard.artifact_dir([], other) == tmp_path / "elsewhere" / "artifacts"
-    monkeypatch.setenv(dashboard.ARTIFACT_ENV, str(tmp_path / "mounted"))
-    assert dashboard.artifact_dir([study], cfg) == tmp_path / "mounted"
+    mounted = str(tmp_path / "mounted")  # $PSVAE_OPT_ARTIFACTS, as the command edge reads it
+    assert dashboard.artifact_dir([study], cfg, mounted) == tmp_path / "mounted"
+    fresh = stage2(storage, name="fresh")
+    assert dashboard.record_artifact_dir(fresh, cfg, mounted) == tmp_path / "mounted"
 
 
 def test_the_search_summary_is_saved_on_the_study(storage):
@@ -161,7 +162,7 @@ def test_the_search_summary_is_saved_on_the_study(storage):
 
 def test_a_failing_upload_warns_and_leaves_the_trial_alone(storage, tmp_path: Path, caplog, tiny_h5: Path):
     from psvae_opt.data import load_session
-    from psvae_opt.training.loop import FitResult
+    from psvae_opt.training.run_end import FitResult
 
     study = stage2(storage)
     cfg = load_config(None, [f"study.runs_dir={tmp_path}"])

@@ -217,8 +217,8 @@ def test_each_cause_of_unusable_cuda_is_named(fake_cuda, tmp_path: Path, monkeyp
     fake_cuda(count=2)
     assert cuda_problem() is None  # usable: nvidia-smi is not even asked
     for hidden in ("", "-1"):
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
-        assert cuda_problem() == f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU"
+        assert cuda_problem(hidden) == f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU"
+    assert cuda_problem("0") is None
 
 
 def test_require_cuda_names_what_asked_the_cause_and_the_fix(fake_cuda, tmp_path: Path):
@@ -329,7 +329,6 @@ def test_the_default_lock_folder_is_private_to_the_user(tmp_path: Path, monkeypa
 
     base = tmp_path / "gpu-locks"
     monkeypatch.setattr(devices, "DEFAULT_GPU_LOCKS", str(base))
-    monkeypatch.delenv("PSVAE_OPT_GPU_LOCKS", raising=False)
     folder = Path(f"{base}-{os.getuid()}")
     gpu, fh = claim_gpu(1)
     assert gpu == 0 and stat.S_IMODE(folder.stat().st_mode) == 0o700 and (folder / "gpu0.slot0.lock").exists()

@@ -197,11 +197,18 @@ def test_a_launcher_out_of_worker_restarts_fails_and_withdraws_the_recommendatio
         env=dict(os.environ, TZ="UTC", PSVAE_OPT_HEARTBEAT="1"), cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    run1, epoch = run_folder(tmp_path, 1), 0
+    run1, killed = run_folder(tmp_path, 1), set()
     for _ in range(3):
-        epoch = wait_for_epoch(run1, epoch + 1, timeout=240)
-        for pid in _children(launcher.pid):
+        # a new worker (not one already killed) that has trained past the last kill: the killed
+        # worker may have saved one more epoch before the signal landed
+        deadline = time.monotonic() + 240
+        while not (workers := set(_children(launcher.pid)) - killed):
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.05)
+        wait_for_epoch(run1, saved_epoch(run1) + 1, timeout=240)
+        for pid in workers:
             os.kill(pid, signal.SIGKILL)
+        killed |= workers
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 1, out + err
     assert "ERROR: 1 trial(s) still waiting or running" in out and "recommended alpha" not in out

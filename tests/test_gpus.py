@@ -4,6 +4,7 @@ stand-in nvidia-smi (exclusive-process GPUs, MPS), and ``--gpus all``."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from psvae_opt.config import Config
 from psvae_opt.errors import ConfigError
 from psvae_opt.service import stages
-from psvae_opt.service.worker import worker_device
+from psvae_opt.service.worker import WorkerRequest, worker_device
 from psvae_opt.training import devices, gpus
 
 NO_KERNEL = (
@@ -71,6 +72,11 @@ def gpu_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     gpus.check_kernels.cache_clear()
 
 
+def request(gpu: str) -> WorkerRequest:
+    """A worker's request for ``--gpu gpu`` with the lock folder the fixture names."""
+    return WorkerRequest(stages=(1,), gpu=gpu, gpu_locks=os.environ["PSVAE_OPT_GPU_LOCKS"])
+
+
 def test_a_torch_without_kernels_for_the_gpu_is_refused_naming_the_build(gpu_machine):
     """A V100 (7.0) under a cu130 torch: CUDA starts and counts the GPU, the first kernel fails."""
     gpu_machine(count=1, capability=(7, 0), kernel_error=NO_KERNEL)
@@ -85,7 +91,7 @@ def test_a_torch_without_kernels_for_the_gpu_is_refused_naming_the_build(gpu_mac
     with pytest.raises(ConfigError, match=r"^train.device = 'auto': this torch .* has no kernels"):
         devices.resolve_device("auto")  # auto does not fall back silently to a CPU run either
     with pytest.raises(ConfigError, match=r"^GPU 0: this torch .* --torch cu128"):
-        worker_device("0", Config())
+        worker_device(request("0"), Config())
 
 
 def test_another_kernel_failure_is_named_as_it_is(gpu_machine):
@@ -96,10 +102,10 @@ def test_another_kernel_failure_is_named_as_it_is(gpu_machine):
 
 def test_a_worker_makes_its_gpu_the_current_device(gpu_machine):
     calls = gpu_machine(count=2)
-    cfg, _ = worker_device("1", Config())
+    cfg, _ = worker_device(request("1"), Config())
     assert cfg.train.device == "cuda:1"
     assert calls["set_device"] == [1]
-    cfg, lock = worker_device("auto", Config())
+    cfg, lock = worker_device(request("auto"), Config())
     assert calls["set_device"] == [1, int(cfg.train.device.split(":")[1])]
     lock.close()
 
@@ -118,10 +124,9 @@ def test_native_bf16_is_asked_of_the_training_device(gpu_machine, capability: tu
 def test_gpus_all_takes_every_visible_gpu(gpu_machine, monkeypatch: pytest.MonkeyPatch, cli):
     gpu_machine(count=3)
     assert stages.local_devices(stages.StageRequest(stage=1, config_path="x", gpus=("all",))) == ["0", "1", "2"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    gpu_machine(count=2)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-    assert stages.local_devices(stages.StageRequest(stage=1, config_path="x", gpus=("all",))) == ["4", "6"]
+    gpu_machine(count=2)  # CUDA_VISIBLE_DEVICES=4,6, as the command edge reads it
+    visible = stages.StageRequest(stage=1, config_path="x", gpus=("all",), cuda_visible="4,6")
+    assert stages.local_devices(visible) == ["4", "6"]
 
 
 def test_gpus_all_is_accepted_on_the_command_line(tmp_path: Path, cli):
@@ -139,7 +144,8 @@ def test_workers_sharing_an_exclusive_gpu_are_refused_unless_mps_runs(gpu_machin
     gpu_machine(count=2, modes=("Default", "Exclusive_Process"))
     one_each = stages.StageRequest(stage=1, config_path="x", gpus=("0", "1"))
     assert stages.local_devices(one_each) == ["0", "1"]  # one worker per GPU: fine
-    two_each = stages.StageRequest(stage=1, config_path="x", gpus=("0", "1"), workers_per_gpu=2)
+    mps = tmp_path / "no-mps"  # the pipe folder the fixture names ($CUDA_MPS_PIPE_DIRECTORY)
+    two_each = stages.StageRequest(stage=1, config_path="x", gpus=("0", "1"), workers_per_gpu=2, mps_pipe=str(mps))
     with pytest.raises(ConfigError) as err:
         stages.local_devices(two_each)
     assert str(err.value).startswith(
@@ -147,8 +153,7 @@ def test_workers_sharing_an_exclusive_gpu_are_refused_unless_mps_runs(gpu_machin
         "on it would fail with 'busy or unavailable'; run one worker per GPU, or start NVIDIA MPS"
     )
     assert stages.local_devices(stages.StageRequest(stage=1, config_path="x", gpus=("0",), workers_per_gpu=2))
-    mps = tmp_path / "no-mps"  # the pipe folder the fixture names: an MPS daemon now answers there
-    mps.mkdir()
+    mps.mkdir()  # an MPS daemon now answers there
     (mps / "control").write_text("")
     assert stages.local_devices(two_each) == ["0", "1"]
 
@@ -163,7 +168,7 @@ def test_auto_workers_take_one_slot_of_an_exclusive_gpu(gpu_machine):
     """``--gpu auto`` (compose replicas): a second worker on an exclusive GPU stops in one line
     instead of failing in CUDA and being restarted."""
     gpu_machine(count=1, modes=("Exclusive_Process",))
-    _, first = worker_device("auto", Config())
+    _, first = worker_device(request("auto"), Config())
     with pytest.raises(ConfigError, match=r"all 1 slots of the 1 GPUs are held"):
-        worker_device("auto", Config())
+        worker_device(request("auto"), Config())
     first.close()

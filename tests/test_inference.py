@@ -23,7 +23,7 @@ from psvae_opt.data.video import read_video, scale_points
 from psvae_opt.errors import DataError
 from psvae_opt.inference import bundle
 from psvae_opt.inference.model import load_model
-from psvae_opt.training.loop import build_model
+from psvae_opt.training.steps import build_model
 from tests.conftest import TINY_MODEL, one_line_error
 
 

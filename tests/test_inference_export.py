@@ -19,7 +19,7 @@ from optuna.trial import create_trial
 from psvae_opt.config import dump_config, load_config
 from psvae_opt.data import load_session, split_frames
 from psvae_opt.search.objective import fit_attributes, latent_attributes
-from psvae_opt.search.study import recommend_stage2
+from psvae_opt.search.recommendation import recommend_stage2
 from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import load_latents, read_summary
 from tests.conftest import one_line_error
@@ -61,6 +61,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
         storage=f"sqlite:///{folder / 'db.sqlite'}", study_name="tiny-stage2", directions=["minimize", "minimize"]
     )
     study.set_user_attr("stage", 2)
+    study.set_user_attr("run_key", "20261205-000000")  # psvae-opt's own study attributes (check_own)
     dists = {"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0, 4)}
     trained = [attrs["train_zu_corr"], attrs["val_pixel_mse"]]
     study.add_trial(

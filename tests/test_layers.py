@@ -36,8 +36,8 @@ CONFINED = {
     "pandas": ("data",),
     "tables": ("data",),
     # the mlflow extra: the trial callback of study.mlflow_uri
-    "mlflow": ("service/worker",),
-    "optuna_integration": ("service/worker",),
+    "mlflow": ("service/mlflow_log",),
+    "optuna_integration": ("service/mlflow_log",),
 }
 
 
@@ -193,3 +193,19 @@ def test_metrics_and_intervals_are_pure():
     assert {n.split(".")[0] for n in imported_modules(PACKAGE / "search" / "intervals.py")} <= set(
         sys.stdlib_module_names
     ) | {"__future__"}
+
+
+def test_the_launcher_side_imports_nothing_of_the_worker_side():
+    """stages, readonly, launchers and slurm start and follow workers; what a worker does inside is its own."""
+    worker_side = {("service", "worker"), ("service", "trial_loop")}
+    for module in ("stages", "readonly", "launchers", "slurm"):
+        targets = {_target(n) for n in imported_modules(PACKAGE / "service" / f"{module}.py")}
+        assert not targets & worker_side, f"service/{module}.py imports {sorted(t[1] for t in targets & worker_side)}"
+
+
+MAX_LINES = 400  # a module longer than this holds more than one concern (docs/design.md, "Packages")
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_400_lines(path: Path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it by concern"

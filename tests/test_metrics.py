@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from psvae_opt.model import metrics
 from psvae_opt.model.metrics import label_mse, label_r2, label_r2_per_label, mutual_information_gap, pixel_mse, zu_corr
 
 
@@ -65,3 +66,39 @@ def test_mig_is_high_for_axis_aligned_latents_and_low_for_mixed_or_random_ones()
     assert mutual_information_gap(rotated, factors) < 0.3
     duplicated = np.stack([factors[:, 0], factors[:, 0]], 1)  # no gap for factor 0, none informs factor 1
     assert mutual_information_gap(duplicated, factors) < 0.05
+
+
+def test_dimension_kl_known_answers():
+    n = 1000
+    prior = metrics.dimension_kl(np.zeros((n, 2)), np.zeros((n, 2)))  # posterior = prior: an unused dimension
+    np.testing.assert_allclose(prior, [0.0, 0.0], atol=1e-12)
+    # KL(N(m, s^2) || N(0, 1)) = (m^2 + s^2 - 1 - ln s^2) / 2: m = 2, s^2 = e gives (4 + e - 2) / 2
+    kl = metrics.dimension_kl(np.full((n, 1), 2.0), np.ones((n, 1)))
+    np.testing.assert_allclose(kl, [(4.0 + np.e - 2.0) / 2.0])
+    # a mean over frames: half the frames at the prior, half at mean 1 (KL 0.5 each)
+    half = metrics.dimension_kl(np.repeat([[0.0], [1.0]], n // 2, axis=0), np.zeros((n, 1)))
+    np.testing.assert_allclose(half, [0.25])
+    assert metrics.dimension_kl(np.zeros((3, 4)), np.full((3, 4), -2.0)).shape == (4,)
+
+
+def test_correlations_known_answers():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 1))
+    a = np.hstack([x, -3 * x + 1, rng.normal(size=(500, 1)), np.ones((500, 1))])
+    r = metrics.correlations(a, x)
+    assert r.shape == (4, 1)
+    np.testing.assert_allclose(r[:2, 0], [1.0, -1.0])  # identical and affinely reversed columns
+    assert abs(r[2, 0]) < 0.15  # independent: about 0
+    assert r[3, 0] == 0.0  # a constant column correlates with nothing
+    np.testing.assert_allclose(metrics.correlations(x, np.zeros((500, 1))), [[0.0]])  # a constant factor too
+
+
+def test_correlations_use_each_label_on_its_valid_rows_only():
+    t = np.arange(10.0)[:, None]
+    labels = np.hstack([t, -t])
+    labels[5:, 1] = 1e6 * np.arange(5)  # garbage where the second label is missing
+    mask = np.ones_like(labels)
+    mask[5:, 1] = 0
+    np.testing.assert_allclose(metrics.correlations(t, labels, mask), [[1.0, -1.0]])
+    mask[1:, 0] = 0  # one valid row: no correlation can be measured
+    np.testing.assert_allclose(metrics.correlations(t, labels, mask)[0, 0], 0.0)

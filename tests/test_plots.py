@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.model import metrics
 from psvae_opt.reports import run_charts, study_charts
-from psvae_opt.search.study import seed_summary
+from psvae_opt.search.recommendation import seed_summary
 from psvae_opt.training.run_folder import CSV_COLUMNS
 
 STAGE2_ATTRS = study_charts.SUMMARY_PANELS[2]
@@ -238,8 +238,8 @@ def test_label_traces_refuse_unknown_trials_and_labels():
         run_charts.label_traces_data(labels, labels, labels, starts, [0], [5], ["a", "b"])
 
 
-def test_split_trials_are_the_trials_whose_frames_are_in_the_split():
+def test_trials_in_split_are_the_trials_whose_frames_are_in_the_split():
     starts = np.array([0, 3, 6, 9])
     split = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    assert run_charts.split_trials(split, starts) == [1]
-    assert run_charts.split_trials(split, starts, code=0) == [0]
+    assert run_charts.trials_in_split(split, starts) == [1]
+    assert run_charts.trials_in_split(split, starts, code=0) == [0]

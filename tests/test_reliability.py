@@ -44,9 +44,9 @@ def test_the_written_config_escapes_every_string():
 
 
 def _quoted(text: str) -> str:
-    from psvae_opt.config import _toml_value
+    from psvae_opt.config.study_file import toml_string
 
-    return _toml_value(text)
+    return toml_string(text)
 
 
 @pytest.mark.parametrize("key", ["../../../../../somewhere", "..", "a/b", "", "x\ny"])
@@ -59,8 +59,7 @@ def test_a_run_key_from_the_database_cannot_lead_outside_the_runs_folder(key: st
     )
 
 
-def test_a_recorded_artifact_folder_must_lie_in_the_runs_folder(tmp_path: Path, monkeypatch):
-    monkeypatch.delenv(dashboard.ARTIFACT_ENV, raising=False)
+def test_a_recorded_artifact_folder_must_lie_in_the_runs_folder(tmp_path: Path):
     cfg = load_config(None, [f"study.runs_dir='{tmp_path / 'runs'}'"])
     study = optuna.create_study(directions=["minimize", "minimize"])
     study.set_user_attr(dashboard.ARTIFACT_ATTR, str(tmp_path / "runs" / "artifacts"))
@@ -68,8 +67,8 @@ def test_a_recorded_artifact_folder_must_lie_in_the_runs_folder(tmp_path: Path, 
     study.set_user_attr(dashboard.ARTIFACT_ATTR, str(tmp_path / "runs" / ".." / "elsewhere"))
     with pytest.raises(StorageError, match="outside"):
         dashboard.artifact_dir([study], cfg, writing=True)  # a worker uploads nowhere else
-    monkeypatch.setenv(dashboard.ARTIFACT_ENV, str(tmp_path / "elsewhere"))  # the operator's own choice
-    assert dashboard.artifact_dir([study], cfg, writing=True) == tmp_path / "elsewhere"
+    # the operator's own choice ($PSVAE_OPT_ARTIFACTS, read at the command edge)
+    assert dashboard.artifact_dir([study], cfg, str(tmp_path / "elsewhere"), writing=True) == tmp_path / "elsewhere"
 
 
 def test_a_worker_refuses_a_tampered_run_key_before_any_trial(tiny_h5: Path, tmp_path: Path, cli):

@@ -18,8 +18,8 @@ import torch
 from optuna.trial import TrialState
 
 from psvae_opt.search import trial_queue
+from psvae_opt.search.recommendation import knee_index
 from psvae_opt.search.storage import open_database
-from psvae_opt.search.study import knee_index
 from tests.conftest import one_line_error
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,11 @@ from optuna.trial import TrialState
 from psvae_opt.config import Config, load_config, replace
 from psvae_opt.data import load_session, split_frames, synth_session
 from psvae_opt.search.storage import open_database
+from psvae_opt.training.checkpoints import load_checkpoint
 from psvae_opt.training.devices import to_device
-from psvae_opt.training.loop import evaluate, fit, load_checkpoint
-from psvae_opt.training.run_folder import SPLIT_CODES, load_latents, read_summary
+from psvae_opt.training.loop import fit
+from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
+from psvae_opt.training.steps import evaluate
 from tests.conftest import TINY_MODEL, one_line_error
 from tests.test_search import study_file
 
@@ -59,7 +61,7 @@ def test_fit_on_two_sessions_records_each_frames_session_and_per_session_metrics
     latents = load_latents(tmp_path / "run")
     assert latents["session"].dtype == np.int16
     assert latents["session"].tolist() == [0] * 100 + [1] * 80
-    summary = read_summary(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["per_session"]) == set(NAMES)
     # each session's metrics are evaluate() on that session's frames of the split, with the kept model
     model = load_checkpoint(tmp_path / "run", cfg.model, session.frame_shape, session.n_labels)
@@ -80,7 +82,7 @@ def test_fit_on_two_sessions_records_each_frames_session_and_per_session_metrics
     one = replace(cfg, data={"path": str(two_sessions[0])})
     alone = load_session(one.data.path)
     fit(one.model, one.loss, one.train, alone, split_frames(alone, (3, 1, 1, 0), 0), tmp_path / "one", progress=False)
-    assert "per_session" not in read_summary(tmp_path / "one")
+    assert "per_session" not in json.loads((tmp_path / "one" / "summary.json").read_text())
     assert load_latents(tmp_path / "one")["session"].tolist() == [0] * 100
 
 
@@ -102,7 +104,7 @@ def test_stage1_on_two_sessions_trains_splits_and_reports_each_session(two_sessi
         codes = [int(latents["split"][session.trial_starts[t]]) for t in trials]
         assert sorted(codes) == [0] * 6 + [1] * 2 + [2] * 2  # 3;1;1 of 10 trials, within the session
     # per-session attributes: the summary's per-session validation metrics
-    per_session = read_summary(run_dir)["per_session"]
+    per_session = json.loads((run_dir / "summary.json").read_text())["per_session"]
     for metric in ("label_r2", "pixel_mse"):
         recorded = trial.user_attrs[f"val_{metric}_by_session"]
         assert set(recorded) == set(NAMES)

@@ -9,15 +9,13 @@ import pytest
 import sqlalchemy
 
 from psvae_opt.errors import StorageError
-from psvae_opt.search.storage import db_patience, describe, heartbeat_interval, open_database, resolve_url
+from psvae_opt.search.storage import describe, open_database, resolve_url
 
 
-def test_the_flag_wins_then_the_environment_then_sqlite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_a_url_given_wins_else_sqlite_here(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PSVAE_OPT_STORAGE", raising=False)
+    monkeypatch.setenv("PSVAE_OPT_STORAGE", "postgresql+psycopg://u@h/db")  # read by the command edge only
     assert resolve_url(None) == f"sqlite:///{tmp_path / 'psvae-opt.db'}"
-    monkeypatch.setenv("PSVAE_OPT_STORAGE", "postgresql+psycopg://u@h/db")
-    assert resolve_url(None) == "postgresql+psycopg://u@h/db"
     assert resolve_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
@@ -25,19 +23,6 @@ def test_passwords_are_hidden_in_messages_even_in_malformed_urls():
     assert describe("postgresql+psycopg://lab:hunter2@db:5432/psvae") == "postgresql+psycopg://lab:***@db:5432/psvae"
     assert "hunter2" not in describe("postgresql+psycopg://lab:hunter2@db:port/psvae")  # a port that is no number
     assert describe("postgresql+psycopg://lab:hunter2@db:port/psvae") == "postgresql+psycopg://lab:***@db:port/psvae"
-
-
-def test_timings_from_the_environment(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("PSVAE_OPT_HEARTBEAT", raising=False)
-    monkeypatch.delenv("PSVAE_OPT_DB_PATIENCE", raising=False)
-    assert heartbeat_interval() == 30 and db_patience() == 300
-    monkeypatch.setenv("PSVAE_OPT_HEARTBEAT", "5")
-    monkeypatch.setenv("PSVAE_OPT_DB_PATIENCE", "90")
-    assert heartbeat_interval() == 5 and db_patience() == 90
-    for bad in ("soon", "0", "nan", "inf"):
-        monkeypatch.setenv("PSVAE_OPT_HEARTBEAT", bad)
-        with pytest.raises(StorageError, match=f"PSVAE_OPT_HEARTBEAT='{bad}'"):
-            heartbeat_interval()
 
 
 def test_sqlite_storage_uses_write_ahead_logging(tmp_path: Path):

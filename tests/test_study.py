@@ -12,13 +12,7 @@ from psvae_opt.config import load_config
 from psvae_opt.errors import ConfigError
 from psvae_opt.search import trial_queue
 from psvae_opt.search.intervals import t_interval
-from psvae_opt.search.storage import open_database
-from psvae_opt.search.study import (
-    counts,
-    create_stage,
-    enqueue_points,
-    given_up,
-    incomplete,
+from psvae_opt.search.recommendation import (
     knee_index,
     plan_more_seeds,
     recommend_stage1,
@@ -26,6 +20,8 @@ from psvae_opt.search.study import (
     seed_summary,
     withdraw_recommendation,
 )
+from psvae_opt.search.storage import open_database
+from psvae_opt.search.study import counts, create_stage, enqueue_points, given_up, incomplete
 
 
 def test_knee_is_the_point_nearest_the_scaled_utopia():

@@ -13,7 +13,8 @@ import torch
 from psvae_opt.config import Config, dump_config, load_config, replace
 from psvae_opt.data import load_session, split_frames, write_session
 from psvae_opt.errors import ConfigError, TrainingError
-from psvae_opt.training.loop import fit, load_checkpoint
+from psvae_opt.training.checkpoints import load_checkpoint
+from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import CSV_COLUMNS, METRIC_NAMES, read_metrics
 from tests.conftest import TINY_MODEL, random_frames
 
@@ -26,6 +27,7 @@ def run_fit(cfg: Config, out: Path, **kwargs):
     )
 
 
+@pytest.mark.slow  # trains a model
 def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Config, tmp_path: Path):
     result = run_fit(tiny_config, tmp_path / "run")
     run = tmp_path / "run"
@@ -45,8 +47,14 @@ def test_run_folder_holds_config_metrics_checkpoint_and_latents(tiny_config: Con
     assert summary["best_epoch"] == result.best_epoch
     assert set(summary["metrics"]) == {"train", "val", "test"}
     assert set(summary["metrics"]["val"]) == set(METRIC_NAMES)
+    # the result hands back what the files hold, so the objective need not read them again
+    assert result.summary == summary
+    assert set(result.latents) == set(latents.files)
+    for key in latents.files:
+        np.testing.assert_array_equal(result.latents[key], latents[key])
 
 
+@pytest.mark.slow  # trains a model
 def test_latents_are_the_means_of_the_best_checkpoint(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "run")
     session = load_session(tiny_config.data.path)
@@ -56,6 +64,7 @@ def test_latents_are_the_means_of_the_best_checkpoint(tiny_config: Config, tmp_p
     np.testing.assert_allclose(np.load(tmp_path / "run" / "latents.npz")["mu"][:7], mu.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow  # trains a model
 def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "a")
     run_fit(tiny_config, tmp_path / "b")
@@ -77,6 +86,7 @@ def test_same_seeds_same_numbers(tiny_config: Config, tmp_path: Path):
     assert (tmp_path / "a" / "metrics.csv").read_text() != (tmp_path / "c" / "metrics.csv").read_text()
 
 
+@pytest.mark.slow  # trains a model
 def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
     full = run_fit(tiny_config, tmp_path / "full")
     done = []
@@ -93,6 +103,7 @@ def test_a_stopped_run_resumes_from_its_last_epoch_and_ends_identical(tiny_confi
     assert resumed.metrics == full.metrics
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_identical(tiny_config: Config, tmp_path: Path):
     full = run_fit(tiny_config, tmp_path / "full")
     polls = []
@@ -106,6 +117,7 @@ def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_identical(tiny_confi
     assert resumed.metrics == full.metrics
 
 
+@pytest.mark.slow  # trains a model
 def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path: Path):
     cfg = load_config(
         None,
@@ -125,6 +137,7 @@ def test_best_checkpoint_waits_for_the_end_of_annealing(tiny_h5: Path, tmp_path:
     assert result.best_epoch == min((e for e in val if e >= 2), key=val.get)
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_too_short_to_anneal_keeps_its_last_epoch(tiny_h5: Path, tmp_path: Path):
     cfg = load_config(
         None,
@@ -158,6 +171,7 @@ def test_batch_larger_than_the_training_set_is_refused(tiny_h5: Path, tmp_path: 
         run_fit(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow  # trains a model
 def test_cli_train_with_overrides(tiny_h5: Path, tmp_path: Path, cli):
     study = tmp_path / "s.toml"
     study.write_text(
@@ -199,7 +213,7 @@ def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
     from psvae_opt.config import LossConfig
     from psvae_opt.model.network import PSVAE
     from psvae_opt.training.devices import DeviceData
-    from psvae_opt.training.loop import evaluate
+    from psvae_opt.training.steps import evaluate
 
     torch.manual_seed(0)
     model = PSVAE((1, 16, 16), n_labels=2, n_unsup=2, channels=(4, 8), strides=(2, 2))
@@ -223,6 +237,7 @@ def test_evaluation_batches_are_random_draws_of_the_evaluated_frames():
     np.testing.assert_allclose(logvar_chunked, logvar_whole, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # trains a model
 def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Config, tmp_path: Path):
     run_fit(tiny_config, tmp_path / "run")
     other = load_config(
@@ -257,6 +272,7 @@ def test_a_run_folder_is_not_resumed_with_another_configuration(tiny_config: Con
     assert run_fit(longer, tmp_path / "run").resumed_from == 3  # more epochs of the same run: resumed
 
 
+@pytest.mark.slow  # trains a model
 def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_path: Path):
     # lr 0.5 diverges the validation loss after the first annealed epoch: patience 1 stops it
     args = [
@@ -276,6 +292,7 @@ def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_h5: Path, tmp_pa
     assert again == [] and second.epochs_run == first.epochs_run and second.best_epoch == first.best_epoch
 
 
+@pytest.mark.slow  # trains a model
 def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, cli):
     from psvae_opt.errors import DataError
 
@@ -286,7 +303,7 @@ def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, c
     with pytest.raises(DataError, match=r"last.pt: cannot load the checkpoint .*the file is damaged"):
         run_fit(tiny_config, tmp_path / "run")
     (tmp_path / "run" / "best.pt").write_bytes(b"")
-    from psvae_opt.training.loop import load_checkpoint
+    from psvae_opt.training.checkpoints import load_checkpoint
 
     with pytest.raises(DataError, match=r"best.pt: cannot load the checkpoint"):
         load_checkpoint(tmp_path / "run", tiny_config.model, (1, 32, 32), 4)
@@ -294,16 +311,16 @@ def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, c
 
 def _count_saves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The checkpoint files the trainer writes, in order (written for real, names noted)."""
-    from psvae_opt.training import loop
+    from psvae_opt.training import checkpoints
 
     names: list[str] = []
-    real = loop.save_atomic
+    real = checkpoints.save_atomic
 
-    def noted(obj, path):
+    def noted(obj, path, *rest):
         names.append(Path(path).name)
-        return real(obj, path)
+        return real(obj, path, *rest)
 
-    monkeypatch.setattr(loop, "save_atomic", noted)
+    monkeypatch.setattr(checkpoints, "save_atomic", noted)
     return names
 
 
@@ -372,8 +389,7 @@ def test_the_eager_forward_loss_function_gives_the_trainers_numbers(tiny_config:
     """The function train.compile compiles (model and loss together, annealing weights as
     tensors) is the trainer's eager step, number for number, when run uncompiled."""
     from psvae_opt.model.losses import psvae_loss
-    from psvae_opt.training.loop import build_model
-    from psvae_opt.training.step import make_forward_loss
+    from psvae_opt.training.steps import build_model, make_forward_loss
 
     torch.manual_seed(0)
     model = build_model(tiny_config.model, (1, 32, 32), 4, seed=0)

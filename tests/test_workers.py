@@ -153,3 +153,30 @@ def test_an_idle_worker_near_the_end_of_a_stage_frees_its_gpu(db_study, max_seed
     else:
         assert stop()
     assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}  # nobody's trial was judged dead
+
+
+def test_a_trial_losing_the_database_with_an_empty_message_is_requeued(db_study, monkeypatch):
+    """The handler quotes the error's first line; an empty message once raised IndexError there."""
+    from psvae_opt.errors import StorageError
+    from psvae_opt.search.objective import TrialContext
+    from psvae_opt.service import trial_loop
+
+    def lose_the_database(*args, **kwargs):
+        raise StorageError("")
+
+    monkeypatch.setattr(trial_loop, "objective", lose_the_database)  # the trial's training, not the database
+    db, study = db_study
+    tid = trial_queue.pop_waiting(study)
+    ctx = TrialContext(config=None, stage=2, session=None, split_frames={})  # the objective never reads it
+    assert trial_loop.run_one(db, study, tid, ctx, StopFlag(), interval=60) == TrialState.FAIL
+    assert trial_queue.get_trial(study, tid).state == TrialState.FAIL
+    again = [t for t in study.get_trials() if t.state == TrialState.WAITING and trial_queue.first_number(t) == 0]
+    assert len(again) == 1 and trial_queue.lineage(again[0])[trial_queue.CRASHES] == 1
+
+
+def test_first_line_of_any_error():
+    from psvae_opt.errors import first_line
+
+    assert first_line(RuntimeError("\n  disk full  \nmore")) == "disk full"
+    assert first_line(RuntimeError()) == "RuntimeError" and first_line(ValueError("  \n ")) == "ValueError"
+    assert first_line("", "no output") == "no output" and first_line("\n") == "no message"

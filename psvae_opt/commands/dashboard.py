@@ -6,11 +6,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.commands import (
+    Command,
+    add_config_arguments,
+    add_storage_argument,
+    environment,
+    load_config_from,
+    open_database_from,
+)
 from psvae_opt.errors import ConfigError
 from psvae_opt.reports import dashboard
 from psvae_opt.search import space
-from psvae_opt.search.storage import open_database
 from psvae_opt.search.study import NoStudy, load_stage
 
 log = logging.getLogger(__name__)
@@ -28,14 +34,18 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: give a port between 1 and 65535")
-    db = open_database(args.storage, must_exist=True)
+    db = open_database_from(args)
     studies = []
     for stage in space.STAGES:
         try:
             studies.append(load_stage(db, cfg, stage))
         except NoStudy:
             pass
-    folder = Path(args.artifacts).resolve() if args.artifacts else dashboard.artifact_dir(studies, cfg)
+    folder = (
+        Path(args.artifacts).resolve()
+        if args.artifacts
+        else dashboard.artifact_dir(studies, cfg, environment.artifacts())
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "listening on %s: optuna-dashboard has no login; anyone who reaches it can change trials", args.host

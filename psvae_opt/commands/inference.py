@@ -10,7 +10,13 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.commands import (
+    Command,
+    add_config_arguments,
+    add_storage_argument,
+    load_config_from,
+    open_database_from,
+)
 from psvae_opt.errors import ConfigError
 
 
@@ -25,12 +31,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from psvae_opt.inference.bundle import check_bundle_out
     from psvae_opt.inference.card import export_model
-    from psvae_opt.search.storage import open_database
     from psvae_opt.search.study import load_stage
 
     cfg = load_config_from(args)
     check_bundle_out(args.out)
-    study = load_stage(open_database(args.storage, must_exist=True), cfg, args.stage)
+    study = load_stage(open_database_from(args), cfg, args.stage)
     out = export_model(study, args.trial, args.out)
     print(f"model bundle {out} (study {study.study_name}, trial {_trial_of(out)})")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from, open_database_from
 from psvae_opt.config import Config, load_config_text
 from psvae_opt.errors import ConfigError
 from psvae_opt.reports import run_charts, traversals
@@ -79,11 +79,10 @@ def _add_movie(p: argparse.ArgumentParser) -> None:
 
 
 def _study(args: argparse.Namespace) -> tuple[optuna.Study, Path]:
-    from psvae_opt.search.storage import open_database
     from psvae_opt.search.study import load_stage
 
     cfg = load_config_from(args)
-    study = load_stage(open_database(args.storage, read_only=True), cfg, args.stage)
+    study = load_stage(open_database_from(args, read_only=True), cfg, args.stage)
     return study, Path(args.out or Path(DEFAULT_OUT) / study.study_name)
 
 

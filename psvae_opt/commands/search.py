@@ -12,13 +12,19 @@ from typing import Any
 
 import optuna
 
-from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from
+from psvae_opt.commands import (
+    Command,
+    add_config_arguments,
+    add_storage_argument,
+    environment,
+    load_config_from,
+    open_database_from,
+    storage_from,
+)
 from psvae_opt.config import SAMPLER_NAMES
 from psvae_opt.errors import ConfigError
 from psvae_opt.search import space, trial_queue
-from psvae_opt.search.storage import GRACE_BEATS, StudyDatabase, heartbeat_interval, open_database
-from psvae_opt.search.study import NoStudy, counts, given_up, load_stage
-from psvae_opt.service import stages, worker
+from psvae_opt.service import readonly, stages, worker
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +79,16 @@ def _add_stage(stage: int):
 
 
 def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
+    """The stage's request: its options, and the environment (read here, at the edge)."""
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
     if args.gpus is not None and not (gpus == ("all",) or (gpus and all(g.isdigit() for g in gpus))):
         raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1, or all")
+    environment.heartbeat_interval()  # its workers would each die of a bad value: refused here
     return stages.StageRequest(
         stage=stage,
         config_path=args.config,
         overrides=tuple(args.overrides),
-        storage=args.storage,
+        storage=storage_from(args),
         workers=args.workers,
         gpus=gpus,
         workers_per_gpu=args.workers_per_gpu,
@@ -95,32 +103,29 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
         max_seeds=getattr(args, "max_seeds", None),
         alpha=getattr(args, "alpha", None),
         n_unsup=getattr(args, "n_unsup", None),
+        patience=environment.db_patience(),
+        artifacts=environment.artifacts(),
+        cuda_visible=environment.cuda_visible(),
+        mps_pipe=environment.mps_pipe(),
     )
 
 
 def _run_stage(stage: int):
     def run(args: argparse.Namespace) -> int:
         cfg = load_config_from(args)
-        req = _request(stage, args)
-        mapped = stages.check_request(req, cfg)
-        if req.dry_run:
-            if req.launcher != "slurm":
-                raise ConfigError("--dry-run prints the SLURM batch script: use it with --launcher slurm")
-            script, path = stages.slurm_script(req, cfg)
-            print(f"# {path} (not written; nothing submitted)\n{script}", end="")
+        outcome = stages.run(_request(stage, args), cfg)
+        if outcome.study is None:  # --dry-run
+            print(f"# {outcome.script_path} (not written; nothing submitted)\n{outcome.script}", end="")
             return 0
-        db = open_database(args.storage)
-        outcome = stages.run_stage(req, cfg, db, mapped)
         study = outcome.study
-        state = outcome.counts if outcome.followed else db.retry(lambda: counts(study), what="counting trials")
-        print(f"study {study.study_name} in {db.shown}: {outcome.queued} trials queued; {state}")
+        print(f"study {study.study_name} in {outcome.storage_shown}: {outcome.queued} trials queued; {outcome.counts}")
         if outcome.job_id:
-            print(f"submitted job array {outcome.job_id} ({req.workers or 1} tasks): {outcome.script_path}")
+            print(f"submitted job array {outcome.job_id} ({args.workers or 1} tasks): {outcome.script_path}")
         if not outcome.followed:
             if not outcome.job_id:
                 print(
                     f"no local workers; start them with: psvae-opt worker --config {args.config} --stage {stage} "
-                    f"(and PSVAE_OPT_STORAGE={db.shown})"
+                    f"(and PSVAE_OPT_STORAGE={outcome.storage_shown})"
                 )
             return 0
         return _print_outcome(stage, outcome)
@@ -233,7 +238,7 @@ def _print_gave_up(trials: list) -> None:
         return
     print(f"\nERROR: {len(trials)} grid point(s) gave up after spending their crash budget:")
     for t in trials:
-        print(f"  trial {t.number} {t.params or t.system_attrs.get('fixed_params')}: {t.user_attrs.get('error')}")
+        print(f"  trial {t.number} {t.params or trial_queue.fixed_point(t)}: {t.user_attrs.get('error')}")
     print("  run the stage again to resume them from their last saved epoch")
 
 
@@ -251,17 +256,21 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from psvae_opt.service.trial_loop import StopFlag
-    from psvae_opt.training.devices import tune_cpu_allocator
-
     cfg = load_config_from(args)
-    if args.gpu is not None and args.gpu != "auto" and not args.gpu.isdigit():
-        raise ConfigError(f"--gpu {args.gpu!r}: give auto or the index of a visible GPU such as 0")
-    tune_cpu_allocator()
-    stop = StopFlag()
-    stop.install()
-    db = open_database(args.storage, must_exist=True)  # the launcher creates the database
-    total = worker.join(cfg, db, args.stage, gpu=args.gpu, wait=args.wait, progress=args.progress, stop=stop)
+    req = worker.WorkerRequest(
+        stages=tuple(args.stage),
+        storage=storage_from(args),
+        gpu=args.gpu,
+        wait=args.wait,
+        progress=args.progress,
+        patience=environment.db_patience(),
+        heartbeat=environment.heartbeat_interval(),
+        gpu_locks=environment.gpu_locks(),
+        artifacts=environment.artifacts(),
+        cuda_visible=environment.cuda_visible(),
+        mps_pipe=environment.mps_pipe(),
+    )
+    total = worker.run(req, cfg)
     print(f"worker {os.getpid()}: {total} trials completed")
     return 0
 
@@ -275,7 +284,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    for path in stages.export(cfg, open_database(args.storage, read_only=True), args.stage, args.out):
+    for path in readonly.export(cfg, open_database_from(args, read_only=True), args.stage, args.out):
         print(path)
     return 0
 
@@ -287,19 +296,21 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 def _run_status(args: argparse.Namespace) -> int:
     cfg = load_config_from(args)
-    db = open_database(args.storage, read_only=True)
+    db = open_database_from(args, read_only=True)
     print(f"storage {db.shown}")
-    for stage in space.STAGES:
-        try:
-            study = load_stage(db, cfg, stage)
-        except NoStudy:
-            print(f"stage {stage}: not started ({space.study_name(cfg, stage)})")
+    for st in readonly.status(cfg, db, environment.heartbeat_interval()):
+        if st.study is None:
+            print(f"stage {st.stage}: not started ({st.name})")
             continue
-        rec = study.user_attrs.get("recommendation")
-        state = ", ".join(f"{k.lower()} {v}" for k, v in counts(study).items()) or "no trials"
-        print(f"stage {stage}: {study.study_name}: {state}")
-        _print_gone_workers(db, study)
-        if rec and stage == 1:
+        rec = st.recommendation
+        state = ", ".join(f"{k.lower()} {v}" for k, v in st.counts.items()) or "no trials"
+        print(f"stage {st.stage}: {st.name}: {state}")
+        if st.gone:
+            print(
+                f"  {st.gone} of {st.running} running trial(s) have no live worker (no heartbeat for over "
+                f"{st.grace:.0f} s): a worker re-queues them, or run the stage again"
+            )
+        if rec and st.stage == 1:
             print(
                 f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} "
                 f"(trial {rec['trial']}, {rec['run_dir']})"
@@ -311,20 +322,8 @@ def _run_status(args: argparse.Namespace) -> int:
                 f"  recommended beta = {rec['beta']:g}, seed {rec['seed']} "
                 f"(trial {rec['trial']}, {rec['run_dir']}){runner}"
             )
-        _print_gave_up(given_up(study))
+        _print_gave_up(st.gave_up)
     return 0
-
-
-def _print_gone_workers(db: StudyDatabase, study: optuna.Study) -> None:
-    """Running trials whose heartbeat is older than the grace period: their workers are gone."""
-    grace = GRACE_BEATS * heartbeat_interval()
-    ages = db.retry(lambda: trial_queue.heartbeat_ages(study), what="reading heartbeats")
-    gone = [age for age in ages.values() if age is None or age > grace]
-    if gone:
-        print(
-            f"  {len(gone)} of {len(ages)} running trial(s) have no live worker (no heartbeat for over "
-            f"{grace:.0f} s): a worker re-queues them, or run the stage again"
-        )
 
 
 COMMANDS = {

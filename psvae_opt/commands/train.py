@@ -14,15 +14,18 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from psvae_opt.commands import environment
     from psvae_opt.config import dump_config
     from psvae_opt.data import load_session, split_frames
-    from psvae_opt.training.devices import tune_cpu_allocator
+    from psvae_opt.training.devices import require_cuda, tune_cpu_allocator
     from psvae_opt.training.loop import fit
 
     cfg = load_config_from(args)
     tune_cpu_allocator()
     session = load_session(cfg.data.path)
     frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed, mode=cfg.data.split_mode)
+    if cfg.train.device.startswith("cuda"):  # here, where the environment is known, CUDA_VISIBLE_DEVICES is named
+        require_cuda(f"train.device = {cfg.train.device!r}", environment.cuda_visible())
     result = fit(
         cfg.model,
         cfg.loss,

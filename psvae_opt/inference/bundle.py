@@ -28,7 +28,8 @@ import torch
 from psvae_opt.config import Config, load_config_text
 from psvae_opt.errors import ConfigError, DataError, PsvaeError
 from psvae_opt.model.network import PSVAE
-from psvae_opt.training.loop import build_model, load_state
+from psvae_opt.training.checkpoints import load_state
+from psvae_opt.training.steps import build_model
 
 FORMAT = "psvae-opt-bundle"
 VERSION = 1

@@ -13,7 +13,6 @@ similar) and mounted at the same path everywhere, or each machine sets
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from psvae_opt.training.run_folder import confined
 log = logging.getLogger(__name__)
 
 ARTIFACT_ATTR = "artifact_dir"
-ARTIFACT_ENV = "PSVAE_OPT_ARTIFACTS"
+ARTIFACT_ENV = "PSVAE_OPT_ARTIFACTS"  # where a machine mounts the artifact folder (read by the command edge)
 
 
 def default_artifact_dir(config: Config) -> Path:
@@ -37,22 +36,26 @@ def default_artifact_dir(config: Config) -> Path:
     return Path(config.study.runs_dir).resolve() / "artifacts"
 
 
-def record_artifact_dir(study: optuna.Study, config: Config) -> Path:
-    """Record where the study's artifacts go (once: a resumed study keeps its folder); returns it."""
+def record_artifact_dir(study: optuna.Study, config: Config, mounted: str | None = None) -> Path:
+    """Record where the study's artifacts go (once: a resumed study keeps its folder); returns it.
+
+    ``mounted``: ``$PSVAE_OPT_ARTIFACTS`` (read by the command edge), which wins over the default.
+    """
     if ARTIFACT_ATTR not in study.user_attrs:
-        study.set_user_attr(
-            ARTIFACT_ATTR, str(Path(os.environ.get(ARTIFACT_ENV) or default_artifact_dir(config)).resolve())
-        )
+        study.set_user_attr(ARTIFACT_ATTR, str(Path(mounted or default_artifact_dir(config)).resolve()))
     return Path(study.user_attrs[ARTIFACT_ATTR])
 
 
-def artifact_dir(studies: Sequence[optuna.Study], config: Config, *, writing: bool = False) -> Path:
-    """The artifact folder: ``$PSVAE_OPT_ARTIFACTS``, else the first one recorded on ``studies``, else the default.
+def artifact_dir(
+    studies: Sequence[optuna.Study], config: Config, mounted: str | None = None, *, writing: bool = False
+) -> Path:
+    """The artifact folder: ``mounted`` (``$PSVAE_OPT_ARTIFACTS``, read by the command edge), else
+    the first one recorded on ``studies``, else the default.
 
     ``writing`` (a worker uploading): a recorded folder must lie inside ``study.runs_dir``.
     """
-    if os.environ.get(ARTIFACT_ENV):
-        return Path(os.environ[ARTIFACT_ENV]).resolve()
+    if mounted:
+        return Path(mounted).resolve()
     recorded = [s.user_attrs[ARTIFACT_ATTR] for s in studies if ARTIFACT_ATTR in s.user_attrs]
     if len(set(recorded)) > 1:
         log.warning("the studies record different artifact folders %s; serving %s", sorted(set(recorded)), recorded[0])

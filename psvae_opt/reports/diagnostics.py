@@ -30,7 +30,7 @@ from psvae_opt.data import Session
 from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
 from psvae_opt.search.storage import error_line
 from psvae_opt.training.devices import resolve_device
-from psvae_opt.training.loop import FitResult
+from psvae_opt.training.run_end import FitResult
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def write_labels(
     before a second of one), each titled with its session and trial name."""
     latents = load_latents(run_dir)
     if not trials:
-        pool = run_charts.split_trials(latents["split"], session.trial_starts, SPLIT_CODES[split])
+        pool = run_charts.trials_in_split(latents["split"], session.trial_starts, SPLIT_CODES[split])
         firsts: dict[int, int] = {}  # session -> its first trial of the split
         for t in pool:
             firsts.setdefault(int(session.trial_sessions[t]), t)
@@ -133,6 +133,7 @@ class TrialUploader:
         config: the worker's study file.
         retry: how the end-of-trial uploads ride out a database outage
             (:meth:`psvae_opt.search.storage.StudyDatabase.retry`); by default they do not.
+        mounted_artifacts: where this machine mounts the artifact folder (``$PSVAE_OPT_ARTIFACTS``).
     """
 
     def __init__(
@@ -143,9 +144,10 @@ class TrialUploader:
         config: Config,
         refresh_seconds: float = CURVES_SECONDS,
         retry: Callable[..., Any] | None = None,
+        mounted_artifacts: str | None = None,
     ) -> None:
         self.storage, self.study, self.session, self.config = storage, study, session, config
-        self.folder = dashboard.artifact_dir([study], config, writing=True)
+        self.folder = dashboard.artifact_dir([study], config, mounted_artifacts, writing=True)
         self.stage = study.user_attrs.get("stage")
         self.refresh_seconds = refresh_seconds
         self.retry = retry

@@ -22,7 +22,8 @@ from psvae_opt.errors import ConfigError
 from psvae_opt.reports import study_charts
 from psvae_opt.reports.ratings import RATING_ATTRS, ratings_by_trial
 from psvae_opt.search import space, trial_queue
-from psvae_opt.search.study import BASE_METRICS, FACTOR_PREFIX, given_up, pareto_front, seed_summary
+from psvae_opt.search.recommendation import BASE_METRICS, FACTOR_PREFIX, pareto_front, seed_summary
+from psvae_opt.search.study import given_up
 
 HEALTH_COLUMNS = ("collapsed", "collapsed_dims", "zu_std", "zu_kl", "zu_label_corr", "zu_factor_corr")
 SESSION_COLUMNS = ("val_label_r2_by_session", "val_pixel_mse_by_session")  # session name -> value; 2+ sessions

@@ -167,7 +167,7 @@ def label_traces_data(
     )
 
 
-def split_trials(split_of_frame: np.ndarray, trial_starts: np.ndarray, code: int = SPLIT_CODES["val"]) -> list[int]:
+def trials_in_split(split_of_frame: np.ndarray, trial_starts: np.ndarray, code: int = SPLIT_CODES["val"]) -> list[int]:
     """Session trials whose first frame is in the split ``code`` (splits are by trial)."""
     return [t for t in range(len(trial_starts) - 1) if split_of_frame[trial_starts[t]] == code]
 

@@ -29,7 +29,7 @@ from psvae_opt.config import load_config
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.network import PSVAE
-from psvae_opt.training.loop import load_checkpoint
+from psvae_opt.training.checkpoints import load_checkpoint
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
 
 SUP_PERCENTILES = (5.0, 95.0)

@@ -29,8 +29,9 @@ from psvae_opt.errors import StorageError
 from psvae_opt.model import metrics
 from psvae_opt.search import space
 from psvae_opt.search.storage import error_line
-from psvae_opt.training.loop import FitResult, fit
-from psvae_opt.training.run_folder import METRIC_NAMES, SPLIT_CODES, confined, load_latents, read_summary
+from psvae_opt.training.loop import fit
+from psvae_opt.training.run_end import FitResult
+from psvae_opt.training.run_folder import METRIC_NAMES, SPLIT_CODES, confined
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,9 @@ def fit_attributes(result: FitResult, seed: int) -> dict[str, Any]:
 BY_SESSION = ("label_r2", "pixel_mse")  # validation metrics recorded per session
 
 
-def session_attributes(run_dir: Path) -> dict[str, Any]:
+def session_attributes(summary: Mapping[str, Any]) -> dict[str, Any]:
     """``val_<metric>_by_session`` (session name -> value) from a run's summary; empty for one session."""
-    per_session = read_summary(run_dir).get("per_session", {})
+    per_session = summary.get("per_session", {})
     if not per_session:
         return {}
     return {
@@ -233,8 +234,8 @@ def objective(
             f"stopped before the diagnostics of trial {trial.number}; its next attempt only evaluates"
         )
     attrs = fit_attributes(result, config.train.model_seed)
-    attrs.update(latent_attributes(ctx.session, load_latents(run_dir), ctx.config.study.collapse_std))
-    attrs.update(session_attributes(run_dir))
+    attrs.update(latent_attributes(ctx.session, result.latents, ctx.config.study.collapse_std))
+    attrs.update(session_attributes(result.summary))
     write_attrs(trial, _finite_or_none(attrs))
     if attrs.get("collapsed"):
         log.warning(

@@ -1,6 +1,7 @@
 """Where studies live: an embedded SQLite file by default, PostgreSQL for shared use.
 
-``--storage URL``, else ``$PSVAE_OPT_STORAGE``, else ``sqlite:///psvae-opt.db`` in the working
+``--storage URL``, else ``$PSVAE_OPT_STORAGE`` (read by the command edge,
+:mod:`psvae_opt.commands.environment`), else ``sqlite:///psvae-opt.db`` in the working
 directory. PostgreSQL goes through SQLAlchemy and psycopg 3 (``postgresql+psycopg://``) with
 pre-ping, so a process survives a database restart.
 
@@ -13,7 +14,6 @@ environment, :data:`ENV_VAR`).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -27,7 +27,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from psvae_opt.errors import StorageError
+from psvae_opt.errors import StorageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,10 @@ _PERMANENT = ("readonly database", "file is not a database", "unable to open dat
 
 
 def resolve_url(url: str | None) -> str:
-    """The storage URL a command uses: the flag, else the environment, else a SQLite file here."""
+    """The storage URL a command uses: the one given (``--storage``, else ``$PSVAE_OPT_STORAGE``,
+    which the command edge reads), else a SQLite file here."""
     if url:
         return url
-    if os.environ.get(ENV_VAR):
-        return os.environ[ENV_VAR]
     return f"sqlite:///{Path.cwd() / DEFAULT_FILE}"
 
 
@@ -62,30 +61,6 @@ def describe(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # a malformed URL: hide what looks like a password
         return _PASSWORD.sub(r"\1***\2", url)
-
-
-def _positive_number(name: str, default: float, integer: bool = False) -> float:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value) if integer else float(value)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number >= 1):
-        kind = "a whole number of seconds" if integer else "a number of seconds"
-        raise StorageError(f"{name}={value!r}: give {kind} >= 1")
-    return number
-
-
-def heartbeat_interval() -> int:
-    """Seconds between a running trial's heartbeats (``$PSVAE_OPT_HEARTBEAT``, default 30)."""
-    return int(_positive_number(HEARTBEAT_ENV, DEFAULT_HEARTBEAT, integer=True))
-
-
-def db_patience() -> float:
-    """Seconds of database outage a process rides out (``$PSVAE_OPT_DB_PATIENCE``, default 300)."""
-    return _positive_number(PATIENCE_ENV, DEFAULT_PATIENCE)
 
 
 PG_CONNECTIONS_PER_PROCESS = 2
@@ -159,8 +134,7 @@ def error_line(exc: BaseException) -> str:
     failed commit as "invalid data in the commit, e.g. exceeding max length", whatever the cause)."""
     while isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(getattr(exc, "orig", None) or exc.__cause__ or exc)
 
 
 _first_line = error_line
@@ -224,7 +198,9 @@ class StudyDatabase:
                 delay = min(delay * 2, 5.0)
 
 
-def open_database(url: str | None = None, *, must_exist: bool = False, read_only: bool = False) -> StudyDatabase:
+def open_database(
+    url: str | None = None, *, must_exist: bool = False, read_only: bool = False, patience: float = DEFAULT_PATIENCE
+) -> StudyDatabase:
     """Connect to the study database (creating its schema when new).
 
     Args:
@@ -235,9 +211,8 @@ def open_database(url: str | None = None, *, must_exist: bool = False, read_only
             opened read-only (SQLite ``mode=ro``, a PostgreSQL session with read-only
             transactions), no schema is created and SQLite's journal mode is left as it is; a
             database without psvae-opt's tables is refused in one line.
+        patience: seconds of database outage the process rides out (``$PSVAE_OPT_DB_PATIENCE``).
     """
-    if url:
-        warn_password(url)
     url = resolve_url(url)
     check_url(url)
     path = sqlite_path(url)
@@ -259,7 +234,7 @@ def open_database(url: str | None = None, *, must_exist: bool = False, read_only
                 else "start the server or fix --storage"
             )
         ) from None
-    return StudyDatabase(url, storage, db_patience())
+    return StudyDatabase(url, storage, patience)
 
 
 def _open_read_only(url: str, path: Path | None) -> optuna.storages.RDBStorage:

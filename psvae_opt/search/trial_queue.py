@@ -19,7 +19,6 @@ checks them against the pinned Optuna:
 
 from __future__ import annotations
 
-import datetime
 import logging
 from typing import Any, Literal
 
@@ -34,7 +33,6 @@ CRASHES = "crash_retries"  # attempts lost to dead workers, crashes and database
 SIGNALS = "signal_requeues"  # attempts stopped by a signal (preemption, time limit, scancel, Ctrl-C)
 REQUEUED_FROM = "requeued_from"  # the number of the attempt this one replaces
 GAVE_UP = "gave_up"  # set on the last attempt once the crash budget is spent
-LINEAGE = (FIRST, CRASHES, SIGNALS)
 MAX_CRASH_RETRIES = 3
 MAX_SIGNAL_REQUEUES = 100
 Cause = Literal["crash", "signal"]
@@ -76,13 +74,6 @@ def set_trial_param(study: optuna.Study, trial: optuna.Trial, name: str, value: 
 
 def get_trial(study: optuna.Study, tid: int) -> FrozenTrial:
     return _storage(study).get_trial(tid)
-
-
-def database_now(study: optuna.Study) -> datetime.datetime:
-    """The database server's current time (naive, as the heartbeat table stores it)."""
-    with _engine(study).connect() as conn:
-        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
-    return now.replace(tzinfo=None)
 
 
 def stamp(study: optuna.Study, tid: int) -> None:
@@ -138,10 +129,16 @@ def first_number(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get(FIRST, trial.system_attrs.get("failed_trial", trial.number)))
 
 
+def fixed_point(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The grid point a queued trial was given (Optuna's ``fixed_params``), or None for a trial
+    whose sampler draws its point (tpe, nsga2)."""
+    return trial.system_attrs.get("fixed_params") or None
+
+
 def point_of(trial: FrozenTrial) -> dict[str, Any]:
     """A trial's point: the parameters it has (drawn or fixed), else those it was queued with
     (empty for an adaptive trial that has not drawn yet)."""
-    return dict(trial.params) if trial.params else dict(trial.system_attrs.get("fixed_params", {}))
+    return dict(trial.params) if trial.params else dict(fixed_point(trial) or {})
 
 
 def lineage(trial: FrozenTrial) -> dict[str, int]:

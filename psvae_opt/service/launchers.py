@@ -24,7 +24,8 @@ import optuna
 from optuna.trial import TrialState
 
 from psvae_opt.search.storage import ENV_VAR, StudyDatabase
-from psvae_opt.service.trial_loop import unfinished
+from psvae_opt.search.study import unfinished
+from psvae_opt.service.slurm import GPU_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def launch_local(
 
     def start(i: int) -> subprocess.Popen:
         extra = local_worker_env(i, devices, n_workers)
-        command = [*argv, "--gpu", "0"] if devices else list(argv)
+        command = [*argv, GPU_FLAG, "0"] if devices else list(argv)
         out = (log_dir / f"worker-{i}.log").open("a")
         log.info("worker %d: device %s, log %s", i, extra["CUDA_VISIBLE_DEVICES"] or "CPU", log_dir / f"worker-{i}.log")
         return subprocess.Popen(command, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT)

@@ -26,11 +26,12 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from psvae_opt.config import SlurmConfig, slurm_extra_line
-from psvae_opt.errors import ConfigError
+from psvae_opt.config.slurm import SlurmConfig, slurm_extra_line
+from psvae_opt.errors import ConfigError, first_line
+from psvae_opt.search.storage import ENV_VAR
 
-STORAGE_ENV = "PSVAE_OPT_STORAGE"
-GPU_FLAG = "--gpu"  # the worker option that takes the index of a visible GPU
+GPU_FLAG = "--gpu"  # the worker option that takes the index of a visible GPU (launchers pass it too)
+
 TIMEOUT = 60.0  # seconds to wait for an answer of the SLURM controller
 # Tasks in these states will not run again (FINISHED: left the queue, final state unknown)
 DONE_STATES = frozenset(
@@ -132,7 +133,7 @@ def batch_script(
         header="\n".join(header),
         workdir=shlex.quote(str(workdir)),
         log_dir=shlex.quote(str(log_dir)),
-        storage_env=STORAGE_ENV,
+        storage_env=ENV_VAR,
         n_workers=workers_per_task,
         worker=worker,
         gpu_flag=GPU_FLAG if cfg.gpus_per_task else "",
@@ -223,7 +224,7 @@ def _check_paths(worker_argv: Sequence[str], log_dir: Path, workdir: Path) -> No
             raise ValueError(f"worker_argv: {flag} {value!r} must be an absolute path")
     for arg in worker_argv:
         if arg == "--storage" or re.match(r"[A-Za-z][\w+.-]*://", arg):
-            raise ValueError("worker_argv must not hold the storage URL: the tasks read it from " + STORAGE_ENV)
+            raise ValueError("worker_argv must not hold the storage URL: the tasks read it from " + ENV_VAR)
     for what, path in (("log_dir", log_dir), ("workdir", workdir)):
         if not Path(path).is_absolute():
             raise ValueError(f"{what} must be an absolute path, got {path}")
@@ -245,10 +246,6 @@ def _run(argv: list[str], env: Mapping[str, str] | None, what: str) -> subproces
         ) from None
 
 
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "no message")
-
-
 def submit(script_path: Path, env: Mapping[str, str] | None = None, tasks: int | None = None) -> str:
     """Submit a batch script (``sbatch --parsable``); returns the job id.
 
@@ -260,7 +257,7 @@ def submit(script_path: Path, env: Mapping[str, str] | None = None, tasks: int |
     array = [f"--array=0-{tasks - 1}"] if tasks else []
     out = _run(["sbatch", "--parsable", "--export=ALL", *array, str(script_path)], env, "submitting the workers")
     if out.returncode != 0:
-        raise ConfigError(f"sbatch refused {script_path}: {_first_line(out.stderr)}")
+        raise ConfigError(f"sbatch refused {script_path}: {first_line(out.stderr)}")
     job_id = out.stdout.strip().split(";")[0]  # "JOBID" or "JOBID;CLUSTER"
     if not job_id.isdigit():
         raise ConfigError(f"sbatch answered {out.stdout.strip()!r} instead of a job id")
@@ -284,7 +281,7 @@ def task_states(job_id: str, n_tasks: int | None = None) -> dict[int, str]:
         "reading the queue",
     )
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        raise ConfigError(f"squeue failed for job {job_id}: {_first_line(out.stderr)}")
+        raise ConfigError(f"squeue failed for job {job_id}: {first_line(out.stderr)}")
     states |= _parse_states(out.stdout if out.returncode == 0 else "", job_id)
     for task in range(n_tasks or 0):
         states.setdefault(task, FINISHED)
@@ -323,4 +320,4 @@ def cancel(job_id: str, task: int | None = None) -> None:
     target = job_id if task is None else f"{job_id}_{task}"
     out = _run(["scancel", target], None, f"cancelling {target}")
     if out.returncode != 0:
-        raise ConfigError(f"scancel {target} failed: {_first_line(out.stderr)}")
+        raise ConfigError(f"scancel {target} failed: {first_line(out.stderr)}")

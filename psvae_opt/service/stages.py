@@ -3,12 +3,13 @@
 What the ``stage1``/``stage2``/``worker``/``export``/``status`` commands do, with the
 printing left to them (docs/design.md, "Search protocol" and "Service"):
 
+- :func:`run` is what a stage command calls: the request checked, the stage run;
 - :func:`check_request` refuses a bad request before anything is created (no database file,
   no run folder);
 - :func:`run_stage` creates (or resumes) the stage's study, queues its grid once, starts the
   workers (local processes or a SLURM job array), follows them to the end and stores the
   recommendation;
-- :func:`export` writes a stage's files.
+- :func:`export` writes a stage's files, :func:`status` reads where both stages stand.
 
 A worker's side is :mod:`psvae_opt.service.worker`.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +27,25 @@ from optuna.trial import FrozenTrial
 
 from psvae_opt.config import Config
 from psvae_opt.data import load_session, session_bytes
-from psvae_opt.errors import ConfigError, DataError, StorageError
+from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.reports.dashboard import record_artifact_dir
 from psvae_opt.reports.diagnostics import save_search_summary
-from psvae_opt.reports.export import export_stage
 from psvae_opt.search import space
-from psvae_opt.search.storage import StudyDatabase, db_patience, heartbeat_interval, resolve_url, sqlite_path
+from psvae_opt.search.recommendation import (
+    pareto_front,
+    recommend_stage1,
+    recommend_stage2,
+    seed_summary,
+    top_up,
+    withdraw_recommendation,
+)
+from psvae_opt.search.storage import (
+    DEFAULT_PATIENCE,
+    StudyDatabase,
+    open_database,
+    resolve_url,
+    sqlite_path,
+)
 from psvae_opt.search.study import (
     NoStudy,
     counts,
@@ -41,15 +54,9 @@ from psvae_opt.search.study import (
     enqueue_points,
     incomplete,
     load_stage,
-    pareto_front,
-    recommend_stage1,
-    recommend_stage2,
-    seed_summary,
-    withdraw_recommendation,
 )
 from psvae_opt.service import launchers, slurm
-from psvae_opt.service.trial_loop import top_up
-from psvae_opt.service.worker import require_mlflow
+from psvae_opt.service.mlflow_log import require_mlflow
 from psvae_opt.training import devices, gpus
 from psvae_opt.training.run_folder import check_runs_dir
 
@@ -66,7 +73,8 @@ def _too_few_unsup(n_unsup: int) -> ConfigError:
 
 @dataclass(frozen=True)
 class StageRequest:
-    """What a stage command asks for (its command-line options)."""
+    """What a stage command asks for: its command-line options (``storage``: ``--storage``, else
+    ``$PSVAE_OPT_STORAGE``) and the environment it runs in."""
 
     stage: int
     config_path: str
@@ -86,6 +94,11 @@ class StageRequest:
     max_seeds: int | None = None  # --seeds auto; default stage2.max_seeds
     alpha: float | None = None
     n_unsup: int | None = None
+    # the environment, read by the command edge (psvae_opt.commands.environment)
+    patience: float = DEFAULT_PATIENCE  # seconds of database outage ridden out
+    artifacts: str | None = None  # where this machine mounts the artifact folder (None: the default)
+    cuda_visible: str | None = None  # the launcher's CUDA_VISIBLE_DEVICES: what --gpus indices count
+    mps_pipe: str | None = None  # NVIDIA MPS's pipe folder (None: its default)
 
 
 @dataclass
@@ -105,6 +118,24 @@ class StageOutcome:
     unfinished: list[FrozenTrial] = field(default_factory=list)  # waiting or running when the launcher ended
     counts: dict[str, int] = field(default_factory=dict)
     front: list[FrozenTrial] = field(default_factory=list)
+    storage_shown: str = ""  # the database, password hidden
+
+
+def run(req: StageRequest, cfg: Config) -> StageOutcome:
+    """A stage command from request to outcome: the request checked (nothing is created for a
+    bad one), then with ``--dry-run`` the batch script only, else the stage run
+    (:func:`run_stage`) and its trial counts."""
+    mapped = check_request(req, cfg)
+    if req.dry_run:
+        script, path = slurm_script(req, cfg)
+        return StageOutcome(None, followed=False, script=script, script_path=path)
+    db = open_database(req.storage, patience=req.patience)
+    outcome = run_stage(req, cfg, db, mapped)
+    outcome.storage_shown = db.shown
+    if not outcome.followed:
+        study = outcome.study
+        outcome.counts = db.retry(lambda: counts(study), what="counting trials")
+    return outcome
 
 
 def check_request(req: StageRequest, cfg: Config) -> list[str]:
@@ -134,7 +165,6 @@ def check_request(req: StageRequest, cfg: Config) -> list[str]:
     if req.stage == 1 and sampler != "grid" and (req.seeds or cfg.stage1.seeds) > 1:
         raise ConfigError(f"--sampler {sampler} draws alphas one trial at a time; --seeds applies to the grid")
     check_runs_dir(cfg.study.runs_dir)
-    heartbeat_interval(), db_patience()  # the workers would each die of a bad value
     url = resolve_url(req.storage)
     if req.launcher == "slurm":
         check_slurm_request(req, cfg, url)
@@ -146,6 +176,8 @@ def check_request(req: StageRequest, cfg: Config) -> list[str]:
         if cfg.study.mlflow_uri:
             require_mlflow(cfg.study.mlflow_uri)
         load_session(cfg.data.path)  # refuse bad data here, not in every worker
+    if req.dry_run and req.launcher != "slurm":
+        raise ConfigError("--dry-run prints the SLURM batch script: use it with --launcher slurm")
     return mapped
 
 
@@ -184,15 +216,15 @@ def local_devices(req: StageRequest) -> list[str]:
     what = f"--gpus {','.join(req.gpus)}"
     wanted = req.gpus
     if wanted == ("all",):
-        devices.require_cuda(what)
+        devices.require_cuda(what, req.cuda_visible)
         import torch
 
         wanted = tuple(str(i) for i in range(torch.cuda.device_count()))
-    mapped = devices.visible_devices(wanted, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    devices.require_cuda(what)
+    mapped = devices.visible_devices(wanted, req.cuda_visible)
+    devices.require_cuda(what, req.cuda_visible)
     n_workers = n_local_workers(req, mapped)
     per_gpu = -(-n_workers // len(mapped)) if n_workers else 0
-    gpus.check_sharing(mapped, per_gpu, f"{what} with {n_workers} workers")
+    gpus.check_sharing(mapped, per_gpu, f"{what} with {n_workers} workers", req.mps_pipe)
     return mapped
 
 
@@ -240,7 +272,7 @@ def _start(req: StageRequest, cfg: Config, db: StudyDatabase) -> tuple[optuna.St
         study = create_stage(db, cfg, 2, settings=settings)
         first = settings["initial_seeds"] if settings["seeds"] == "auto" else settings["seeds"]
         queued = db.retry(lambda: enqueue_points(study, space.stage2_grid(cfg, first)), what="queueing the grid")
-    record_artifact_dir(study, cfg)
+    record_artifact_dir(study, cfg, req.artifacts)
     return study, queued
 
 
@@ -339,22 +371,3 @@ def _finish(study: optuna.Study, stage: int, outcome: StageOutcome) -> StageOutc
     outcome.counts = counts(study)
     outcome.front = pareto_front(study)
     return outcome
-
-
-def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[Path]:
-    """Recompute the recommendation (trials may have finished since) and write the stage's files.
-
-    Export only reads the database: the recommendation is computed, not stored, and it is left
-    out (None) while the stage is incomplete (trials waiting or running, points that gave up).
-    """
-    study = load_stage(db, cfg, stage)
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    unfinished, gave_up = incomplete(study)
-    if not complete and not gave_up:
-        raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
-    rec = None
-    if complete and not unfinished and not gave_up:  # (a stage whose only trials gave up still exports its failures)
-        rec = (recommend_stage1 if stage == 1 else recommend_stage2)(study, store=False)
-    if unfinished:
-        log.warning("study %s is incomplete (%s): exported without a recommendation", study.study_name, counts(study))
-    return export_stage(db.storage, study, stage, out, recommendation=rec)

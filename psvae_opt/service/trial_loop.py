@@ -27,11 +27,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from psvae_opt.errors import PsvaeError, StorageError
+from psvae_opt.errors import PsvaeError, StorageError, first_line
 from psvae_opt.search import trial_queue
 from psvae_opt.search.objective import TrialContext, objective
+from psvae_opt.search.recommendation import top_up
 from psvae_opt.search.storage import GRACE_BEATS, TRANSIENT, StudyDatabase, error_line
-from psvae_opt.search.study import enqueue_points, plan_more_seeds, point_key
+from psvae_opt.search.study import point_key, unfinished
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -127,7 +128,7 @@ def judge_others(db: StudyDatabase, study: optuna.Study, grace: float, unwatched
 
 def _duplicate_of(study: optuna.Study, trial: FrozenTrial) -> int | None:
     """Another live attempt of the same grid point (two processes queued it at once), or None."""
-    if not trial.system_attrs.get("fixed_params"):  # an adaptive trial: its sampler draws its point
+    if trial_queue.fixed_point(trial) is None:  # an adaptive trial: its sampler draws its point
         return None
     key, first = point_key(trial_queue.point_of(trial)), trial_queue.first_number(trial)
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
@@ -204,7 +205,7 @@ def run_one(
         )
         return TrialState.FAIL
     except TRANSIENT + (StorageError,) as exc:  # the database, not the trial, failed: run it again
-        log.error("trial %d lost the database (%s); re-queueing it", frozen.number, str(exc).splitlines()[0])
+        log.error("trial %d lost the database (%s); re-queueing it", frozen.number, first_line(exc))
         db.retry(lambda: trial_queue.requeue(study, tid, "the database was unreachable", "crash"), what="re-queueing")
         return TrialState.FAIL
     except Exception as exc:  # the trial fails, the worker goes on
@@ -225,10 +226,6 @@ def _failed(db: StudyDatabase, study: optuna.Study, tid: int, number: int, exc: 
     return TrialState.FAIL
 
 
-def unfinished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
-
-
 def all_done(db: StudyDatabase, study: optuna.Study) -> bool:
     """No trial waiting or running, seen twice a second apart: a re-queue writes the FAIL and
     the next attempt's WAITING copy in two transactions, and a worker looking in between would
@@ -237,13 +234,6 @@ def all_done(db: StudyDatabase, study: optuna.Study) -> bool:
         return False
     time.sleep(1.0)
     return db.retry(lambda: unfinished(study), what="counting trials") == 0
-
-
-def top_up(study: optuna.Study, max_seeds: int | None) -> int:
-    """Queue the next round of ``--seeds auto`` (nothing when seeds are fixed); returns how many."""
-    if not max_seeds:
-        return 0
-    return enqueue_points(study, plan_more_seeds(study, max_seeds))
 
 
 def run_worker(
@@ -260,7 +250,7 @@ def run_worker(
     Args:
         interval: seconds between heartbeats; a trial is stale after GRACE_BEATS of them.
         max_seeds: stage 2 ``--seeds auto``: the seed budget per beta; when the queue runs dry
-            this worker queues the next round itself (:func:`psvae_opt.search.study.plan_more_seeds`).
+            this worker queues the next round itself (:func:`psvae_opt.search.recommendation.plan_more_seeds`).
     """
     grace = GRACE_BEATS * interval
     unwatched: dict[int, float] = {}

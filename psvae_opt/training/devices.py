@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from psvae_opt.data import Session
-from psvae_opt.errors import ConfigError
+from psvae_opt.errors import ConfigError, first_line
 from psvae_opt.training import gpus
 
 
@@ -77,7 +77,7 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) 
     different devices) take slot 0 of GPU 0, 1, ... in turn, then slot 1 of each, so N
     workers spread evenly. A slot is a lock file held (``flock``) for the life of the
     process: a worker that dies frees its GPU. The lock folder must be shared by the workers
-    of one machine and by no other machine: ``lock_dir``, else ``$PSVAE_OPT_GPU_LOCKS``, else
+    of one machine and by no other machine: ``lock_dir`` (``$PSVAE_OPT_GPU_LOCKS``, read by the command edge), else
     ``/tmp/psvae-opt-gpu-locks-UID``.
 
     The default folder is private to the user (mode 0700; refused when it is a symbolic link,
@@ -92,7 +92,7 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path | None = None, slots: int = 16) 
     """
     if n_gpus < 1:
         raise ConfigError("--gpu auto: no CUDA GPU is visible to this worker")
-    given = lock_dir or os.environ.get(GPU_LOCKS_ENV)
+    given = lock_dir
     folder = Path(given or f"{DEFAULT_GPU_LOCKS}-{os.getuid()}")
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -202,28 +202,28 @@ def _nvidia_smi() -> tuple[tuple[int, int] | None, str | None]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"nvidia-smi did not run ({exc})"
     if out.returncode != 0:
-        first = next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()), "no output")
+        first = first_line(out.stdout + out.stderr, "no output")
         return None, f"the NVIDIA driver does not answer (nvidia-smi: {first})"
     match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", out.stdout)
     return ((int(match.group(1)), int(match.group(2))) if match else None), None
 
 
-def _diagnose() -> tuple[str, str] | None:
-    """(cause, fix) when CUDA is not usable here, else None."""
+def _diagnose(cuda_visible: str | None = None) -> tuple[str, str] | None:
+    """(cause, fix) when CUDA is not usable here, else None; ``cuda_visible``: this process's
+    CUDA_VISIBLE_DEVICES when the caller knows it (a value that hides every GPU is named)."""
     reinstall = "run `bash scripts/install.sh` on this machine (it installs the torch build its driver supports)"
     cpu = "or train on the CPU (no --gpus/--gpu, train.device = auto or cpu)"
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is built without CUDA", f"{reinstall}, {cpu}"
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and not parse_visible(visible):
-        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU", "unset it or list the GPUs to use"
+    if cuda_visible is not None and not parse_visible(cuda_visible):
+        return f"CUDA_VISIBLE_DEVICES={cuda_visible!r} hides every GPU", "unset it or list the GPUs to use"
     init_error = None
     try:
         torch.cuda.init()
         if torch.cuda.device_count() > 0:
             return None
     except Exception as exc:  # torch raises RuntimeError, AssertionError or AcceleratorError here
-        init_error = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        init_error = first_line(exc)
     driver, problem = _nvidia_smi()
     if problem:
         return problem, f"run on a machine with an NVIDIA GPU and driver, {cpu}"
@@ -239,17 +239,22 @@ def _diagnose() -> tuple[str, str] | None:
     return "no CUDA GPU is visible", "check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
 
 
-def cuda_problem() -> str | None:
+def cuda_problem(cuda_visible: str | None = None) -> str | None:
     """None when CUDA is usable in this process, else why not, in words: torch built without
     CUDA, no NVIDIA driver, a driver older than torch's CUDA, no GPU visible, or the error of
-    CUDA's start."""
-    found = _diagnose()
+    CUDA's start. ``cuda_visible``: as for :func:`require_cuda`."""
+    found = _diagnose(cuda_visible)
     return found[0] if found else None
 
 
-def require_cuda(what: str) -> None:
-    """Raise a one-line ConfigError naming ``what`` asked for a GPU, the cause and the fix."""
-    found = _diagnose()
+def require_cuda(what: str, cuda_visible: str | None = None) -> None:
+    """Raise a one-line ConfigError naming ``what`` asked for a GPU, the cause and the fix.
+
+    ``cuda_visible``: the process's CUDA_VISIBLE_DEVICES, which the command edge reads
+    (:mod:`psvae_opt.commands.environment`); without it a value that hides every GPU is
+    reported as no GPU visible.
+    """
+    found = _diagnose(cuda_visible)
     if found:
         raise ConfigError(f"{what}: CUDA is not usable here: {found[0]}; {found[1]}")
 

@@ -5,7 +5,6 @@ compute mode lets several processes share it (nvidia-smi; NVIDIA MPS)."""
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -95,14 +94,14 @@ def compute_modes() -> dict[str, str]:
     return modes
 
 
-def mps_running(environ: dict[str, str] | None = None) -> bool:
-    """Whether an NVIDIA MPS control daemon answers here (its pipe folder holds ``control``):
-    its clients share even an exclusive-process GPU, since MPS is the one process using it."""
-    env = os.environ if environ is None else environ
-    return (Path(env.get(MPS_PIPE_ENV) or MPS_DEFAULT_PIPE) / "control").exists()
+def mps_running(pipe: str | None = None) -> bool:
+    """Whether an NVIDIA MPS control daemon answers here (its pipe folder, ``pipe``
+    (``$CUDA_MPS_PIPE_DIRECTORY``, read by the command edge) else /tmp/nvidia-mps, holds
+    ``control``): its clients share even an exclusive-process GPU, since MPS is the one process using it."""
+    return (Path(pipe or MPS_DEFAULT_PIPE) / "control").exists()
 
 
-def check_sharing(entries: Sequence[str], workers_per_gpu: int, what: str) -> None:
+def check_sharing(entries: Sequence[str], workers_per_gpu: int, what: str, mps_pipe: str | None = None) -> None:
     """Refuse ``workers_per_gpu`` > 1 on a GPU whose compute mode admits one process (without MPS),
     or any worker on a GPU in Prohibited mode; ``entries`` are CUDA_VISIBLE_DEVICES entries
     (indices or UUIDs, as nvidia-smi lists them)."""
@@ -111,7 +110,7 @@ def check_sharing(entries: Sequence[str], workers_per_gpu: int, what: str) -> No
         mode = modes.get(entry) or next((m for k, m in modes.items() if k.startswith(entry)), "")
         if mode == "Prohibited":
             raise ConfigError(f"{what}: GPU {entry} is in compute mode Prohibited: no process may use it")
-        if workers_per_gpu > 1 and mode in EXCLUSIVE_MODES and not mps_running():
+        if workers_per_gpu > 1 and mode in EXCLUSIVE_MODES and not mps_running(mps_pipe):
             raise ConfigError(
                 f"{what}: GPU {entry} is in compute mode {mode}: one process at a time, so {workers_per_gpu} "
                 "workers on it would fail with 'busy or unavailable'; run one worker per GPU, or start NVIDIA MPS "

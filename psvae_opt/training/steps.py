@@ -1,0 +1,221 @@
+"""One PS-VAE's pieces of training: building it, its optimiser, the loss of a batch, one
+optimizer step and the evaluation of a set of frames. :mod:`psvae_opt.training.loop` strings
+them together; the benchmarks time ``train_step`` alone.
+
+Under ``train.compile`` the forward pass and the loss of a training step are one function
+compiled together (:func:`make_forward_loss`): one graph (fused kernels, and CUDA graphs with
+``compile_mode = "reduce-overhead"``) instead of the model compiled alone and the loss's many
+small kernels launched one by one from Python. Its backward pass is compiled too; the
+optimizer step stays outside (fused Adam is one kernel already).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from psvae_opt.config import LossConfig, ModelConfig
+from psvae_opt.model import metrics
+from psvae_opt.model.losses import LossTerms, anneal_weights, psvae_loss
+from psvae_opt.model.network import PSVAE, ModelOutput
+from psvae_opt.training.devices import DeviceData, autocast
+
+
+def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -> PSVAE:
+    """The PS-VAE a study file describes."""
+    return PSVAE(
+        frame_shape,
+        n_labels,
+        model_cfg.n_unsup,
+        channels=model_cfg.channels,
+        kernel_size=model_cfg.kernel_size,
+        strides=model_cfg.strides,
+        batch_norm=model_cfg.batch_norm,
+        seed=seed,
+    )
+
+
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with AMSGrad (BehaveNet's optimiser), the fused kernel: one pass over all
+    parameters instead of a dozen (42 -> 8 ms a step for the 8.7 M-parameter model on 2 CPU cores)."""
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True, fused=True)
+
+
+def _batches(n: int, size: int) -> list[tuple[int, int]]:
+    """Near-equal consecutive batches covering n items, none larger than ``size``."""
+    edges = np.linspace(0, n, -(-n // size) + 1).round().astype(int).tolist()
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def loss_terms(
+    x: Tensor, y: Tensor, mask: Tensor, out: ModelOutput, loss_cfg: LossConfig, *, epoch: float, n_frames: int
+) -> LossTerms:
+    """The PS-VAE loss of a batch with a study's loss settings; training and evaluation share it,
+    so that the loss they report is the one that is minimised.
+
+    Args:
+        x: (B, C, H, W) frames; y, mask: (B, L) labels and validity; out: the model's output on x.
+        n_frames: frames N of the aggregate-posterior estimate (the training set, or the evaluated frames).
+    """
+    return psvae_loss(
+        x,
+        y,
+        mask,
+        out,
+        alpha=loss_cfg.alpha,
+        beta=loss_cfg.beta,
+        epoch=epoch,
+        anneal_epochs=loss_cfg.anneal_epochs,
+        n_frames=n_frames,
+        estimator=loss_cfg.kl_estimator,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: PSVAE,
+    data: DeviceData,
+    idx: Tensor,
+    loss_cfg: LossConfig,
+    *,
+    epoch: float,
+    batch_size: int = 1024,
+    channels_last: bool = False,
+    seed: int = 0,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    """Every metric of :data:`METRIC_NAMES` on the frames ``idx``, in fp32 whatever the training
+    precision: metrics and latents (which MIG and traversals read) keep their digits, and a
+    forward pass costs little next to training.
+
+    The loss terms use one posterior sample per frame (drawn from a generator seeded with
+    ``seed``, so evaluation is repeatable); pixel and label errors use the latent means.
+    The aggregate posterior of ICMI/TC/DWKL is over the ``len(idx)`` evaluated frames; when
+    they take several batches, each batch is a random draw from all of them (a seeded
+    permutation), as the minibatch estimator assumes: consecutive frames of one trial have
+    overlapping posteriors and would inflate TC and DWKL.
+
+    Returns:
+        (metrics, mu (N, K) latent means, y_hat (N, L) label predictions, logvar (N, K) latent
+        log-variances), arrays on the CPU.
+    """
+    model.eval()
+    device = data.frames.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(idx)
+    batches = _batches(n, batch_size)
+    order = torch.arange(n, device=idx.device)
+    if len(batches) > 1:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(idx.device)
+    sums = dict.fromkeys(LossTerms._fields + ("pixel_mse",), 0.0)
+    mus, y_hats, logvars = [], [], []
+    for a, b in batches:
+        x, y, mask = data.batch(idx[order[a:b]], channels_last)
+        mu, logvar = model.encode(x)
+        eps = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        x_sample, x_mean = model.decode(z), model.decode(mu)
+        y_hat = model.predict_labels(mu[:, : model.n_labels])
+        out = ModelOutput(x_sample, y_hat, mu, logvar, z)
+        terms = loss_terms(x, y, mask, out, loss_cfg, epoch=epoch, n_frames=n)
+        for key, value in zip(LossTerms._fields, terms):
+            sums[key] += float(value) * (b - a)
+        sums["pixel_mse"] += metrics.pixel_mse(x, x_mean) * (b - a)
+        mus.append(mu.cpu())
+        y_hats.append(y_hat.cpu())
+        logvars.append(logvar.cpu())
+    back = torch.argsort(order).cpu()  # rows in the order of idx again
+    mu_all, y_hat_all = torch.cat(mus)[back].numpy(), torch.cat(y_hats)[back].numpy()
+    logvar_all = torch.cat(logvars)[back].numpy()
+    y_np, m_np = data.labels[idx].cpu().numpy(), data.masks[idx].cpu().numpy()
+    result = {k: sums[k] / n for k in ("loss", "kl_s", "icmi", "tc", "dwkl", "pixel_mse")}
+    result["label_mse"] = metrics.label_mse(y_np, y_hat_all, m_np)
+    result["label_r2"] = metrics.label_r2(y_np, y_hat_all, m_np)
+    result["zu_corr"] = metrics.zu_corr(mu_all[:, model.n_labels :])
+    return result, mu_all, y_hat_all, logvar_all
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    loss_cfg: LossConfig,
+    *,
+    epoch: float,
+    n_frames: int,
+    precision: str = "fp32",
+    forward: Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms] | None = None,
+) -> Tensor:
+    """One optimizer step on a minibatch; returns the (detached) loss.
+
+    Args:
+        x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
+        n_frames: training frames N of the aggregate-posterior estimate.
+        forward: the forward pass and loss as one (compiled) function,
+            :func:`make_forward_loss`; None: this eager code.
+    """
+    if forward is not None:
+        # a copy: a CUDA graph's output is overwritten by its next replay
+        return _step(optimizer, forward(model, x, y, mask, epoch).loss).clone()
+    with autocast(x.device, precision):
+        out = model(x)
+    terms = loss_terms(x, y, mask, out, loss_cfg, epoch=epoch, n_frames=n_frames)
+    return _step(optimizer, terms.loss)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def forward_loss(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor,
+    kappa: Tensor,
+    beta_e: Tensor,
+    *,
+    alpha: float,
+    n_frames: int,
+    estimator: str,
+    precision: str,
+) -> LossTerms:
+    """The model's output for ``x`` (B, C, H, W) under ``precision``'s autocast and its loss
+    terms, with the annealing weights (``kappa``, ``beta_e``: 0-d tensors) as inputs."""
+    with autocast(x.device, precision):
+        out = model(x)
+    return psvae_loss(
+        x, y, mask, out, alpha=alpha, beta=0.0, epoch=0, anneal_epochs=0, n_frames=n_frames,
+        estimator=estimator, weights=(kappa, beta_e),
+    )  # fmt: skip
+
+
+def make_forward_loss(
+    loss_cfg: LossConfig, n_frames: int, precision: str, mode: str | None
+) -> Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms]:
+    """``f(model, x, y, mask, epoch) -> LossTerms``: :func:`forward_loss` compiled with
+    ``torch.compile(mode=mode)`` (``mode`` None: eager, the same code). Static shapes
+    (``dynamic=False``): every training batch has the same size (the last partial one is dropped).
+    """
+    fn = forward_loss if mode is None else torch.compile(forward_loss, mode=mode, dynamic=False)
+    weights: dict[tuple[float, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def step(model: torch.nn.Module, x: Tensor, y: Tensor, mask: Tensor, epoch: float) -> LossTerms:
+        key = (epoch, x.device)
+        if key not in weights:  # tensors made once per epoch: no host-to-device copy per step
+            kappa, beta_e = anneal_weights(epoch, loss_cfg.anneal_epochs, loss_cfg.beta)
+            weights.clear()
+            weights[key] = (torch.tensor(kappa, device=x.device), torch.tensor(beta_e, device=x.device))
+        return fn(
+            model, x, y, mask, *weights[key], alpha=loss_cfg.alpha, n_frames=n_frames,
+            estimator=loss_cfg.kl_estimator, precision=precision,
+        )  # fmt: skip
+
+    return step
