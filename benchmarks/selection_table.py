@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from psvae_opt.search.criteria import rank_columns
-from psvae_opt.search.selection_stats import ScoredTrial, choose_beta
+from psvae_opt.search.rules import choose_index
 
 REFERENCE = "zu_corr"  # the guide's criterion: every verdict is against it
 RHO_PASS, WIN_SHARE, REGRET_PASS, P_PASS = 0.5, 0.8, 0.10, 0.05  # issue 15, item 3 (8 of 10 searches = 80%)
@@ -79,15 +79,8 @@ class SearchTrials:
 
 
 def choose(search: SearchTrials, scores: np.ndarray) -> int:
-    """The trial a criterion chooses: its beta of highest P(best), then its best-scoring trial there."""
-    trials = [
-        ScoredTrial(float(b), int(s), float(v), bool(c))
-        for b, s, v, c in zip(search.betas, search.seeds, scores, search.collapsed)
-    ]
-    beta = choose_beta(trials).best
-    members = np.flatnonzero(search.betas == beta)
-    ranked = np.where(search.collapsed[members] | ~np.isfinite(scores[members]), -np.inf, scores[members])
-    return int(members[np.argmax(ranked)])
+    """The trial a criterion chooses, by the service's own rule (:func:`psvae_opt.search.rules.choose_index`)."""
+    return choose_index(search.betas, search.seeds, scores, search.collapsed)[0]
 
 
 @dataclass(frozen=True)

@@ -340,10 +340,14 @@ def test_the_model_card_says_how_each_stage_chose_its_model():
     card = model_card(info)
     assert "alpha 100 with n_unsup 2 is the knee" in card and "| 100 | 2 | 3 | 1 | 0.1 [0.05, 0.15] |" in card
     assert "| val | - | - | 0.91 | - |" in card
-    rec = {"trial": 4, "beta": 5.0, "resolved": True, "runner_up": 1.0, "n_healthy": 2, "zu_corr_mean": 0.02}
+    rec = {"trial": 4, "beta": 5.0, "seed": 1, "criterion": "udr", "score": 0.9, "zu_corr": 0.02, "mig": 0.7,
+           "betas": [1.0, 5.0], "p_best": [0.01, 0.99], "n_seeds": 5, "resolved": True, "differs": True,
+           "guide": {"trial": 2, "beta": 1.0, "seed": 0, "criterion": "zu_corr", "score": -0.01, "zu_corr": 0.01,
+                     "mig": 0.3}}  # fmt: skip
     card = model_card({**info, "stage": 2, "trial": 4, "recommendation": rec, "stage_table": []})
-    assert "beta 5 has the lowest mean training zu_corr over 2 healthy seeds" in card
-    assert "distinguishable from the runner-up beta 1." in card and "NOT" not in card
+    assert "- recommended beta = 5 by udr: P(best) 0.99 over 5 paired seed(s), resolved" in card
+    assert "- recommended model: trial 4, seed 1 (udr score 0.900, zu_corr 0.020, MIG 0.700)" in card
+    assert "- the guide's rule (zu_corr) chooses otherwise: beta 1, trial 2, seed 0 (zu_corr 0.010, MIG 0.300)" in card
     assert "chosen by hand" in model_card({**info, "trial": 7})
 
 

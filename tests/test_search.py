@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from psvae_opt.search import trial_queue
-from psvae_opt.search.recommendation import knee_index
+from psvae_opt.search.rules import knee_index
 from psvae_opt.search.storage import open_database
 from tests.conftest import one_line_error
 
@@ -242,11 +242,22 @@ def test_stage2_seed_summary_means_equal_the_trials(storage_url: str, tiny_h5: P
             assert float(row[f"{key}_mean"]) == pytest.approx(np.mean(values))
             assert float(row[f"{key}_std"]) == pytest.approx(np.std(values, ddof=1))
     rec = study.user_attrs["recommendation"]
-    best_beta = min(rows, key=lambda row: float(row["train_zu_corr_mean"]))
-    assert rec["beta"] == float(best_beta["beta"])
+    assert rec["criterion"] == "zu_corr" and rec["beta"] == rec["betas"][int(np.argmax(rec["means"]))]
+    if not any(t.user_attrs.get("collapsed") for t in complete):  # two betas: P(best) follows the means
+        assert rec["beta"] == float(min(rows, key=lambda row: float(row["train_zu_corr_mean"]))["beta"])
     in_beta = [t for t in complete if t.params["beta"] == rec["beta"]]
-    assert rec["trial"] == min(in_beta, key=lambda t: t.user_attrs["train_zu_corr"]).number
-    assert f"recommended beta = {rec['beta']:g}" in r.out
+    healthy = [t for t in in_beta if not t.user_attrs.get("collapsed")] or in_beta
+    assert rec["trial"] == min(healthy, key=lambda t: t.user_attrs["train_zu_corr"]).number
+    assert f"recommended beta = {rec['beta']:g} by zu_corr: P(best) " in r.out
+    # another criterion on the finished search: nothing trains again, both choices are stored
+    again = cli("stage2", "--config", config, "--storage", storage_url, "--seeds", "2", "--alpha", "100",
+                "--criterion", "hsic")  # fmt: skip
+    assert again.code == 0, again.err
+    study = load(storage_url, "t-stage2")
+    rec = study.user_attrs["recommendation"]
+    assert study.user_attrs["criterion"] == "hsic" and len(study.get_trials()) == 4
+    assert (rec["criterion"], rec["guide"]["criterion"]) == ("hsic", "zu_corr")
+    assert f"recommended beta = {rec['beta']:g} by hsic: P(best) " in again.out
 
 
 def test_stage2_takes_alpha_from_the_stage1_recommendation(tiny_h5: Path, tmp_path: Path, cli):
@@ -500,11 +511,12 @@ def test_auto_seeds_add_seeds_until_resolved_or_the_budget(tiny_h5: Path, tmp_pa
     seeds = {b: sorted(t.params["seed"] for t in complete if t.params["beta"] == b)
              for b in (1.0, 5.0)}  # fmt: skip
     assert all(s[:2] == [0, 1] and len(s) <= 3 for s in seeds.values())
+    assert len(seeds[1.0]) == len(seeds[5.0])  # rounds add a seed to every beta: paired blocks
     if rec["resolved"]:
-        assert "; distinguishable" in r.out
-    else:  # unresolved at the end: every beta in question got the whole budget
-        assert all(len(seeds[b]) == 3 for b in (rec["beta"], *rec["overlapping"]))
-        assert "NOT distinguishable" in r.out
+        assert max(rec["p_best"]) >= 0.97 and ", resolved" in r.out
+    else:  # unresolved at the end: every beta got the whole budget
+        assert seeds == {1.0: [0, 1, 2], 5.0: [0, 1, 2]} and rec["n_seeds"] == 3
+        assert "NOT resolved" in r.out
     first_round = max(t.number for t in study.trials if t.params["seed"] < 2)
     assert all(t.number > first_round for t in study.trials if t.params["seed"] == 2)  # queued after round one
     assert study.user_attrs["seeds"] == "auto" and study.user_attrs["max_seeds"] == 3

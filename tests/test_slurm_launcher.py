@@ -19,7 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from psvae_opt.search import trial_queue
-from psvae_opt.search.recommendation import knee_index
+from psvae_opt.search.rules import knee_index
 from psvae_opt.service.slurm import DONE_STATES, task_states
 from tests.conftest import one_line_error
 from tests.test_search import (

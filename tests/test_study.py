@@ -13,13 +13,13 @@ from psvae_opt.errors import ConfigError
 from psvae_opt.search import trial_queue
 from psvae_opt.search.intervals import t_interval
 from psvae_opt.search.recommendation import (
-    knee_index,
     plan_more_seeds,
     recommend_stage1,
     recommend_stage2,
     seed_summary,
     withdraw_recommendation,
 )
+from psvae_opt.search.rules import knee_index
 from psvae_opt.search.storage import open_database
 from psvae_opt.search.study import counts, create_stage, enqueue_points, given_up, incomplete
 
@@ -138,45 +138,45 @@ def test_seed_summary_intervals_and_the_stage2_recommendation():
     assert summary[1]["val_pixel_mse_std"] == pytest.approx(np.std([0.02, 0.019], ddof=1))
     assert summary[0]["val_loss_mean"] is None  # an attribute no trial has
     rec = recommend_stage2(study)
-    assert (rec["beta"], rec["seed"], rec["trial"], rec["runner_up"]) == (5.0, 1, 4, 1.0)
+    assert (rec["beta"], rec["seed"], rec["trial"], rec["criterion"]) == (5.0, 1, 4, "zu_corr")
     assert rec["zu_corr_mean"] == pytest.approx(0.15) and rec["mig"] == pytest.approx(0.4)
-    # 5.0: 0.15 +- 12.7 * 0.0707 / sqrt(2) spans 1.0's interval: not told apart
-    assert rec["resolved"] is False and rec["overlapping"] == [1.0]
-    assert study.user_attrs["seed_summary"] == summary
+    # paired seeds 0 and 1: beta 5 is ahead by 0.25 with one residual degree of freedom, sigma about
+    # 0.05: P(t_1 < 5) = 0.94 (Monte Carlo), short of the 0.97 that resolves
+    assert rec["n_seeds"] == 2 and rec["betas"] == [1.0, 5.0] and sum(rec["p_best"]) == pytest.approx(1.0)
+    assert 0.9 < rec["p_best"][1] < 0.97 and rec["resolved"] is False
+    assert rec["guide"] is None and rec["differs"] is False  # the criterion is the guide's own
+    assert study.user_attrs["seed_summary"] == summary and study.user_attrs["recommendation"] == rec
 
 
 def test_a_clear_winner_is_resolved():
     rows = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(3)]
     rec = recommend_stage2(stage2_study(rows))
-    assert (rec["beta"], rec["runner_up"], rec["resolved"], rec["overlapping"]) == (10.0, 1.0, True, [])
+    assert (rec["beta"], rec["resolved"], rec["p_best"], rec["n_seeds"]) == (10.0, True, [0.0, 1.0], 3)
 
 
-def test_the_recommendation_skips_collapsed_trials():
-    rows = [
-        (1.0, 0, 0.40, 0.01, 0.2, False),
-        (1.0, 1, 0.45, 0.01, 0.2, False),
-        (10.0, 0, 0.01, 0.01, 0.1, True),  # lowest zu_corr of all, but a dead dimension
-        (10.0, 1, 0.20, 0.01, 0.6, False),
-        (10.0, 2, 0.25, 0.01, 0.5, False),
-        (20.0, 0, 0.02, 0.01, 0.1, True),
-        (20.0, 1, 0.03, 0.01, 0.1, True),
-    ]
+def test_collapsed_trials_count_as_failures_not_as_absent():
+    rows = [(1.0, s, 0.40 + 0.02 * s, 0.01, 0.2, False) for s in range(3)]
+    # beta 10's one survivor has the lowest zu_corr of all, but two of its three seeds collapsed
+    rows += [(10.0, 0, 0.01, 0.01, 0.1, True), (10.0, 1, 0.02, 0.01, 0.1, True), (10.0, 2, 0.05, 0.01, 0.6, False)]
+    rows += [(20.0, s, 0.02, 0.01, 0.1, True) for s in range(3)]
     study = stage2_study(rows)
     rec = recommend_stage2(study)
-    assert (rec["beta"], rec["trial"], rec["seed"], rec["collapsed"]) == (10.0, 3, 1, False)
-    assert rec["zu_corr_mean"] == pytest.approx(0.225) and (rec["n_seeds"], rec["n_healthy"]) == (3, 2)
-    assert rec["warnings"] == ["beta 20 left out: every trial collapsed"]
+    assert (rec["beta"], rec["trial"], rec["seed"], rec["collapsed"]) == (1.0, 0, 0, False)
+    assert rec["n_collapsed"] == [0, 2, 3] and (rec["n_seeds"], rec["n_healthy"]) == (3, 3)
+    # the floor is the lowest healthy score less the healthy range: -0.44 - (0.44 - 0.05) = -0.83
+    assert rec["means"] == pytest.approx([-0.42, (-0.83 - 0.83 - 0.05) / 3, -0.83])
+    assert rec["warnings"] == ["beta 20: every one of its 3 trial(s) has a collapsed unsupervised dimension"]
     by_beta = {r["beta"]: r for r in seed_summary(study)}
-    assert by_beta[10.0]["trials"] == [3, 4] and by_beta[20.0]["all_collapsed"] and by_beta[20.0]["n_collapsed"] == 2
+    assert by_beta[10.0]["trials"] == [5] and by_beta[20.0]["all_collapsed"] and by_beta[20.0]["n_collapsed"] == 3
 
 
-def test_every_trial_collapsed_falls_back_with_a_warning():
+def test_every_trial_collapsed_still_chooses_with_a_warning_per_beta():
     study = stage2_study(
         [(1.0, 0, 0.3, 0.01, 0.1, True), (5.0, 0, 0.1, 0.01, 0.1, True), (5.0, 1, 0.2, 0.01, 0.1, True)]
     )
     rec = recommend_stage2(study)
-    assert rec["beta"] == 5.0 and rec["trial"] == 1 and rec["collapsed"]
-    assert "every trial of every beta has a collapsed unsupervised dimension" in rec["warnings"][0]
+    assert rec["collapsed"] and rec["resolved"] is False and rec["p_best"] == [0.5, 0.5]  # one paired seed
+    assert [w.split(":")[0] for w in rec["warnings"]] == ["beta 1", "beta 5"]
 
 
 def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(capsys):
@@ -189,11 +189,17 @@ def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(cap
     rec = recommend_stage2(study)
     _print_stage2(StageOutcome(study, recommendation=rec, summary=seed_summary(study)))
     lines = capsys.readouterr().out.splitlines()
-    warning = next(i for i, line in enumerate(lines) if line.startswith("warning: every trial of every beta"))
-    chosen = next(i for i, line in enumerate(lines) if line.startswith("recommended beta = 5"))
+    warning = next(i for i, line in enumerate(lines) if line.startswith("warning: beta 5: every one"))
+    chosen = next(i for i, line in enumerate(lines) if line.startswith("recommended beta = "))
     assert warning < chosen  # the warning comes before the recommendation it qualifies
-    assert lines[chosen].endswith("over 2 seed(s), every one with a collapsed dimension")
-    assert lines[-1] == "recommended model: trial 1, seed 0 (zu_corr 0.100, MIG 0.100, a collapsed dimension)"
+    beta = f"{rec['beta']:g}"
+    assert lines[chosen] == (
+        f"recommended beta = {beta} by zu_corr: P(best) 0.50 over 1 paired seed(s), NOT resolved (another beta "
+        "may be better)"
+    )
+    assert lines[chosen + 1].startswith(f"recommended model: trial {rec['trial']}, seed {rec['seed']} (zu_corr ")
+    assert lines[chosen + 1].endswith(", a collapsed dimension)")
+    assert "P(best)" in lines[1] and lines[2].split()[-1] == "0.500"  # the table's P(best) column
 
 
 def test_recommendations_of_an_empty_study_are_none():
@@ -201,16 +207,19 @@ def test_recommendations_of_an_empty_study_are_none():
     assert recommend_stage1(study) is None and recommend_stage2(study) is None
 
 
-def test_auto_seeds_add_one_seed_to_each_beta_not_yet_told_apart():
+def test_auto_seeds_add_the_next_seed_to_every_beta_until_resolved_or_the_budget():
     rows = [(1.0, s, 0.9 - 0.01 * s, 0.01) for s in range(3)]  # clearly worst
     rows += [(5.0, 0, 0.10, 0.01), (5.0, 1, 0.60, 0.01), (5.0, 2, 0.30, 0.01)]  # the seed decides
     rows += [(10.0, 0, 0.20, 0.01), (10.0, 1, 0.25, 0.01), (10.0, 2, 0.30, 0.01)]
     study = stage2_study(rows)
-    # best 10.0 (0.25) overlaps 5.0 (0.33 +- 0.62); 1.0 is clear of it
-    assert plan_more_seeds(study, max_seeds=10) == [{"beta": 10.0, "seed": 3}, {"beta": 5.0, "seed": 3}]
+    assert not recommend_stage2(study, store=False)["resolved"]
+    # paired blocks stay complete: every beta gets seed 3, the clearly worst one too
+    assert plan_more_seeds(study, max_seeds=10) == [{"beta": b, "seed": 3} for b in (1.0, 5.0, 10.0)]
     assert plan_more_seeds(study, max_seeds=3) == []  # the budget is spent
     study.enqueue_trial({"beta": 10.0, "seed": 3})
     assert plan_more_seeds(study, max_seeds=10) == []  # a round is still running
+    clear = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.1 + 0.01 * s, 0.01) for s in range(3)]
+    assert plan_more_seeds(stage2_study(clear), max_seeds=10) == []  # resolved: P(best) 1
 
 
 def test_auto_seeds_stop_once_resolved():

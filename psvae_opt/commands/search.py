@@ -21,9 +21,9 @@ from psvae_opt.commands import (
     open_database_from,
     storage_from,
 )
-from psvae_opt.config import SAMPLER_NAMES
+from psvae_opt.config import CRITERIA, SAMPLER_NAMES
 from psvae_opt.errors import ConfigError
-from psvae_opt.search import space, trial_queue
+from psvae_opt.search import recommendation, space, trial_queue
 from psvae_opt.service import readonly, stages, worker
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ def _add_stage(stage: int):
             p.add_argument("--max-seeds", type=int, metavar="S", help="--seeds auto: most seeds per beta (default 10)")
             p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
             p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
+            p.add_argument(
+                "--criterion", choices=CRITERIA, metavar="NAME",
+                help="what chooses beta and the model (default stage2.criterion; zu_corr is the guide's rule)",
+            )  # fmt: skip
 
     return add
 
@@ -101,6 +105,7 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
         seeds=args.seeds,
         initial_seeds=getattr(args, "initial_seeds", None),
         max_seeds=getattr(args, "max_seeds", None),
+        criterion=getattr(args, "criterion", None),
         alpha=getattr(args, "alpha", None),
         n_unsup=getattr(args, "n_unsup", None),
         patience=environment.db_patience(),
@@ -163,40 +168,22 @@ def _interval(row: dict, key: str) -> str:
 
 
 def _print_stage2(outcome: stages.StageOutcome) -> None:
+    rec = outcome.recommendation
+    p_best = dict(zip(rec["betas"], rec["p_best"]))
     print(f"\n{'beta':>6} {'seeds':>6} {'collapsed':>9} {'zu_corr(train) [95% t]':>26} {'pixel_mse':>10} "
-          f"{'label_mse':>10} {'leak':>6} {'mig':>6}")  # fmt: skip
+          f"{'label_mse':>10} {'leak':>6} {'mig':>6} {'P(best)':>8}")  # fmt: skip
     for row in outcome.summary:
         print(
             f"{row['beta']:>6g} {row['n_seeds']:>6d} {row['n_collapsed']:>9d} {_interval(row, 'train_zu_corr')} "
             f"{_fmt(row['val_pixel_mse_mean'], 10, '.5f')} {_fmt(row['val_label_mse_mean'], 10)} "
-            f"{_fmt(row['max_label_leak_mean'], 6, '.2f')} {_fmt(row['mig_mean'], 6, '.2f')}"
+            f"{_fmt(row['max_label_leak_mean'], 6, '.2f')} {_fmt(row['mig_mean'], 6, '.2f')} "
+            f"{_fmt(p_best.get(row['beta']), 8, '.3f')}"
         )
-    rec = outcome.recommendation
-    span = _span(rec["zu_corr_mean"], rec["zu_corr_low"], rec["zu_corr_high"])
     if rec["warnings"]:
         print("\n" + "\n".join(f"warning: {warning}" for warning in rec["warnings"]))
-    if rec["n_healthy"]:
-        seeds = f"over {rec['n_healthy']} seed(s) without a collapsed dimension"
-    else:
-        seeds = f"over {rec['n_seeds']} seed(s), every one with a collapsed dimension"
-    print(f"\nrecommended beta = {rec['beta']:g}: mean zu_corr {span} {seeds}")
-    if rec["runner_up"] is None:
-        print("only one beta: nothing to tell it apart from")
-    else:
-        verdict = "distinguishable" if rec["resolved"] else "NOT distinguishable: the intervals overlap"
-        print(f"runner-up beta = {rec['runner_up']:g}: mean zu_corr "
-              f"{_span(rec['runner_up_mean'], rec['runner_up_low'], rec['runner_up_high'])}; {verdict}")  # fmt: skip
-        if not rec["resolved"]:
-            print("  more seeds would tell them apart: run stage 2 again with --seeds auto (or more --seeds)")
-    mig = f", MIG {rec['mig']:.3f}" if rec.get("mig") is not None else ""
-    dead = ", a collapsed dimension" if rec["collapsed"] else ""
-    print(f"recommended model: trial {rec['trial']}, seed {rec['seed']} (zu_corr {rec['zu_corr']:.3f}{mig}{dead})")
-
-
-def _span(mean: float, low: float | None, high: float | None) -> str:
-    if low is None or high is None:
-        return f"{mean:.3f} (one seed: no interval)"
-    return f"{mean:.3f} (95% t interval {low:.3f} to {high:.3f})"
+    print()
+    for line in recommendation.describe_stage2(rec):
+        print(line)
 
 
 def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
@@ -316,12 +303,8 @@ def _run_status(args: argparse.Namespace) -> int:
                 f"(trial {rec['trial']}, {rec['run_dir']})"
             )
         elif rec:
-            verdict = "distinguishable from" if rec.get("resolved") else "NOT distinguishable from"
-            runner = f"; {verdict} the runner-up beta {rec['runner_up']:g}" if rec.get("runner_up") is not None else ""
-            print(
-                f"  recommended beta = {rec['beta']:g}, seed {rec['seed']} "
-                f"(trial {rec['trial']}, {rec['run_dir']}){runner}"
-            )
+            for line in recommendation.describe_stage2(rec, run_dirs=True):
+                print(f"  {line}")
         _print_gave_up(st.gave_up)
     return 0
 

@@ -12,6 +12,7 @@ Every name is importable from ``psvae_opt.config`` itself, as before the split.
 
 from psvae_opt.config.schema import (
     COMPILE_MODES,
+    CRITERIA,
     KL_ESTIMATORS,
     MLFLOW_SCHEMES,
     PRECISIONS,
@@ -48,6 +49,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "MLFLOW_SCHEMES",
     "PRECISIONS",
+    "CRITERIA",
     "SAMPLER_NAMES",
     "SLURM_OWN_OPTIONS",
     "SLURM_TIME_FORMATS",

@@ -17,6 +17,12 @@ KL_ESTIMATORS = ("mss", "mws")
 PRECISIONS = ("auto", "fp32", "bf16")
 SPLIT_MODES = ("blocked", "behavenet")
 SAMPLER_NAMES = ("grid", "tpe", "nsga2")
+# stage 2's selection criteria (psvae_opt.search.criteria.NAMES; the config layer lists them)
+CRITERIA = (
+    "zu_corr", "zu_corr_val", "mutual_information", "hsic", "label_leak", "mutual_information_train",
+    "hsic_train", "udr", "centrality", "zu_corr+guards", "mutual_information+guards", "hsic+guards",
+    "udr+guards", "centrality+guards",
+)  # fmt: skip
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 # A study name becomes a folder name and an Optuna study name: letters, digits, ".", "_", "-"
@@ -232,11 +238,19 @@ class Stage2Config:
     seeds: int = 5  # model seeds per beta (the command line's --seeds auto adds them as needed)
     initial_seeds: int = 3  # --seeds auto: seeds per beta to start with
     max_seeds: int = 10  # --seeds auto: the most seeds a beta gets
+    # the criterion that chooses beta and the model (docs/design.md, "Choosing the model");
+    # "zu_corr" is the guide's rule, always shown beside the chosen one
+    criterion: str = "zu_corr"
 
     def __post_init__(self) -> None:
         require(len(self.betas) > 0, "stage2.betas", "needs at least one value")
         require(min(self.betas) >= 0, "stage2.betas", "values must be >= 0")
         require(self.seeds >= 1, "stage2.seeds", "must be >= 1")
+        require(
+            self.criterion in CRITERIA,
+            "stage2.criterion",
+            f"{self.criterion!r} is not one of {', '.join(CRITERIA)}",
+        )
         require(
             2 <= self.initial_seeds <= self.max_seeds,
             "stage2.initial_seeds",

@@ -32,7 +32,7 @@ from psvae_opt.data import Session, load_session
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.inference import bundle
 from psvae_opt.reports import traversals
-from psvae_opt.search.recommendation import seed_summary
+from psvae_opt.search.recommendation import describe_stage2, seed_summary
 from psvae_opt.training.run_folder import read_summary
 
 HEALTH = ("zu_std", "zu_kl", "collapsed", "collapsed_dims")
@@ -240,15 +240,11 @@ def model_card(info: dict[str, Any]) -> str:
         "",
     ]
     if rec.get("trial") == info["trial"] and "beta" in rec:
-        verdict = "distinguishable" if rec.get("resolved") else "NOT distinguishable"
-        runner = rec.get("runner_up")
         lines.append(
-            f"The recommended model of stage {info['stage']}: beta {rec['beta']:g} has the lowest mean training "
-            f"zu_corr over {rec.get('n_healthy')} healthy seeds ({_num(rec.get('zu_corr_mean'))}, 95% t interval "
-            f"[{_num(rec.get('zu_corr_low'))}, {_num(rec.get('zu_corr_high'))}]), {verdict} from the runner-up"
-            + (f" beta {runner:g}." if runner is not None else ".")
-            + " Within it, this seed has the lowest zu_corr."
+            f"The recommended model of stage {info['stage']}: beta by the posterior probability that it is "
+            f"best over paired seeds, then the best model of that beta, both by {rec.get('criterion', 'zu_corr')}."
         )
+        lines += ["", *(f"- {line.strip()}" for line in describe_stage2(rec))]
         lines += [f"- warning: {w}" for w in rec.get("warnings") or []]
     elif rec.get("trial") == info["trial"]:
         lines.append(

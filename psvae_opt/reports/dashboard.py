@@ -93,6 +93,18 @@ def save_figure(study: optuna.Study, figure: go.Figure, graph_id: str) -> None:
     save_plotly_graph_object(study, figure, graph_object_id=graph_id)
 
 
+def save_study_note(study: optuna.Study, text: str) -> None:
+    """The study's note in the dashboard (Markdown, on the study page; a later note replaces it)."""
+    from optuna_dashboard import save_note
+
+    save_note(study, text)
+
+
+def trial_link(study: optuna.Study, number: int, text: str) -> str:
+    """A Markdown link to a trial's page in optuna-dashboard (its artifacts: traversal movies, plots)."""
+    return f"[{text}](/dashboard/studies/{study._study_id}/trials?numbers={number})"
+
+
 def save_trial_note(trial: optuna.Trial, text: str) -> None:
     """The trial's note in the dashboard (Markdown; a later note replaces it)."""
     from optuna_dashboard import save_note

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 from psvae_opt.config import Config
 from psvae_opt.data import Session
 from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
+from psvae_opt.search.recommendation import describe_stage2
 from psvae_opt.search.storage import error_line
 from psvae_opt.training.devices import resolve_device
 from psvae_opt.training.run_end import FitResult
@@ -216,3 +217,26 @@ def save_search_summary(study: optuna.Study, stage: int) -> None:
         dashboard.save_figure(study, study_charts.search_summary(study, stage), f"search-summary-stage{stage}")
     except Exception as exc:  # the summary is a convenience
         log.warning("search summary not saved on %s (%s: %s)", study.study_name, type(exc).__name__, exc)
+
+
+def choice_note(study: optuna.Study, rec: dict[str, Any]) -> str:
+    """The study note of stage 2's recommendation: the service's choice and the guide's, side by
+    side, each a link to its trial page (traversal movies and plots one click away)."""
+    lines = ["## Recommended model", "", *(f"- {line.strip()}" for line in describe_stage2(rec)), ""]
+    service = dashboard.trial_link(study, rec["trial"], f"trial {rec['trial']}")
+    lines.append(f"- chosen by {rec.get('criterion', 'zu_corr')}: {service}")
+    guide = rec.get("guide")
+    if guide and rec.get("differs"):
+        link = dashboard.trial_link(study, guide["trial"], f"trial {guide['trial']}")
+        lines.append(f"- chosen by the guide's zu_corr: {link}")
+    return "\n".join(lines) + "\n"
+
+
+def save_choice_note(study: optuna.Study, rec: dict[str, Any] | None) -> None:
+    """Save :func:`choice_note` on the study (nothing without a recommendation)."""
+    if not rec:
+        return
+    try:
+        dashboard.save_study_note(study, choice_note(study, rec))
+    except Exception as exc:  # the note is a convenience
+        log.warning("recommendation note not saved on %s (%s: %s)", study.study_name, type(exc).__name__, exc)

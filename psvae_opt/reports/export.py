@@ -2,10 +2,11 @@
 seeds, the trials that gave up and, for stage 2, the human ratings.
 
 Files (docs/design.md, "Exports"): ``pareto.csv`` / ``pareto.json`` (the front, with every
-metric, latent health and leakage; the JSON adds the recommendation, its verdict and the
-trials that gave up), ``pareto.html``, ``seeds_summary.csv`` (one row per beta, or per alpha
-and n_unsup, with means, spreads and t intervals), ``failures.csv`` (grid points that spent
-their crash budget) and, for stage 2, ``ratings.csv``.
+metric, latent health and leakage; the JSON adds the recommendation, with stage 2's P(best)
+per beta and the guide's choice beside the service's, and the trials that gave up),
+``pareto.html``, ``seeds_summary.csv`` (one row per beta, or per alpha and n_unsup, with means,
+spreads and t intervals), ``failures.csv`` (grid points that spent their crash budget) and,
+for stage 2, ``ratings.csv`` and ``recommendation.txt`` (both choices in words).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from psvae_opt.errors import ConfigError
 from psvae_opt.reports import study_charts
 from psvae_opt.reports.ratings import RATING_ATTRS, ratings_by_trial
 from psvae_opt.search import space, trial_queue
-from psvae_opt.search.recommendation import BASE_METRICS, FACTOR_PREFIX, pareto_front, seed_summary
+from psvae_opt.search.recommendation import describe_stage2, pareto_front, seed_summary
+from psvae_opt.search.rules import BASE_METRICS, FACTOR_PREFIX
 from psvae_opt.search.study import given_up
 
 HEALTH_COLUMNS = ("collapsed", "collapsed_dims", "zu_std", "zu_kl", "zu_label_corr", "zu_factor_corr")
@@ -116,4 +118,7 @@ def export_stage(
     if stage == 2:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         written.append(_write_csv(out / "ratings.csv", with_ratings(rated, [trial_row(t) for t in complete])))
+        if recommendation:  # the service's choice and the guide's, side by side, in words
+            (out / "recommendation.txt").write_text("\n".join(describe_stage2(recommendation, run_dirs=True)) + "\n")
+            written.append(out / "recommendation.txt")
     return written

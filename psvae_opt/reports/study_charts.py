@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from psvae_opt.search.recommendation import FACTOR_PREFIX, group_summary, summary_metrics
+from psvae_opt.search.rules import FACTOR_PREFIX, group_summary, summary_metrics
 from psvae_opt.search.space import OBJECTIVES
 
 SUMMARY_PANELS = {  # the metrics that get a panel; stage 2 adds each factor_r_* the trials have
@@ -61,7 +61,7 @@ class SearchSummary:
 def search_summary_data(study: optuna.Study, stage: int) -> SearchSummary:
     """Per value of the searched weight (and, in stage 1, per n_unsup): mean and spread of each metric.
 
-    The statistics are :func:`psvae_opt.search.recommendation.group_summary`'s (stage 2 over the seeds whose
+    The statistics are :func:`psvae_opt.search.rules.group_summary`'s (stage 2 over the seeds whose
     latents did not collapse, as the recommendation); a trial without a metric (e.g.
     ``train_zu_corr`` undefined) is left out of that metric only.
     """

@@ -228,10 +228,18 @@ class TrialLatents:
     group: float
     z_u: np.ndarray
     train_z_u: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
+    labels: np.ndarray | None
+    masks: np.ndarray | None
     pixel_mse: float
     informative: np.ndarray
+    leak: float | None = None  # the label leak already measured (the service's ``max_label_leak``)
+
+    def label_leak(self) -> float:
+        if self.leak is not None:
+            return self.leak
+        if self.labels is None:
+            return float("nan")
+        return label_leak(self.z_u, self.labels, self.masks)
 
 
 PER_TRIAL: dict[str, Callable[[TrialLatents], float]] = {
@@ -239,13 +247,34 @@ PER_TRIAL: dict[str, Callable[[TrialLatents], float]] = {
     "zu_corr_val": lambda t: -metrics.zu_corr(t.z_u),
     "mutual_information": lambda t: -pairwise_mutual_information(t.z_u),
     "hsic": lambda t: -hsic_dependence(t.z_u),
-    "label_leak": lambda t: -label_leak(t.z_u, t.labels, t.masks),
+    "label_leak": lambda t: -t.label_leak(),
     # training frames: more of them, but a good model reproduces the true factors' own
     # finite-sample dependence there (issue 15); the benchmark decides which frames to use
     "mutual_information_train": lambda t: -pairwise_mutual_information(t.train_z_u),
     "hsic_train": lambda t: -hsic_dependence(t.train_z_u),
 }
 GUARDED = ("zu_corr", "mutual_information", "hsic", "udr", "centrality")  # scored again behind the guards
+
+
+CROSS_SEED = ("udr", "centrality")  # compare the trials of one beta
+NAMES = (*PER_TRIAL, *CROSS_SEED, *(f"{name}+guards" for name in GUARDED))  # every criterion
+
+
+def score(name: str, trials: Sequence[TrialLatents]) -> np.ndarray:
+    """One criterion (a name of :data:`NAMES`) for the trials of one search, higher = preferred."""
+    if name not in NAMES:
+        raise ValueError(f"unknown criterion {name!r}; one of {', '.join(NAMES)}")
+    base = name.removesuffix("+guards")
+    if base in PER_TRIAL:
+        values = np.array([PER_TRIAL[base](t) for t in trials], float)
+    elif base == "udr":
+        values = udr_scores([t.z_u for t in trials], [t.informative for t in trials], [t.group for t in trials])
+    else:
+        values = model_centrality([t.z_u for t in trials], [t.group for t in trials])
+    if base == name:
+        return values
+    leak = np.array([t.label_leak() for t in trials], float)
+    return apply_guards(values, np.array([t.pixel_mse for t in trials], float), leak)
 
 
 def score_trials(trials: Sequence[TrialLatents]) -> dict[str, np.ndarray]:

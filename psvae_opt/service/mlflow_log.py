@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 
 from psvae_opt.errors import ConfigError
 from psvae_opt.search import space
-from psvae_opt.search.recommendation import BASE_METRICS
+from psvae_opt.search.rules import BASE_METRICS
 
 
 def require_mlflow(uri: str) -> None:

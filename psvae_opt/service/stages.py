@@ -29,8 +29,8 @@ from psvae_opt.config import Config
 from psvae_opt.data import load_session, session_bytes
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.reports.dashboard import record_artifact_dir
-from psvae_opt.reports.diagnostics import save_search_summary
-from psvae_opt.search import space
+from psvae_opt.reports.diagnostics import save_choice_note, save_search_summary
+from psvae_opt.search import criteria, space
 from psvae_opt.search.recommendation import (
     pareto_front,
     recommend_stage1,
@@ -92,6 +92,7 @@ class StageRequest:
     seeds: int | Literal["auto"] | None = None
     initial_seeds: int | None = None  # --seeds auto; default stage2.initial_seeds
     max_seeds: int | None = None  # --seeds auto; default stage2.max_seeds
+    criterion: str | None = None  # stage 2's selection criterion; default stage2.criterion
     alpha: float | None = None
     n_unsup: int | None = None
     # the environment, read by the command edge (psvae_opt.commands.environment)
@@ -247,12 +248,22 @@ def _stage2_settings(req: StageRequest, cfg: Config, db: StudyDatabase) -> dict[
     if n_unsup < 2:
         raise _too_few_unsup(n_unsup)
     seeds = req.seeds if req.seeds is not None else cfg.stage2.seeds
-    settings = {"alpha": float(req.alpha if req.alpha is not None else rec["alpha"]), "n_unsup": int(n_unsup)}
+    settings = {
+        "alpha": float(req.alpha if req.alpha is not None else rec["alpha"]),
+        "n_unsup": int(n_unsup),
+        "criterion": req.criterion or cfg.stage2.criterion,  # not an identity: a rerun may choose another
+    }
     if seeds == "auto":
         initial, most = seed_budget(req, cfg)
         settings.update(seeds="auto", initial_seeds=initial, max_seeds=most)
     else:
         settings.update(seeds=int(seeds), max_seeds=None)
+    first = settings["initial_seeds"] if seeds == "auto" else settings["seeds"]
+    if settings["criterion"].removesuffix("+guards") in criteria.CROSS_SEED and first < criteria.MIN_SEEDS:
+        raise ConfigError(
+            f"criterion {settings['criterion']} compares the seeds of each beta: it needs at least "
+            f"{criteria.MIN_SEEDS} seeds per beta (--seeds {first} gives {first}); use --seeds 3 or more"
+        )
     return settings
 
 
@@ -366,6 +377,8 @@ def _finish(study: optuna.Study, stage: int, outcome: StageOutcome) -> StageOutc
         outcome.recommendation = None
     else:
         outcome.recommendation = (recommend_stage1 if stage == 1 else recommend_stage2)(study)
+        if stage == 2:
+            save_choice_note(study, outcome.recommendation)
     save_search_summary(study, stage)
     outcome.summary = seed_summary(study, stage)
     outcome.counts = counts(study)
