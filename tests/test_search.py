@@ -469,7 +469,8 @@ def test_local_workers_show_no_password(postgres, tiny_h5: Path, tmp_path: Path)
     )  # fmt: skip
     wait_for_epoch(run_folder(tmp_path), 2)
     listing = subprocess.run(["ps", "-eww", "-o", "pid,args", "--no-headers"], capture_output=True, text=True).stdout
-    workers = [line for line in listing.splitlines() if "psvae_opt.cli worker" in line]
+    # this test's workers (by their study file), not those of anything else running on the machine
+    workers = [line for line in listing.splitlines() if "psvae_opt.cli worker" in line and str(config) in line]
     output, _ = stage.communicate(timeout=300)
     assert stage.returncode == 0, output
     assert len(workers) == 2 and all("--storage" not in line for line in workers)
