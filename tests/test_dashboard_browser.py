@@ -147,7 +147,8 @@ def test_the_dashboard_shows_studies_artifacts_and_the_rating_form(browser, serv
     _wait_text(browser, "pixel_mse", "label_mse", "t-stage1: search summary")
     browser.get(f"{server}/dashboard/studies/{trial_queue.study_id(stage2)}")
     _wait_text(browser, "zu_corr", "pixel_mse", "t-stage2: search summary", "train_zu_corr")
-    # the study note: the recommendation in words, the chosen trial one click away
+    # the study note (its Note page): the recommendation in words, the chosen trial one click away
+    browser.get(f"{server}/dashboard/studies/{trial_queue.study_id(stage2)}/note")
     _wait_text(browser, "Recommended model", "recommended beta = 1 by zu_corr: the only beta")
     chosen = stage2.user_attrs["recommendation"]["trial"]
     link = browser.find_element(By.LINK_TEXT, f"trial {chosen}")

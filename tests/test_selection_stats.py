@@ -26,6 +26,10 @@ def test_the_paired_table_keeps_common_seeds_and_scores_collapsed_trials_below_e
     assert table.floor == pytest.approx(-0.5)
     assert table.values == pytest.approx(np.array([[0.5, 0.7], [-0.5, 0.2], [-0.5, 0.6]]))
     assert table.n_collapsed == (0, 1, 1)
+    # one healthy trial (no range): a failure still scores below it, by |lowest| (or 1 at 0)
+    one = [ScoredTrial(1.0, 0, -0.3), ScoredTrial(5.0, 0, -2.0, collapsed=True)]
+    assert stats.paired_scores(one).values == pytest.approx(np.array([[-0.3], [-0.6]]))
+    assert stats.paired_scores([ScoredTrial(1.0, 0, 0.0), ScoredTrial(5.0, 0, 1.0, collapsed=True)]).floor == -1.0
 
 
 def test_p_best_is_sure_of_a_clear_winner_and_even_between_equals():

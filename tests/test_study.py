@@ -176,7 +176,9 @@ def test_every_trial_collapsed_still_chooses_with_a_warning_per_beta():
     )
     rec = recommend_stage2(study)
     assert rec["collapsed"] and rec["resolved"] is False and rec["p_best"] == [0.5, 0.5]  # one paired seed
-    assert [w.split(":")[0] for w in rec["warnings"]] == ["beta 1", "beta 5"]
+    # compared as they are: beta 5 has the higher mean score on the paired seed 0, trial 1 its best
+    assert (rec["beta"], rec["trial"], rec["means"]) == (5.0, 1, pytest.approx([-0.3, -0.1]))
+    assert [w.split(":")[0] for w in rec["warnings"]] == ["beta 1", "beta 5", "every trial of every beta collapsed"]
 
 
 def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(capsys):

@@ -204,9 +204,12 @@ def choose_index(
     betas: Sequence[float], seeds: Sequence[int], scores: Sequence[float], collapsed: Sequence[bool]
 ) -> tuple[int, BetaChoice]:
     """The trial (index) a criterion chooses: its beta of highest P(best), then the best-scoring
-    healthy trial of that beta (every trial of it collapsed or unscored: its first)."""
+    healthy trial of that beta (every trial of it collapsed or unscored: its first). When no
+    trial of the search is healthy, collapsed trials are compared by their scores."""
     scores = np.asarray(scores, float)
     dead = np.asarray(collapsed, bool) | ~np.isfinite(scores)
+    if dead.all():  # nothing healthy: the collapsed trials are compared by their scores as they are
+        dead = ~np.isfinite(scores)
     trials = [ScoredTrial(float(b), int(s), float(v), bool(c)) for b, s, v, c in zip(betas, seeds, scores, dead)]
     choice = choose_beta(trials)
     members = np.flatnonzero(np.asarray(betas, float) == choice.best)
@@ -255,12 +258,16 @@ def guide_scores(trials: Sequence[TrialRow]) -> dict[int, float]:
 
 
 def collapse_warnings(summary: Sequence[Mapping[str, Any]]) -> list[str]:
-    """A line per beta every trial of which collapsed (they count as failures, not as absent)."""
-    return [
+    """A line per beta every trial of which collapsed (they count as failures, not as absent), and
+    one more when that is every beta (then their scores are compared as they are)."""
+    lines = [
         f"beta {r['beta']:g}: every one of its {r['n_seeds']} trial(s) has a collapsed unsupervised dimension"
         for r in summary
         if r["all_collapsed"]
     ]
+    if summary and len(lines) == len(summary):
+        lines.append("every trial of every beta collapsed: the choice compares them as they are")
+    return lines
 
 
 def next_round(pick: Pick | None, tried: Mapping[float, Iterable[int]], max_seeds: int) -> list[dict[str, Any]]:

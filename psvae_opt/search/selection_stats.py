@@ -54,7 +54,7 @@ class PairedScores:
 
     Attributes:
         floor: the score a collapsed or unscored trial was given (the lowest healthy score
-            less the range of healthy scores; 0 when no trial is healthy).
+            less the range of healthy scores, see :func:`_floor`; 0 when no trial is healthy).
         n_collapsed: per beta, its trials that took the floor.
     """
 
@@ -63,6 +63,15 @@ class PairedScores:
     values: np.ndarray
     floor: float
     n_collapsed: tuple[int, ...]
+
+
+def _floor(healthy: Sequence[float]) -> float:
+    """The score of a failed trial: the lowest healthy score less the healthy range (less |lowest|,
+    or 1 at a lowest of 0, when the range is 0: a failure is never as good as a healthy trial)."""
+    if not healthy:
+        return 0.0
+    low, spread = min(healthy), max(healthy) - min(healthy)
+    return float(low - (spread if spread > 0 else (abs(low) or 1.0)))
 
 
 def paired_scores(trials: Sequence[ScoredTrial]) -> PairedScores:
@@ -74,7 +83,7 @@ def paired_scores(trials: Sequence[ScoredTrial]) -> PairedScores:
     if not trials:
         raise ValueError("paired_scores needs at least one trial")
     healthy = [t.score for t in trials if not t.collapsed and np.isfinite(t.score)]
-    floor = float(2 * min(healthy) - max(healthy)) if healthy else 0.0
+    floor = _floor(healthy)
     betas = tuple(sorted({float(t.beta) for t in trials}))
     seeds_of = {b: {t.seed for t in trials if float(t.beta) == b} for b in betas}
     common = tuple(sorted(set.intersection(*seeds_of.values())))
