@@ -8,7 +8,7 @@
 # commands (e.g. --workers 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh >/dev/null
+bash scripts/install.sh here >/dev/null  # the demo runs here: the build for this machine
 export TZ=UTC PSVAE_OPT_STORAGE="sqlite:///$PWD/demo/studies.db"
 PSVAE=.venv/bin/psvae-opt
 CONFIG=studies/demo.toml

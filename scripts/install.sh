@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install psvae-opt into ./.venv (idempotent); `install.sh test` adds the test tools.
+# Install psvae-opt into ./.venv (idempotent); `install.sh test` adds the test tools; `install.sh here`
+# chooses the build for this machine only (the demo's choice: it runs here).
 #
 # Torch comes first, at the version of constraints.txt, in the build this machine's GPUs can run:
 #   - no NVIDIA driver (no working nvidia-smi): the CPU build; but where `sbatch` is on the PATH
 #     (a SLURM login node, whose .venv the GPU nodes run) a plain install refuses to choose: give
-#     --torch (`install.sh test` takes the CPU build there: the tests run on this machine);
+#     --torch (`install.sh test` and `install.sh here` take the CPU build there, with a note: the
+#     tests and the demo run on this machine);
 #   - a driver: the newest CUDA build whose least driver and least compute capability this
 #     machine meets (TORCH_CUDA_BUILDS): CUDA 12.x builds run on any driver >= 525 (minor-version
 #     compatibility), 13.x needs >= 580; each build carries kernels only from some capability up
@@ -30,14 +32,15 @@ torch_version=$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' constraints.txt)
 note() { echo "install.sh: $*" >&2; }
 
 target="."
-for_tests=""
+for_here=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    test) target=".[test]"; for_tests=1 ;;
+    test) target=".[test]"; for_here=1 ;;
+    here) for_here=1 ;;
     --torch) [ $# -ge 2 ] || { note "error: --torch needs a build (cpu, pypi, cu126, cu128, cu130)"; exit 1; }
       PSVAE_OPT_TORCH=$2; shift ;;
     --torch=*) PSVAE_OPT_TORCH=${1#--torch=} ;;
-    *) note "error: unknown argument $1 (give test and/or --torch BUILD)"; exit 1 ;;
+    *) note "error: unknown argument $1 (give test, here and/or --torch BUILD)"; exit 1 ;;
   esac
   shift
 done
@@ -58,7 +61,13 @@ torch_build() {  # prints cpu, pypi or a CUDA tag such as cu128
     return
   fi
   if ! smi=$(timeout 30 nvidia-smi 2>/dev/null); then
-    if [ -z "$for_tests" ] && command -v sbatch >/dev/null 2>&1; then
+    if command -v sbatch >/dev/null 2>&1; then
+      if [ -n "$for_here" ]; then
+        note "torch build cpu for this machine (no NVIDIA driver); sbatch is here: for GPU nodes that run this" \
+          ".venv, install again with --torch cu128 (or cu126, cu130)"
+        echo cpu
+        return
+      fi
       note "error: no NVIDIA driver here, but sbatch is: on a SLURM login node choose the build the GPU nodes" \
         "need, since they run this .venv: --torch cu128 (drivers >= 525, GPUs of compute capability >= 7.0)," \
         "--torch cu126 (older GPUs), --torch cu130 (drivers >= 580, capability >= 7.5) or --torch cpu" \

@@ -139,10 +139,13 @@ def test_a_login_node_without_driver_asks_for_the_build(tmp_path: Path, index: s
     assert fields["build"] == "cu128" and fields["pip"] == f"install --index-url {index}/cu128 torch=={TORCH}+cu128"
     fields, err, code = dry_run(bin_dir, index, args=("test", "--torch=cpu"))
     assert code == 0 and fields["build"] == "cpu"
-    # the tests run on this machine, so `install.sh test` (scripts/test.sh, CI) takes the CPU build
-    fields, err, code = dry_run(bin_dir, index, args=("test",))
-    assert code == 0, err
-    assert fields["build"] == "cpu" and "no NVIDIA driver here" in err
+    # the tests and the demo run on this machine, so `install.sh test` (scripts/test.sh, CI) and
+    # `install.sh here` (scripts/demo.sh) take the CPU build, and say how GPU nodes would get theirs
+    for mode in ("test", "here"):
+        fields, err, code = dry_run(bin_dir, index, args=(mode,))
+        assert code == 0, err
+        assert fields["build"] == "cpu" and "torch build cpu for this machine (no NVIDIA driver)" in err
+        assert "install again with --torch cu128" in err
     _, err, code = dry_run(bin_dir, index, args=("--gpu",))
     assert code == 1 and "unknown argument --gpu" in err
 
