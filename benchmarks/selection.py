@@ -39,7 +39,7 @@ from psvae_opt.model import metrics
 from psvae_opt.search import criteria
 from psvae_opt.search.storage import open_database
 from psvae_opt.service import stages
-from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
+from psvae_opt.training.run_folder import SPLIT_CODES, load_latents, unsupervised_latents
 
 REPO = Path(__file__).resolve().parents[1]
 # scene variant -> (camera views, labels left out): the paws' positions are labels unless left out
@@ -135,9 +135,8 @@ def score_search(name: str, study: optuna.Study, session: Session, collapse_std:
     views, mig = [], []
     for t in trials:
         lat = load_latents(t.user_attrs["run_dir"])
-        n_labels = int(lat["n_labels"])
-        val, train = lat["split"] == SPLIT_CODES["val"], lat["split"] == SPLIT_CODES["train"]
-        z_val, z_train = lat["mu"][val][:, n_labels:], lat["mu"][train][:, n_labels:]
+        val = lat["split"] == SPLIT_CODES["val"]
+        z_val, z_train = unsupervised_latents(lat, "val"), unsupervised_latents(lat, "train")
         mig.append(metrics.mutual_information_gap(z_val, session.factors[val][:, unlabelled]))
         views.append(
             criteria.TrialLatents(

@@ -22,7 +22,7 @@ from psvae_opt.errors import DataError
 from psvae_opt.search import criteria, rules, trial_queue
 from psvae_opt.search.rules import GROUPS, GUIDE, Pick, TrialRow, group_summary
 from psvae_opt.search.study import UNFINISHED, enqueue_points
-from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
+from psvae_opt.training.run_folder import load_latents, unsupervised_latents
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,8 @@ def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, fl
         except DataError as e:
             log.warning("trial %d: not scored by %s: %s", t.number, criterion, e)
             continue
-        n_labels = int(lat["n_labels"])
-        z = lat["mu"][:, n_labels:]
-        z_val, z_train = z[lat["split"] == SPLIT_CODES["val"]], z[lat["split"] == SPLIT_CODES["train"]]
-        informative = np.ones(z.shape[1], bool)
+        z_val, z_train = unsupervised_latents(lat, "val"), unsupervised_latents(lat, "train")
+        informative = np.ones(z_val.shape[1], bool)
         informative[list(t.user_attrs.get("collapsed_dims") or [])] = False
         views.append(
             criteria.TrialLatents(

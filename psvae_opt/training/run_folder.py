@@ -171,6 +171,12 @@ def load_latents(run_dir: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def unsupervised_latents(latents: dict[str, np.ndarray], split: str) -> np.ndarray:
+    """The unsupervised latent means (frames of ``split``, D) of a run's ``latents.npz`` arrays."""
+    n_labels = int(latents["n_labels"])
+    return latents["mu"][latents["split"] == SPLIT_CODES[split]][:, n_labels:]
+
+
 def read_summary(run_dir: str | Path) -> dict:
     """A finished run's ``summary.json``; a one-line error when there is none."""
     path = Path(run_dir) / "summary.json"
