@@ -121,3 +121,38 @@ def test_a_cross_seed_criterion_with_too_few_seeds_is_refused_before_anything_is
     line = one_line_error(cli(*args, "--seeds", "2", "--criterion", "udr+guards"))
     assert "criterion udr+guards compares the seeds of each beta: it needs at least 3 seeds" in line
     assert not (tmp_path / "s.db").exists() or not optuna.get_all_study_summaries(url)
+
+
+@pytest.mark.slow
+def test_stage2_chooses_by_udr_by_default_with_the_guides_choice_beside_it(tmp_path: Path, tiny_h5: Path, cli):
+    from tests.conftest import one_line_error
+    from tests.test_search import study_file
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = study_file(tmp_path, tiny_h5, criterion=None)  # no criterion in the file: the default
+    args = ("stage2", "--config", config, "--storage", url, "--alpha", "100")
+    refused = one_line_error(cli(*args, "--workers", "0", "--seeds", "2"))
+    assert "criterion udr compares the seeds of each beta" in refused and "--criterion zu_corr" in refused
+    r = cli(*args, "--workers", "2", "--seeds", "3")
+    assert r.code == 0, r.err
+    study = optuna.load_study(study_name="t-stage2", storage=url)
+    rec = study.user_attrs["recommendation"]
+    assert study.user_attrs["criterion"] == "udr" and rec["criterion"] == "udr"
+    assert rec["guide"]["criterion"] == "zu_corr" and rec["n_seeds"] == 3
+    # the chosen trial is the best UDR score of its beta, scored again here from its run folder
+    trials = [t for t in study.trials if t.params["beta"] == rec["beta"]]
+    views = []
+    for t in trials:
+        with np.load(Path(t.user_attrs["run_dir"]) / "latents.npz") as lat:
+            z = lat["mu"][:, int(lat["n_labels"]) :]
+            val, train = z[lat["split"] == SPLIT_CODES["val"]], z[lat["split"] == SPLIT_CODES["train"]]
+        informative = np.ones(z.shape[1], bool)
+        informative[list(t.user_attrs["collapsed_dims"])] = False
+        views.append(criteria.TrialLatents(rec["beta"], val, train, None, None, 0.0, informative, None))
+    udr = criteria.score("udr", views)
+    healthy = [i for i, t in enumerate(trials) if not t.user_attrs["collapsed"]] or list(range(len(trials)))
+    best = max(healthy, key=lambda i: udr[i])
+    assert rec["trial"] == trials[best].number and rec["score"] == pytest.approx(udr[best])
+    assert f"recommended beta = {rec['beta']:g} by udr: P(best) " in r.out
+    guide_line = "the guide's rule (zu_corr) chooses " + ("otherwise: beta " if rec["differs"] else "the same model")
+    assert guide_line in r.out

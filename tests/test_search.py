@@ -27,8 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def study_file(
-    tmp_path: Path, data: Path, *, epochs: int = 3, alphas=(50.0, 1000.0), n_unsup=(2, 3), betas=(1.0, 5.0)
+    tmp_path: Path,
+    data: Path,
+    *,
+    epochs: int = 3,
+    alphas=(50.0, 1000.0),
+    n_unsup=(2, 3),
+    betas=(1.0, 5.0),
+    criterion: str | None = "zu_corr",
 ) -> Path:
+    """A tiny study file. Stage 2 chooses by the guide's ``zu_corr`` unless ``criterion`` says
+    otherwise (None: the default, UDR, which needs 3 seeds per beta), so that 2-seed searches run."""
     path = tmp_path / "study.toml"
     path.write_text(
         f'[study]\nname = "t"\nruns_dir = "{tmp_path / "runs"}"\n'
@@ -38,7 +47,7 @@ def study_file(
         f"[train]\nmax_epochs = {epochs}\nbatch_size = 16\nlearning_rate = 1e-3\ncheckpoint_seconds = 0\n"
         "[loss]\nanneal_epochs = 1\n"
         f"[stage1]\nalphas = {list(alphas)}\nn_unsup = {list(n_unsup)}\n"
-        f"[stage2]\nbetas = {list(betas)}\nseeds = 2\n"
+        f"[stage2]\nbetas = {list(betas)}\nseeds = 2\n" + (f'criterion = "{criterion}"\n' if criterion else "")
     )
     return path
 

@@ -76,7 +76,8 @@ def _add_stage(stage: int):
             p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
             p.add_argument(
                 "--criterion", choices=CRITERIA, metavar="NAME",
-                help="what chooses beta and the model (default stage2.criterion; zu_corr is the guide's rule)",
+                help="what chooses beta and the model (default stage2.criterion, udr: >= 3 seeds per beta; "
+                "zu_corr is the guide's rule)",
             )  # fmt: skip
 
     return add

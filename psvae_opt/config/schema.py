@@ -238,9 +238,10 @@ class Stage2Config:
     seeds: int = 5  # model seeds per beta (the command line's --seeds auto adds them as needed)
     initial_seeds: int = 3  # --seeds auto: seeds per beta to start with
     max_seeds: int = 10  # --seeds auto: the most seeds a beta gets
-    # the criterion that chooses beta and the model (docs/design.md, "Choosing the model");
-    # "zu_corr" is the guide's rule, always shown beside the chosen one
-    criterion: str = "zu_corr"
+    # the criterion that chooses beta and the model (docs/design.md, "Choosing the model"):
+    # UDR, the one the selection benchmark supports (README, "Selection benchmark"); it needs
+    # at least 3 seeds per beta. "zu_corr" is the guide's rule, always shown beside the chosen one
+    criterion: str = "udr"
 
     def __post_init__(self) -> None:
         require(len(self.betas) > 0, "stage2.betas", "needs at least one value")

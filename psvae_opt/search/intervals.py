@@ -1,8 +1,8 @@
 """Statistics over model seeds: means, spreads and Student-t confidence intervals (pure Python).
 
 The PS-VAE is sensitive to its initialisation, so a hyperparameter's merit is a mean over
-seeds, and whether one value beats another is a question of intervals (docs/design.md,
-"Seeds decide"). With the handful of seeds a search can afford, the t interval is the honest
+seeds, shown with its interval in every seed summary (which beta is best is decided by
+:mod:`psvae_opt.search.selection_stats`, P(best) over paired seeds). With the handful of seeds a search can afford, the t interval is the honest
 choice: a bootstrap of 3 values has only 10 distinct resamples and gives intervals far too
 narrow. The interval of a single value is unbounded: one seed says nothing about the spread.
 """
@@ -84,12 +84,6 @@ class Interval:
     low: float
     high: float
 
-    def overlaps(self, other: Interval) -> bool:
-        """Whether the two intervals share a point (an unbounded one overlaps everything)."""
-        if self.n == 0 or other.n == 0:
-            return True
-        return self.low <= other.high and other.low <= self.high
-
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Mean and ``level`` t interval of the mean of ``values`` (NaNs left out)."""
@@ -103,32 +97,3 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
     return Interval(n, mean, std, mean - half, mean + half)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether the lowest-mean group is distinguishable from the others.
-
-    Attributes:
-        best: key of the group of lowest mean.
-        runner_up: key of the group of second-lowest mean (None with one group).
-        overlapping: keys of the other groups whose interval overlaps the best's.
-        resolved: True when no other group's interval overlaps the best's and the best has
-            at least two values (one value has an unbounded interval).
-    """
-
-    best: object
-    runner_up: object | None
-    overlapping: tuple
-    resolved: bool
-
-
-def compare(intervals: dict[object, Interval]) -> Verdict:
-    """The verdict over groups' intervals of a quantity to minimise (groups with no value ignored)."""
-    ranked = sorted((k for k, iv in intervals.items() if iv.n > 0), key=lambda k: intervals[k].mean)
-    if not ranked:
-        raise ValueError("compare needs at least one group with a value")
-    best = ranked[0]
-    overlapping = tuple(k for k in ranked[1:] if intervals[k].overlaps(intervals[best]))
-    resolved = intervals[best].n >= 2 and not overlapping
-    return Verdict(best, ranked[1] if len(ranked) > 1 else None, overlapping, resolved)
