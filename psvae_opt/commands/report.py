@@ -15,7 +15,6 @@ from pathlib import Path
 import optuna
 
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from, open_database_from
-from psvae_opt.config import Config, load_config_text
 from psvae_opt.errors import ConfigError
 from psvae_opt.reports import run_charts, traversals
 from psvae_opt.reports.diagnostics import write_curves, write_labels, write_summary
@@ -86,19 +85,6 @@ def _study(args: argparse.Namespace) -> tuple[optuna.Study, Path]:
     return study, Path(args.out or Path(DEFAULT_OUT) / study.study_name)
 
 
-def _trial(study: optuna.Study, number: int | None) -> tuple[int, Path, Config]:
-    """The trial's number, run folder and own configuration (default: the stage's recommendation)."""
-    if number is None:
-        rec = study.user_attrs.get("recommendation")
-        if not rec:
-            raise ConfigError(f"study {study.study_name!r} has no recommendation yet; give --trial N")
-        number = int(rec["trial"])
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is None or "run_dir" not in trial.user_attrs or "config" not in trial.user_attrs:
-        raise ConfigError(f"--trial {number}: study {study.study_name!r} has no such trial with a run folder")
-    return number, Path(trial.user_attrs["run_dir"]), load_config_text(trial.user_attrs["config"], f"trial {number}")
-
-
 def _label_indices(text: str | None, names: Sequence[str]) -> list[int] | None:
     if not text:
         return None
@@ -139,13 +125,15 @@ def _run_report(kind: str):
 def _write_report(kind: str, args: argparse.Namespace, study: optuna.Study, out: Path) -> int:
     """Write one report into ``out``; a refused option raises before anything is written."""
     from psvae_opt.data import load_session
+    from psvae_opt.inference.card import chosen_trial
     from psvae_opt.training.devices import resolve_device
 
     if kind == "summary":
         prepare_folder(out)
         print(write_summary(study, args.stage, out / "summary.html"))
         return 0
-    number, run_dir, cfg = _trial(study, args.trial)
+    trial, cfg = chosen_trial(study, args.trial, finished=False)
+    number, run_dir = trial.number, Path(trial.user_attrs["run_dir"])
     stem = out / f"trial_{number:04d}"
     if kind == "curves":
         run_charts.training_curves_data(run_dir, args.split)  # a run without curves: refused before writing

@@ -54,16 +54,25 @@ def plain(value: Any) -> Any:
     return value
 
 
-def chosen_trial(study: optuna.Study, number: int | None) -> tuple[optuna.trial.FrozenTrial, Config]:
-    """The trial (default: the stage's recommended one) and its own resolved configuration."""
+def chosen_trial(
+    study: optuna.Study, number: int | None, finished: bool = True
+) -> tuple[optuna.trial.FrozenTrial, Config]:
+    """The trial (default: the stage's recommended one) and its own resolved configuration.
+
+    ``finished``: the trial must be complete (a model bundle); else any trial with a run folder
+    (a report may be asked of a failed or running trial)."""
     if number is None:
         rec = study.user_attrs.get("recommendation")
         if not rec:
             raise ConfigError(f"study {study.study_name!r} has no recommendation yet; give --trial N")
         number = int(rec["trial"])
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is None or trial.state != optuna.trial.TrialState.COMPLETE or "config" not in trial.user_attrs:
-        raise ConfigError(f"--trial {number}: study {study.study_name!r} has no such finished trial")
+    if finished:
+        usable, what = trial is not None and trial.state == optuna.trial.TrialState.COMPLETE, "finished trial"
+    else:
+        usable, what = trial is not None and "run_dir" in trial.user_attrs, "trial with a run folder"
+    if not usable or "config" not in trial.user_attrs:
+        raise ConfigError(f"--trial {number}: study {study.study_name!r} has no such {what}")
     return trial, load_config_text(trial.user_attrs["config"], f"trial {number}")
 
 

@@ -2,9 +2,10 @@
 
 The PS-VAE is sensitive to its initialisation, so a hyperparameter's merit is a mean over
 seeds, shown with its interval in every seed summary (which beta is best is decided by
-:mod:`psvae_opt.search.selection_stats`, P(best) over paired seeds). With the handful of seeds a search can afford, the t interval is the honest
-choice: a bootstrap of 3 values has only 10 distinct resamples and gives intervals far too
-narrow. The interval of a single value is unbounded: one seed says nothing about the spread.
+:mod:`psvae_opt.search.selection_stats`, P(best) over paired seeds). With the handful of
+seeds a search can afford, the t interval is the honest choice: a bootstrap of 3 values has
+only 10 distinct resamples and gives intervals far too narrow. The interval of a single value
+is unbounded: one seed says nothing about the spread.
 """
 
 from __future__ import annotations
