@@ -1,13 +1,14 @@
 """Selection benchmark (issue 15): which criterion chooses the model a scientist would choose?
 
-For each of K synthetic datasets (data seeds 0..K-1; scene variants in turn: the demo scene,
-the demo with the hind paw's height unlabelled, i.e. three unlabelled factors, and the demo
-seen by two cameras) it runs a full stage 2 through the service itself (betas x S seeds,
-local CPU workers, one SQLite database for all), then scores every complete trial with every
-candidate criterion of :mod:`psvae_opt.search.criteria` and with MIG against the true
-unlabelled factors, all on validation frames (the guide's ``zu_corr`` on training frames, as
-the guide says). It prints the table and writes ``trials.csv`` (every trial, every score),
-``selection.csv`` (one row per criterion) and ``selection.html`` into ``--out``.
+For each of K synthetic datasets (data seeds 0..K-1, or K from ``--first-dataset``; scene
+variants in turn: the demo scene, the demo with the hind paw's height unlabelled, i.e. three
+unlabelled factors, and the demo seen by two cameras) it runs a full stage 2 through the
+service itself (betas x S seeds, local CPU workers, one SQLite database for all), then scores
+every complete trial with every candidate criterion of :mod:`psvae_opt.search.criteria` and
+with MIG against the true unlabelled factors, all on validation frames (the guide's ``zu_corr``
+on training frames, as the guide says). It prints the table and writes ``trials.csv`` (every
+trial, every score), ``selection.csv`` (one row per criterion) and ``selection.html`` into
+``--out``.
 
 Everything is resumable: datasets already written are kept, and a study that exists is
 resumed (only its missing trials run). The default size (10 datasets x 4 betas x 5 seeds of
@@ -93,9 +94,15 @@ def write_dataset(path: Path, variant: str, size: Size, seed: int) -> Path:
     )
 
 
+def plan(first: int, count: int) -> list[tuple[int, str]]:
+    """The searches as (dataset index = data seed, scene variant): ``count`` from ``first``, the
+    variants in turn by index (a second set of datasets for a fresh verdict starts after the first)."""
+    return [(i, list(VARIANTS)[i % len(VARIANTS)]) for i in range(first, first + count)]
+
+
 def run_search(index: int, out: Path, size: Size, alpha: float, workers: int) -> tuple[str, SearchTrials]:
     """Write (or keep) dataset ``index``, run (or resume) its stage 2 and score its trials."""
-    variant = list(VARIANTS)[index % len(VARIANTS)]
+    variant = dict(plan(index, 1))[index]
     data = out / "data" / f"{index:02d}_{variant}.h5"
     data.parent.mkdir(parents=True, exist_ok=True)
     if not data.exists():
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="folder for data, studies, runs and the table")
     p.add_argument("--quick", action="store_true", help="a tiny size (3 datasets x 2 betas x 3 seeds, 2 epochs)")
     p.add_argument("--datasets", type=int, help="number of datasets (default 10; quick 3)")
+    p.add_argument("--first-dataset", type=int, default=0, help="index (= data seed) of the first dataset (default 0)")
     p.add_argument("--seeds", type=int, help="model seeds per beta (default 5; quick 3; UDR needs 3)")
     p.add_argument("--alpha", type=float, default=1000.0, help="label weight of stage 2 (default 1000)")
     p.add_argument("--workers", type=int, default=2, help="local CPU workers per search (default 2)")
@@ -226,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TZ", "UTC")
     start = time.perf_counter()
-    searches = [run_search(i, args.out.resolve(), size, args.alpha, args.workers)[1] for i in range(size.datasets)]
+    searches = [
+        run_search(i, args.out.resolve(), size, args.alpha, args.workers)[1]
+        for i, _ in plan(args.first_dataset, size.datasets)
+    ]
     per_search = [{"name": s.name, "eval": evaluate(s)} for s in searches]
     rows = verdicts([s["eval"] for s in per_search])
     minutes = (time.perf_counter() - start) / 60

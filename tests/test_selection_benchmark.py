@@ -86,6 +86,11 @@ def test_the_verdict_follows_the_pre_registered_rule():
     assert not rows["neither"].passes and rows["neither"].median_rho == pytest.approx(0.4)
 
 
+def test_the_searches_rotate_the_scene_variants_from_any_first_dataset():
+    assert selection.plan(0, 4) == [(0, "demo"), (1, "three_unlabelled"), (2, "two_views"), (3, "demo")]
+    assert selection.plan(10, 3) == [(10, "three_unlabelled"), (11, "two_views"), (12, "demo")]
+
+
 @pytest.mark.slow
 def test_the_quick_benchmark_runs_stage_2_through_the_service_and_writes_its_table(
     tmp_path: Path, capsys: pytest.CaptureFixture
