@@ -423,6 +423,11 @@ def test_cancelling_one_task_then_the_job(slurm, tmp_path: Path, worker: list[st
     cfg = SlurmConfig(gpus_per_task=0, cpus_per_task=1)
     job = submit(script_for(cfg, tmp_path, [*worker, "--sleep", "120"]), env={"PSVAE_OPT_STORAGE": URL})
     assert wait_for(job, 2, lambda s: list(s.values()) == ["RUNNING", "RUNNING"]) == {0: "RUNNING", 1: "RUNNING"}
+    # RUNNING is the batch shell; a worker signalled before its handlers are set dies without a
+    # trace (on a busy 2-core CI machine that took over a second), so wait until both are ready
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "out").glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     cancel(job, task=1)
     states = wait_for(job, 2, lambda s: s[1] in DONE_STATES)
     assert states == {0: "RUNNING", 1: "CANCELLED"}
