@@ -100,9 +100,8 @@ def plan(first: int, count: int) -> list[tuple[int, str]]:
     return [(i, list(VARIANTS)[i % len(VARIANTS)]) for i in range(first, first + count)]
 
 
-def run_search(index: int, out: Path, size: Size, alpha: float, workers: int) -> tuple[str, SearchTrials]:
-    """Write (or keep) dataset ``index``, run (or resume) its stage 2 and score its trials."""
-    variant = dict(plan(index, 1))[index]
+def run_search(index: int, variant: str, out: Path, size: Size, alpha: float, workers: int) -> tuple[str, SearchTrials]:
+    """Write (or keep) dataset ``index`` of ``variant``, run (or resume) its stage 2 and score its trials."""
     data = out / "data" / f"{index:02d}_{variant}.h5"
     data.parent.mkdir(parents=True, exist_ok=True)
     if not data.exists():
@@ -229,14 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=1000.0, help="label weight of stage 2 (default 1000)")
     p.add_argument("--workers", type=int, default=2, help="local CPU workers per search (default 2)")
     args = p.parse_args(argv)
+    if args.first_dataset < 0:
+        p.error(f"--first-dataset {args.first_dataset}: give an index >= 0 (it is the data seed)")
     size = QUICK if args.quick else FULL
     size = replace(size, datasets=args.datasets or size.datasets, seeds=args.seeds or size.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TZ", "UTC")
     start = time.perf_counter()
     searches = [
-        run_search(i, args.out.resolve(), size, args.alpha, args.workers)[1]
-        for i, _ in plan(args.first_dataset, size.datasets)
+        run_search(i, variant, args.out.resolve(), size, args.alpha, args.workers)[1]
+        for i, variant in plan(args.first_dataset, size.datasets)
     ]
     per_search = [{"name": s.name, "eval": evaluate(s)} for s in searches]
     rows = verdicts([s["eval"] for s in per_search])

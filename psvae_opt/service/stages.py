@@ -262,8 +262,8 @@ def _stage2_settings(req: StageRequest, cfg: Config, db: StudyDatabase) -> dict[
     if settings["criterion"].removesuffix("+guards") in criteria.CROSS_SEED and first < criteria.MIN_SEEDS:
         raise ConfigError(
             f"criterion {settings['criterion']} compares the seeds of each beta: it needs at least "
-            f"{criteria.MIN_SEEDS} seeds per beta (--seeds {first} gives {first}); use --seeds 3 or more, "
-            "or --criterion zu_corr (the guide's rule)"
+            f"{criteria.MIN_SEEDS} seeds per beta (--seeds {first} gives {first}); "
+            f"use --seeds {criteria.MIN_SEEDS} or more, or --criterion zu_corr (the guide's rule)"
         )
     return settings
 
