@@ -8,6 +8,15 @@ traceback.
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
+
+# The optional extras of pyproject.toml and the top-level modules each one provides.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "poses": ("sleap_io", "pynwb", "ndx_pose", "hdf5plugin"),
+    "mlflow": ("mlflow", "optuna_integration"),
+}
+
 
 class PsvaeError(Exception):
     """Base class of every error psvae-opt reports to a user."""
@@ -27,6 +36,42 @@ class StorageError(PsvaeError):
 
 class TrainingError(PsvaeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class MissingExtraError(PsvaeError):
+    """A format, importer or option needs an optional extra that is not installed."""
+
+
+def missing_modules(modules: Sequence[str]) -> list[str]:
+    """The modules of ``modules`` that cannot be imported here (found without importing them)."""
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent missing, or a module whose spec is unset
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def require_extra(what: str, extra: str, modules: Sequence[str] | None = None) -> None:
+    """Refuse ``what`` in one line when a module of the optional ``extra`` is not installed.
+
+    ``modules`` are the ones ``what`` imports (default: every module of the extra). Called
+    before any work is done, so that a missing library costs nothing and writes nothing.
+
+    Raises:
+        MissingExtraError: "nwb output needs the poses extra (pynwb is not installed):
+            pip install 'psvae-opt[poses]'".
+    """
+    missing = missing_modules(EXTRAS[extra] if modules is None else modules)
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingExtraError(
+            f"{what} needs the {extra} extra ({' and '.join(missing)} {verb} not installed): "
+            f"pip install 'psvae-opt[{extra}]'"
+        )
 
 
 def first_line(error: BaseException | str, empty: str | None = None) -> str:

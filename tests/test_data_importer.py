@@ -599,7 +599,7 @@ def test_a_slp_without_the_extra_is_one_line_naming_the_pip_command(tmp_path: Pa
     out = tmp_path / "out.h5"
     line = one_line_error(cli("data", "import", "--video", tmp_path / "v.avi", "--labels", labels, "--out", out))
     assert line == (
-        f"psvae-opt: error: {labels}: reading SLEAP .slp files needs the optional pose libraries; "
+        f"psvae-opt: error: {labels}: reading sleap-slp files needs the poses extra (sleap_io is not installed): "
         "pip install 'psvae-opt[poses]'"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.slp"]

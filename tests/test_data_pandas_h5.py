@@ -11,8 +11,6 @@ the ``fixed`` format; a compound ``table`` dataset with protocol-0 pickled colum
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -237,22 +235,3 @@ def test_hand_labels_written_by_pandas_keep_their_image_paths(tmp_path: Path, fm
     assert poses.row_names == ("labeled-data/vid1/img003.png", "labeled-data/vid1/i9.png")
     np.testing.assert_array_equal(poses.xy[1], [[3, 4], [5, 6]])
     assert np.isnan(poses.xy[0, 1]).all() and poses.likelihood is None
-
-
-def test_a_filter_hdf5_lacks_without_the_extra_is_one_line(tmp_path: Path):
-    path = tmp_path / "blosc.h5"
-    frame = pandas_frame(False, np.random.default_rng(1))
-    frame.to_hdf(path, key="df_with_missing", format="table", complib="blosc", complevel=5)
-    # a fresh interpreter: once hdf5plugin is imported, its filters stay registered in the process
-    code = (
-        "import sys; sys.modules['hdf5plugin'] = None\n"  # as if the extra were not installed
-        "from psvae_opt.cli import main\n"
-        f"sys.exit(main(['data', 'import', '--video', 'v.mp4', '--labels', {str(path)!r}, '--out', 'o.h5']))"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.splitlines() == [
-        f"psvae-opt: error: {path}: the DataFrame is compressed with blosc (32001), which this install cannot "
-        "decode; pip install 'psvae-opt[poses]', or save it with complib='zlib' or as CSV"
-    ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blosc.h5"]

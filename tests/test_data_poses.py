@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from psvae_opt.data.poses import POSE_FORMATS, detect_format, read_poses
-from psvae_opt.errors import DataError
+from psvae_opt.errors import DataError, MissingExtraError
 from tests.test_data_pandas_h5 import dlc_columns, write_dlc_fixed, write_dlc_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -613,7 +613,10 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path: Path, monk
         path = write_pose_nwb(tmp_path / "p.nwb", {"pe": (xy[:, 0], None)}, timestamps=np.arange(6) / 30)
     monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
     assert detect_format(path) == ("sleap-slp" if writer == "slp" else "nwb")  # detection needs only h5py
-    with pytest.raises(DataError, match=r"needs the optional pose libraries; pip install 'psvae-opt\[poses\]'$"):
+    with pytest.raises(
+        MissingExtraError,
+        match=rf"needs the poses extra \({module} is not installed\): pip install 'psvae-opt\[poses\]'$",
+    ):
         read_poses(path)
 
 

@@ -87,7 +87,7 @@ def test_a_missing_mlflow_extra_is_refused_before_any_database(
             f"study.mlflow_uri={tmp_path / 'mlruns'}",
         )
     )
-    assert f"study.mlflow_uri = '{tmp_path / 'mlruns'}' needs mlflow" in line
+    assert f"study.mlflow_uri = '{tmp_path / 'mlruns'}' needs the mlflow extra (" in line
     assert "pip install 'psvae-opt[mlflow]'" in line
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
 

@@ -98,6 +98,8 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     _check_encode_args(args)
     names = formats.parse_formats(args.format)
+    if args.nwb_source and "nwb" not in names:
+        raise ConfigError("--nwb-source: give --format with nwb (the file the latents are appended to)")
     formats.check_out(Path(args.out))
     device = "cpu"
     if args.gpu:

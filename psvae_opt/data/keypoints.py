@@ -16,8 +16,6 @@ import numpy as np
 
 from psvae_opt.errors import DataError
 
-EXTRA = "pip install 'psvae-opt[poses]'"
-
 
 @dataclass(frozen=True)
 class PoseOptions:
@@ -95,11 +93,6 @@ def is_hdf5(path: Path) -> bool:
         return path.is_file() and h5py.is_hdf5(path)
     except OSError:
         return False
-
-
-def needs_extra(path: Path, what: str) -> DataError:
-    """The one-line error for a format whose reader needs the ``poses`` extra."""
-    return DataError(f"{path}: reading {what} needs the optional pose libraries; {EXTRA}")
 
 
 def pick_index(path: Path, track: int, names: Sequence[str], kind: str = "track") -> int:

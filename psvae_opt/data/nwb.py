@@ -29,8 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5, needs_extra
-from psvae_opt.errors import DataError
+from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5
+from psvae_opt.errors import DataError, require_extra
 
 PIXEL_UNITS = ("pixels", "pixel", "px")
 OFF_GRID = 0.25  # of a frame
@@ -167,11 +167,10 @@ def _read_container(path: Path, pe: Any) -> tuple[list[str], list, list, int | N
 
 
 def read_nwb(path: Path, options: PoseOptions) -> Poses:
-    try:
-        import ndx_pose  # registers PoseEstimation with pynwb
-        from pynwb import NWBHDF5IO
-    except ImportError:
-        raise needs_extra(path, "NWB files") from None
+    require_extra(f"{path}: reading nwb files", "poses", ("pynwb", "ndx_pose"))
+    import ndx_pose  # registers PoseEstimation with pynwb
+    from pynwb import NWBHDF5IO
+
     if options.track != 0:
         raise DataError(
             f"{path}: --track {options.track}: an NWB file keeps each animal in its own PoseEstimation; "

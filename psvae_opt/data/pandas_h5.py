@@ -36,7 +36,6 @@ import numpy as np
 from psvae_opt.errors import DataError
 
 PANDAS_TYPES = ("frame", "frame_table")
-EXTRA = "pip install 'psvae-opt[poses]'"
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,8 @@ def _check_filters(path: Path, group: h5py.Group) -> None:
     missing = _missing_filters(group)
     if missing:
         raise DataError(
-            f"{path}: the DataFrame is compressed with {', '.join(missing)}, which this install cannot decode; "
-            f"{EXTRA}, or save it with complib='zlib' or as CSV"
+            f"{path}: the DataFrame is compressed with {', '.join(missing)}, which needs the poses extra to "
+            "decode: pip install 'psvae-opt[poses]', or save it with complib='zlib' or as CSV"
         )
 
 

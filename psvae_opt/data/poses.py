@@ -28,7 +28,7 @@ from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5
 from psvae_opt.data.nwb import is_nwb, read_nwb
 from psvae_opt.data.pandas_h5 import frame_keys, read_frame
 from psvae_opt.data.sleap import is_analysis, is_slp, read_analysis, read_slp
-from psvae_opt.errors import DataError
+from psvae_opt.errors import DataError, require_extra
 
 COORDS = ("x", "y", "likelihood")
 
@@ -40,6 +40,7 @@ class PoseFormat:
     description: str
     detect: Callable[[Path], bool]
     read: Callable[[Path, PoseOptions], Poses]
+    needs: tuple[str, ...] = ()  # modules of the ``poses`` extra its reader imports
 
 
 # -- tables of (level values) columns: the DeepLabCut layout, from CSV or HDF5 ---------------
@@ -174,8 +175,8 @@ POSE_FORMATS: dict[str, PoseFormat] = {
     "sleap-analysis": PoseFormat(
         "SLEAP analysis HDF5 (tracks, node_names, track_occupancy)", is_analysis, read_analysis
     ),
-    "sleap-slp": PoseFormat("SLEAP .slp labels or predictions", is_slp, read_slp),
-    "nwb": PoseFormat("NWB with ndx-pose PoseEstimation", is_nwb, read_nwb),
+    "sleap-slp": PoseFormat("SLEAP .slp labels or predictions", is_slp, read_slp, ("sleap_io",)),
+    "nwb": PoseFormat("NWB with ndx-pose PoseEstimation", is_nwb, read_nwb, ("pynwb", "ndx_pose")),
 }
 
 
@@ -191,6 +192,18 @@ def detect_format(path: str | Path) -> str:
     raise DataError(f"{path}: not a pose file of a known format (known: {known}); export the labels in one of them")
 
 
+def check_readable(paths: Sequence[str | Path]) -> None:
+    """Refuse, before any file is read, a pose file whose format needs a library of the
+    ``poses`` extra that is not installed (one line naming the extra)."""
+    for path in paths:
+        _require_libraries(Path(path), detect_format(path))
+
+
+def _require_libraries(path: Path, name: str) -> None:
+    if POSE_FORMATS[name].needs:
+        require_extra(f"{path}: reading {name} files", "poses", POSE_FORMATS[name].needs)
+
+
 def read_poses(
     path: str | Path, track: int = 0, *, pose_estimation: str | None = None, video: str | None = None
 ) -> Poses:
@@ -203,4 +216,6 @@ def read_poses(
     """
     path = Path(path)
     options = PoseOptions(track, pose_estimation, video)
-    return POSE_FORMATS[detect_format(path)].read(path, options)
+    name = detect_format(path)
+    _require_libraries(path, name)
+    return POSE_FORMATS[name].read(path, options)

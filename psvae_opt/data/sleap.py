@@ -24,8 +24,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5, needs_extra, pick_index
-from psvae_opt.errors import DataError
+from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5, pick_index
+from psvae_opt.errors import DataError, require_extra
 
 SLEAP_DIMS = ("track", "xy", "node", "frame")  # the order SLEAP's MATLAB-style export stores
 
@@ -152,10 +152,9 @@ def _instance(frame: Any, track: Any, predicted: type) -> Any:
 
 
 def read_slp(path: Path, options: PoseOptions) -> Poses:
-    try:
-        import sleap_io
-    except ImportError:
-        raise needs_extra(path, "SLEAP .slp files") from None
+    require_extra(f"{path}: reading sleap-slp files", "poses", ("sleap_io",))
+    import sleap_io
+
     try:
         labels = sleap_io.load_slp(str(path), open_videos=False)
     except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:

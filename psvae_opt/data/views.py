@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from psvae_opt.data.keypoints import Poses
-from psvae_opt.data.poses import read_poses
+from psvae_opt.data.poses import check_readable, read_poses
 from psvae_opt.data.video import Clip
 from psvae_opt.errors import ConfigError, DataError
 
@@ -42,6 +42,7 @@ def read_labels(
     pose_estimation: str | None,
 ) -> list[Poses]:
     """Each labels file's poses; with one file per view, keypoints renamed ``{k}_{view}``."""
+    check_readable(labels)  # every file's libraries before the first is read
     if len(labels) == 1:
         poses = read_poses(labels[0], track, pose_estimation=pose_estimation, video=Path(videos[0]).name)
         return [poses.select(list(keypoints)) if keypoints else poses]

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from psvae_opt.data import split_trials
-from psvae_opt.errors import DataError
+from psvae_opt.errors import DataError, require_extra
 from psvae_opt.inference.encode import Encoding, encode_session
 from psvae_opt.inference.model import PsvaeModel
 from psvae_opt.inference.sources import SessionFrames
@@ -186,6 +186,9 @@ def write_nwb(t: Target) -> Path:
     return path
 
 
+# modules of an optional extra that a format's writer imports: (extra, modules)
+FORMAT_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {"nwb": ("poses", ("pynwb",))}
+
 FORMATS: dict[str, Callable[[Target], Path]] = {
     "npz": write_npz,
     "csv": write_csv,
@@ -195,12 +198,22 @@ FORMATS: dict[str, Callable[[Target], Path]] = {
 
 
 def parse_formats(text: str) -> list[str]:
-    """``npz,csv`` -> the format names, each known."""
+    """``npz,csv`` -> the format names, each known and with its libraries installed (checked
+    here, before a model is loaded or a frame decoded)."""
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
         raise DataError(f"--format {text!r}: choose among {', '.join(FORMATS)} (comma-separated)")
+    require_libraries(names)
     return list(dict.fromkeys(names))
+
+
+def require_libraries(formats: Sequence[str]) -> None:
+    """Refuse in one line a format whose optional libraries are not installed."""
+    for name in formats:
+        if name in FORMAT_NEEDS:
+            extra, modules = FORMAT_NEEDS[name]
+            require_extra(f"{name} output", extra, modules)
 
 
 def check_out(out: Path) -> None:
@@ -229,6 +242,7 @@ def write_sessions(
     """
     out = Path(out)
     check_out(out)
+    require_libraries(formats)
     try:
         staging = out.parent / f".{out.name}.staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

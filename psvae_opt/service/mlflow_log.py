@@ -5,7 +5,6 @@ Both the launcher side (:mod:`psvae_opt.service.stages`) and the worker side
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import warnings
@@ -16,19 +15,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from psvae_opt.errors import ConfigError
+from psvae_opt.errors import require_extra
 from psvae_opt.search import space
 from psvae_opt.search.rules import BASE_METRICS
 
 
 def require_mlflow(uri: str) -> None:
     """Refuse ``study.mlflow_uri`` in one line when the ``mlflow`` extra is not installed."""
-    missing = [m for m in ("mlflow", "optuna_integration") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigError(
-            f"study.mlflow_uri = {uri!r} needs {' and '.join(missing)}: pip install 'psvae-opt[mlflow]' "
-            '(or set study.mlflow_uri = "")'
-        )
+    require_extra(f"study.mlflow_uri = {uri!r}", "mlflow")
 
 
 def mlflow_hook(uri: str, stage: int) -> Callable[[optuna.Study, FrozenTrial], None]:
