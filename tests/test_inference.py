@@ -173,25 +173,99 @@ def test_csv_has_a_frame_index_and_every_value(encoded: Path, model_dir: Path):
         assert next(csv.reader(fh))[:5] == ["frame", "trial", "trial_frame", "time", "mean_paw_front_x"]
 
 
-def test_behavenet_latents_pkl_meets_its_loaders_expectations(encoded: Path):
-    """BehaveNet's ARHMM and decoders load ``latents.pkl`` as:
+class OldNumpyUnpickler(pickle.Unpickler):
+    """Loads as numpy 1.17 to 1.25 would: numpy's old module names resolve, ``numpy._core`` (numpy
+    2's path, unknown before 1.26) fails, and nothing outside numpy and builtins is trusted."""
 
-        d = pickle.load(f); latents = [d['latents'][i] for i in d['trials'][dtype]]
+    OLD = {"numpy", "numpy.core.multiarray", "numpy.core.numeric"}
 
-    for dtype in train/val/test, then fit on the list of (T_i, K) float arrays."""
-    with (encoded / "new_latents.pkl").open("rb") as fh:
-        d = pickle.load(fh)
-    assert set(d) >= {"latents", "trials"}
-    assert isinstance(d["latents"], list) and len(d["latents"]) == 6
+    def find_class(self, module: str, name: str):
+        if module.startswith("numpy._core"):
+            raise pickle.UnpicklingError(f"{module}.{name}: numpy < 1.26 has no numpy._core")
+        if module in self.OLD:
+            return getattr(np if module == "numpy" else np._core.multiarray, name)
+        if module == "builtins" and name in {"bytearray", "bytes", "float", "int", "bool", "str", "dict", "list"}:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}: not a numpy or builtin name")
+
+
+def load_old(path: Path):
+    with path.open("rb") as fh:
+        return OldNumpyUnpickler(fh).load()
+
+
+def behavenet_split(n_trials: int, seed: int, train: int, val: int, test: int, gap: int) -> dict[str, list[int]]:
+    """BehaveNet's documented split, written here from its rules: blocks of train | gap | val | gap |
+    test | gap trials; the grid starts at ``np.random.randint(0, leftover)`` after
+    ``np.random.seed(seed)`` (no draw and 0 without leftover); trials off the grid are unused."""
+    block = train + val + test + 3 * gap
+    n_blocks = n_trials // block
+    leftover = n_trials - n_blocks * block
+    offset = int(np.random.RandomState(seed).randint(0, leftover)) if leftover > 0 else 0
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for b in range(n_blocks):
+        first = offset + b * block
+        out["train"] += range(first, first + train)
+        out["val"] += range(first + train + gap, first + train + gap + val)
+        out["test"] += range(first + train + 2 * gap + val, first + train + 2 * gap + val + test)
+    return out
+
+
+def test_behavenet_files_read_back_as_behavenet_reads_them(encoded: Path, model_dir: Path):
+    """BehaveNet's generator reads ``d = pickle.load(f)``, then ``d['latents'][i].astype('float32')`` for
+    each trial ``i`` of ``d['trials'][dtype]``; its ARHMM and decoder scripts read ``meta_tags.pkl``
+    (the model's hparams) from the folder of the latents file."""
+    folder = encoded / "new.behavenet"
+    assert sorted(p.name for p in folder.iterdir()) == ["meta_tags.pkl", "new_latents.pkl"]
+    d = load_old(folder / "new_latents.pkl")  # numpy 1.17's names only: numpy._core would fail
+    assert b"numpy._core" not in (folder / "new_latents.pkl").read_bytes()
+    assert b"numpy._core" not in (folder / "meta_tags.pkl").read_bytes()
     with np.load(encoded / "new.npz") as f:
-        for i, trial in enumerate(d["latents"]):
-            assert trial.shape == (15, 6) and trial.dtype == np.float32
-            assert np.array_equal(trial, f["mean"][15 * i : 15 * (i + 1)])
-    expected = split_trials(6, (3, 1, 1, 0), 0)
+        mean = f["mean"]
+    assert isinstance(d["latents"], list) and len(d["latents"]) == 6
+    for i, trial in enumerate(d["latents"]):
+        assert trial.astype("float32").shape == (15, 6) and trial.flags.writeable
+        assert np.array_equal(trial, mean[15 * i : 15 * (i + 1)])
+    # BehaveNet's split of 6 trials with the study's '3;1;1;0' and data seed 0: one block of 5 at
+    # offset randint(0, 1) = 0, trial 5 unused (the study's blocked split would train on it)
+    expected = behavenet_split(6, 0, 3, 1, 1, 0)
+    assert expected == {"train": [0, 1, 2], "val": [3], "test": [4]}
     for dtype in ("train", "val", "test"):
-        assert d["trials"][dtype].tolist() == expected[dtype].tolist()
-        assert all(np.isfinite(d["latents"][i]).all() for i in d["trials"][dtype])
-    assert sorted(np.concatenate([d["trials"][k] for k in ("train", "val", "test")]).tolist()) == list(range(6))
+        assert d["trials"][dtype].tolist() == expected[dtype]
+        batch = [d["latents"][i].astype("float32") for i in d["trials"][dtype]]
+        assert all(np.isfinite(x).all() for x in batch)
+    tags = load_old(folder / "meta_tags.pkl")
+    assert tags["model_class"] == "ps-vae" and tags["n_ae_latents"] == 6 and tags["n_labels"] == 4
+    assert tags["trial_splits"] == "3;1;1;0" and tags["rng_seed_data"] == 0 and tags["training_completed"] is True
+    assert (tags["y_pixels"], tags["x_pixels"], tags["n_input_channels"]) == (32, 32, 1)
+    assert Path(tags["ae_latents_file"]) == folder / "new_latents.pkl"
+    assert tags["psvae_opt_trials"]["train"] == split_trials(6, (3, 1, 1, 0), 0)["train"].tolist()
+    assert (
+        tags["psvae_opt"]["bundle"]["weights_sha256"]
+        == json.loads((model_dir / "bundle.json").read_text())["weights_sha256"]
+    )
+
+
+@pytest.mark.parametrize(
+    "n_trials, seed, counts", [(23, 0, (8, 1, 1, 0)), (40, 7, (5, 1, 1, 1)), (61, 3, (8, 1, 1, 0))]
+)
+def test_behavenet_trials_follow_behavenets_rules(n_trials: int, seed: int, counts):
+    from psvae_opt.inference.behavenet import behavenet_trials
+
+    got = behavenet_trials({"split": {"counts": list(counts), "data_seed": seed, "mode": "blocked"}}, n_trials)
+    assert {k: v.tolist() for k, v in got.items()} == behavenet_split(n_trials, seed, *counts)
+
+
+def test_the_portable_pickle_round_trips_arrays_and_numpy_scalars(tmp_path: Path):
+    from psvae_opt.inference.behavenet import dump
+
+    value = {"a": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2], "b": np.int64(3), "c": np.float32(0.5),
+             "d": [np.zeros((0, 2)), np.array([True, False])]}  # fmt: skip
+    dump(value, tmp_path / "x.pkl")
+    back = load_old(tmp_path / "x.pkl")
+    assert np.array_equal(back["a"], value["a"]) and back["a"].dtype == np.float32
+    assert type(back["b"]) is int and back["b"] == 3 and type(back["c"]) is float and back["c"] == 0.5
+    assert back["d"][0].shape == (0, 2) and back["d"][1].tolist() == [True, False]
 
 
 def test_nwb_holds_time_series_in_the_behavior_module(encoded: Path):

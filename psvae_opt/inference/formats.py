@@ -5,10 +5,9 @@
   ``reconstructions`` (T, C, H, W) uint8;
 - ``csv``: one row per frame: ``frame``, ``trial``, ``trial_frame``, ``time``, then ``mean_DIM``,
   ``var_DIM``, ``LABEL_z``, ``LABEL_px`` (pandas, R or a spreadsheet read it);
-- ``behavenet``: BehaveNet's ``latents.pkl`` (``NAME_latents.pkl``): a pickled dict of ``latents``,
-  a list with one (T_i, K) float array of latent means per trial, and ``trials``, the trial
-  indices of ``train``, ``val`` and ``test``, split as the model's training data was (BehaveNet's
-  ARHMM and decoders read ``latents[i] for i in trials[split]``);
+- ``behavenet``: a folder ``NAME.behavenet/`` with BehaveNet's ``NAME_latents.pkl`` and
+  ``meta_tags.pkl`` (see :mod:`psvae_opt.inference.behavenet`: BehaveNet's own split in
+  ``trials``, readable by numpy 1.17 to 2.x);
 - ``nwb``: ``TimeSeries`` in the ``behavior`` processing module (``psvae_latents``,
   ``psvae_latent_variances``, ``psvae_labels_z`` and ``psvae_labels_px``) with the frames'
   timestamps, appended to a copy of the session's NWB file or in a new one.
@@ -19,19 +18,19 @@ from __future__ import annotations
 import csv
 import datetime
 import os
-import pickle
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from psvae_opt.data import split_trials
 from psvae_opt.errors import DataError
+from psvae_opt.inference.behavenet import write_behavenet_folder
 from psvae_opt.inference.encode import Encoding, encode_session
 from psvae_opt.inference.model import PsvaeModel
+from psvae_opt.inference.provenance import provenance
 from psvae_opt.inference.sources import SessionFrames
 
 NWB_SERIES = ("psvae_latents", "psvae_latent_variances", "psvae_labels_z", "psvae_labels_px")
@@ -46,6 +45,8 @@ class Target:
     encoding: Encoding
     model: PsvaeModel
     nwb_source: Path | None = None
+    provenance: dict = field(default_factory=dict)
+    final_folder: Path | None = None
 
 
 def frame_table(session: SessionFrames) -> dict[str, np.ndarray]:
@@ -102,21 +103,11 @@ def write_csv(t: Target) -> Path:
     return path
 
 
-def behavenet_trials(model: PsvaeModel, n_trials: int) -> dict[str, np.ndarray]:
-    """Train/val/test trial indices of a new session, split as the model's training data was."""
-    split = model.info.get("split") or {}
-    counts = tuple(split.get("counts", (8, 1, 1, 0)))
-    return split_trials(n_trials, counts, int(split.get("data_seed", 0)), split.get("mode", "blocked"))
-
-
 def write_behavenet(t: Target) -> Path:
-    starts = t.session.trial_starts
-    latents = [np.ascontiguousarray(t.encoding.mean[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-    trials = behavenet_trials(t.model, t.session.n_trials)
-    path = t.folder / f"{t.session.name}_latents.pkl"
-    with path.open("wb") as fh:
-        pickle.dump({"latents": latents, "trials": trials}, fh)
-    return path
+    return write_behavenet_folder(
+        t.folder, t.session.name, t.encoding.mean, t.session.trial_starts, t.model.info, t.model.frame_shape,
+        t.provenance, t.final_folder,
+    )  # fmt: skip
 
 
 def _timestamps(session: SessionFrames, nwb) -> np.ndarray:
@@ -220,6 +211,7 @@ def write_sessions(
     nwb_source: Path | None = None,
     progress: bool = False,
     on_session: Callable[[SessionFrames, Encoding, list[Path]], None] | None = None,
+    options: dict | None = None,
 ) -> list[Path]:
     """Encode every session and write each format; returns the files written in ``out``.
 
@@ -240,13 +232,16 @@ def write_sessions(
             encoding = encode_session(
                 model, session, batch_size=batch_size, reconstructions=reconstructions, progress=progress
             )
-            target = Target(staging, session, encoding, model, nwb_source)
+            record = provenance(model.info, model.folder, session.paths, {}, options or {})
+            target = Target(staging, session, encoding, model, nwb_source, record, out)
             paths = [FORMATS[name](target) for name in formats]
             if on_session is not None:
                 on_session(session, encoding, [out / p.name for p in paths])
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for path in sorted(staging.iterdir()):
+            if path.is_dir() and (out / path.name).is_dir():
+                shutil.rmtree(out / path.name)
             os.replace(path, out / path.name)
             written.append(out / path.name)
     finally:
