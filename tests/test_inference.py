@@ -160,6 +160,25 @@ def test_npz_holds_means_variances_labels_and_reconstructions(encoded: Path, mod
         assert f["dim_names"].tolist() == [*model.label_names, "z_u0", "z_u1"]
         assert f["trial"].tolist() == np.repeat(np.arange(6), 15).tolist()
         assert np.allclose(f["time"], np.arange(90) / 30.0)  # the synthetic session's 30 frames per second
+        # the quality signal: each frame's pixel MSE against its reconstruction from the latent means
+        error = ((frames / 255.0 - model.decode(mean)) ** 2).mean(axis=(1, 2, 3))
+        assert np.allclose(f["recon_error"], error, rtol=1e-4, atol=1e-7)
+        ref = np.median(error)  # the untrained bundle records no validation pixel MSE: the session's median
+        assert np.allclose(f["confidence"], np.minimum(1.0, ref / error), rtol=1e-4)
+        assert (f["confidence"] == 1.0).sum() >= 45  # half the frames at or below the median
+        record = json.loads(str(f["provenance"]))
+        info = json.loads((model_dir / "bundle.json").read_text())
+        assert (
+            record["bundle"]["weights_sha256"] == info["weights_sha256"]
+            and len(record["bundle"]["weights_sha256"]) == 64
+        )
+        assert (record["bundle"]["study"], record["bundle"]["trial"]) == ("tiny-stage2", 0)
+        assert record["sources"][0]["path"] == str(h5.resolve()) and record["sources"][0][
+            "sha256"
+        ] == bundle.file_sha256(h5)
+        assert record["options"]["format"] == "npz,csv,behavenet,nwb" and record["psvae_opt_version"]
+        assert record["geometry"]["frame_rate"] == 30.0 and record["geometry"]["time_from"] == "frame / frame rate"
+    assert json.loads((encoded / "new.provenance.json").read_text())["bundle"] == record["bundle"]
 
 
 def test_csv_has_a_frame_index_and_every_value(encoded: Path, model_dir: Path):
@@ -170,7 +189,10 @@ def test_csv_has_a_frame_index_and_every_value(encoded: Path, model_dir: Path):
         assert np.allclose(table[[f"{n}_px" for n in f["label_names"]]].to_numpy(), f["labels_px"], atol=1e-4)
         assert table["trial_frame"].tolist()[14:17] == [14, 0, 1]
     with (encoded / "new.csv").open(newline="") as fh:
-        assert next(csv.reader(fh))[:5] == ["frame", "trial", "trial_frame", "time", "mean_paw_front_x"]
+        header = next(csv.reader(fh))
+    assert header[:7] == ["frame", "trial", "trial_frame", "time", "recon_error", "confidence", "mean_paw_front_x"]
+    with np.load(encoded / "new.npz") as f:
+        assert np.allclose(table["recon_error"], f["recon_error"], rtol=1e-6)
 
 
 class OldNumpyUnpickler(pickle.Unpickler):
@@ -390,10 +412,10 @@ def test_unreadable_videos_are_refused_and_nothing_is_written(tmp_path: Path, mo
 
 
 def test_bad_options_are_refused(tmp_path: Path, model_dir: Path, h5: Path, cli):
-    assert "choose among npz, csv, behavenet, nwb" in _refused(
+    assert "choose among npz, csv, dlc, behavenet, nwb" in _refused(
         cli, tmp_path / "o", "--model", model_dir, h5, "--format", "xls"
     )
-    assert "one of the two" in _refused(cli, tmp_path / "o", "--model", model_dir)
+    assert "give session files (HDF5), videos or folders" in _refused(cli, tmp_path / "o", "--model", model_dir)
     (tmp_path / "file").write_text("")
     assert "is a file" in one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "file", h5))
 
@@ -432,12 +454,14 @@ def test_globs_encode_every_session_and_views_take_one_video_each(tmp_path: Path
     model_dir = make_bundle(tmp_path / "m", h5)
     result = cli("encode", "--model", model_dir, "--out", tmp_path / "out", f"{folder}/*.h5", "--format", "npz,csv")
     assert result.code == 0, result.err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["day1.csv", "day1.npz", "day2.csv", "day2.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"day{d}.{ext}" for d in (1, 2) for ext in ("csv", "npz", "provenance.json")
+    ]
     assert "label R^2" in result.out and "jaw" in result.out and "chest" in result.out
     two_views = make_bundle(tmp_path / "m2", synth_session(tmp_path / "v.h5", size=32, trials=2, frames=5, views=2))
     video = write_video(tmp_path / "side.mp4", np.zeros((3, 32, 32), np.uint8))
     line = _refused(cli, tmp_path / "out2", "--model", two_views, "--video", video)
-    assert "1 --video for a model of 2 channels" in line
+    assert "1 videos for a model of 2 channels" in line
     rng = np.random.default_rng(1)
     bottom = write_video(tmp_path / "bottom.mp4", rng.integers(0, 255, (3, 36, 30), dtype=np.uint8))
     video = write_video(tmp_path / "side.mp4", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8))
