@@ -197,3 +197,26 @@ def test_a_video_read_whole_equals_its_stream(tmp_path: Path):
     video = write_video(tmp_path / "v.mp4", frames)
     assert np.array_equal(read_video(video, 32).frames, np.concatenate(list(iter_video(video, 32))))
     assert np.array_equal(np.concatenate(list(iter_video(video, 32, start=60))), read_video(video, 32).frames[60:])
+
+
+def test_a_movie_shows_chosen_frames_beside_their_reconstructions(tmp_path: Path, model_dir: Path, h5: Path, cli):
+    from psvae_opt.data import load_session
+    from psvae_opt.inference.movie import side_by_side
+
+    out = tmp_path / "out"
+    result = cli("encode", "--model", model_dir, "--out", out, h5, "--movie", "10:40", "--batch-size", "16",
+                 "--no-progress")  # fmt: skip
+    assert result.code == 0, result.err
+    frames = load_session(h5).images[10:40]
+    recons = load_model(model_dir).reconstruct(frames)
+    expected = side_by_side(frames, recons)  # 32 x 32 views scaled by 8: 256 x 512
+    assert expected.shape == (30, 256, 512)
+    assert np.array_equal(expected[0, :8, 256:264], np.full((8, 8), recons[0, 0, 0, 0]))
+    with av.open(str(out / "new.recon.mp4")) as container:
+        movie = np.stack([f.to_ndarray(format="gray") for f in container.decode(video=0)])
+    assert movie.shape == (30, 256, 512)
+    assert np.abs(movie.astype(int) - expected).mean() < 3  # H.264 at crf 18: close, not exact
+    line = one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "o2", h5, "--movie", "200:300"))
+    assert "no frame of new there (it has 0:90)" in line and not (tmp_path / "o2").exists()
+    assert "at most 10000" in one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "o2", h5,
+                                                 "--movie", "0:20000"))  # fmt: skip

@@ -69,6 +69,10 @@ def _add_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", metavar="X,Y,W,H", help="videos: crop to this box (source pixels) before the resize")
     p.add_argument("--frames", metavar="START:END", help="videos: encode frames START to END (END excluded, optional)")
     p.add_argument("--allow-short", action="store_true", help="encode a video that decodes fewer frames than declared")
+    p.add_argument(
+        "--movie", metavar="START:END",
+        help="also write NAME.recon.mp4: frames START to END (source numbers) beside their reconstructions",
+    )  # fmt: skip
     p.add_argument("--nwb-source", metavar="FILE", help="nwb: append to a copy of this NWB file (one session only)")
     p.add_argument("--skip-existing", action="store_true", help="leave sessions whose outputs are all in --out")
     p.add_argument("--keep-going", action="store_true", help="go on past a failed session; list failures at the end")
@@ -159,8 +163,19 @@ def _settings(args: argparse.Namespace, device: str) -> dict:
         "batch_size": args.batch_size, "precision": precision, "progress": progress, "allow_short": args.allow_short,
         "reconstructions": args.reconstructions, "nwb_source": Path(args.nwb_source) if args.nwb_source else None,
         "warn": lambda line: print(f"psvae-opt: warning: {line}", file=sys.stderr, flush=True),
-        "options": {**options, "device": device, "precision": precision},
+        "options": {**options, "device": device, "precision": precision}, "movie": _movie(args.movie),
     }  # fmt: skip
+
+
+def _movie(text: str | None) -> tuple[int, int] | None:
+    from psvae_opt.inference.movie import MAX_FRAMES
+
+    if text is None:
+        return None
+    start, stop = _ints(text, "--movie", 2, ":")
+    if start is None or stop is None or not 0 <= start < stop or stop - start > MAX_FRAMES:
+        raise ConfigError(f"--movie {text}: give START:END with 0 <= START < END and at most {MAX_FRAMES} frames")
+    return start, stop
 
 
 def _run_encode(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ traverse), ``card`` (a trial of a study turned into a bundle with its model card
 labels, reconstruction errors and scores of a session, streamed in batches), ``formats`` (the
 writers' registry, NWB), ``tables`` (npz, CSV and the DeepLabCut-style keypoints CSV),
 ``cohort`` (folders and globs of inputs, each session written as it finishes, failures kept),
+``movie`` (a side-by-side movie of frames and reconstructions),
 ``behavenet`` (BehaveNet's latents pickle and ``meta_tags.pkl``, readable by numpy 1.17 to 2.x)
 and ``provenance`` (what every output records about its bundle, source and options).
 May import: every layer above (``errors`` to ``reports``): the network and checkpoint loading

@@ -26,6 +26,7 @@ from psvae_opt.inference import formats
 from psvae_opt.inference.behavenet import behavenet_trials
 from psvae_opt.inference.encode import Encoding, encode_session
 from psvae_opt.inference.model import PsvaeModel
+from psvae_opt.inference.movie import MOVIE, write_movie
 from psvae_opt.inference.provenance import as_json, provenance
 from psvae_opt.inference.sources import (
     SessionFrames,
@@ -156,6 +157,7 @@ def encode_one(
         session, encoding = encode_session(
             model, session, batch_size=settings["batch_size"], recon_file=recon, precision=settings["precision"],
             progress=settings["progress"], allow_short=settings["allow_short"], warn=settings["warn"],
+            movie=_movie_range(session, settings.get("movie")),
         )  # fmt: skip
         session = _timed(session, nwb_source)
         if "behavenet" in names:
@@ -166,10 +168,25 @@ def encode_one(
         for name in names:
             formats.FORMATS[name](target)
         (staging / formats.PROVENANCE.format(session.name)).write_text(text + "\n")
+        if settings.get("movie") is not None:
+            if encoding.movie is None:
+                a, b = settings["movie"]
+                last = session.first_frame + session.n_frames
+                raise DataError(
+                    f"--movie {a}:{b}: no frame of {session.name} there (it has {session.first_frame}:{last})"
+                )
+            write_movie(staging / MOVIE.format(session.name), *encoding.movie, session.frame_rate or float("nan"))
         written = _move_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return session, encoding, written
+
+
+def _movie_range(session: SessionFrames, movie: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--movie START:END`` (source frame numbers) as indices of the frames encoded."""
+    if movie is None:
+        return None
+    return movie[0] - session.first_frame, movie[1] - session.first_frame
 
 
 def _timed(session: SessionFrames, nwb_source: Path | None) -> SessionFrames:
@@ -216,7 +233,10 @@ def run_cohort(
         check_dlc(model)
     outcome = Outcome(failures=list(failures))
     for item in inputs:
-        if skip_existing and all((out / n).exists() for n in formats.output_names(item.name, names)):
+        expected = formats.output_names(item.name, names)
+        if settings.get("movie") is not None:
+            expected.append(MOVIE.format(item.name))
+        if skip_existing and all((out / n).exists() for n in expected):
             outcome.skipped.append(item.name)
             continue
         try:

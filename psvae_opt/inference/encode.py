@@ -54,6 +54,7 @@ class Encoding:
         recon_error: (T,) pixel MSE of each frame's reconstruction from its latent means.
         reconstructions: (T, C, H, W) uint8 from the latent means, when asked for (spooled).
         scores: ``label_r2`` and ``factor_r_<name>`` where the session has labels / factors.
+        movie: (N, C, H, W) uint8 frames and reconstructions of the ``movie`` range, when asked for.
     """
 
     mean: np.ndarray
@@ -63,6 +64,7 @@ class Encoding:
     recon_error: np.ndarray
     reconstructions: RawFrames | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    movie: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Progress:
@@ -134,14 +136,16 @@ def encode_session(
     progress: str = "off",
     allow_short: bool = False,
     warn: Callable[[str], None] = lambda line: None,
+    movie: tuple[int, int] | None = None,
 ) -> tuple[SessionFrames, Encoding]:
     """Stream every frame of ``session`` through the model in batches of ``batch_size``.
 
     Returns the session (for a video, with its length and trials now known) and its encoding.
-    ``recon_file``: spool reconstructions there; ``precision``: "bf16" autocasts (GPU).
+    ``recon_file``: spool reconstructions there; ``precision``: "bf16" autocasts (GPU);
+    ``movie``: keep frames ``[a, b)`` (of those encoded) and their reconstructions.
     """
     net, device = model.network, model.device
-    means, variances, errors = [], [], []
+    means, variances, errors, kept = [], [], [], []
     sink = recon_file.open("wb") if recon_file is not None else None
     bar = Progress(session.name, session.declared_frames or session.n_frames * (session.frames is not None), progress)
     n = 0
@@ -154,8 +158,13 @@ def encode_session(
                 errors.append(((x - x_hat) ** 2).mean(dim=(1, 2, 3)).cpu())
                 means.append(mu.float().cpu())
                 variances.append(logvar.float().exp().cpu())
-                if sink is not None:
-                    sink.write(x_hat.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy().tobytes())
+                if sink is not None or movie is not None:
+                    recon = x_hat.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                    if sink is not None:
+                        sink.write(recon.tobytes())
+                    if movie is not None and n < movie[1] and n + len(batch) > movie[0]:
+                        a, b = max(movie[0] - n, 0), min(movie[1] - n, len(batch))
+                        kept.append((batch[a:b].copy(), recon[a:b]))
                 n += len(batch)
                 bar.update(len(batch))
     finally:
@@ -174,9 +183,12 @@ def encode_session(
         if session.label_offset is not None:
             labels_px = (labels_px + session.label_offset).astype(np.float32)
     recon = RawFrames(recon_file, (n, *model.frame_shape)) if recon_file is not None else None
+    clip = None
+    if kept:
+        clip = (np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept]))
     encoding = Encoding(
         mean, torch.cat(variances).numpy(), labels_z, labels_px, torch.cat(errors).numpy(), recon,
-        session_scores(model, session, mean, labels_z),
+        session_scores(model, session, mean, labels_z), clip,
     )  # fmt: skip
     return session, encoding
 
