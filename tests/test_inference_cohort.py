@@ -220,3 +220,17 @@ def test_a_movie_shows_chosen_frames_beside_their_reconstructions(tmp_path: Path
     assert "no frame of new there (it has 0:90)" in line and not (tmp_path / "o2").exists()
     assert "at most 10000" in one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "o2", h5,
                                                  "--movie", "0:20000"))  # fmt: skip
+
+
+def test_the_memory_benchmark_reports_rate_and_peak_per_length(tmp_path: Path, capsys: pytest.CaptureFixture):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import encode_memory
+
+    args = ["--lengths", "20,40", "--width", "64", "--height", "48", "--size", "32", "--channels", "[4, 8, 8, 8, 8]"]
+    assert encode_memory.main([*args, "--json", "--workdir", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["frames"] for r in rows] == [20, 40] and all(r["frames_per_s"] > 0 and r["peak_mb"] > 50 for r in rows)
+    with np.load(tmp_path / "out_40" / "video_40.npz") as f:
+        assert f["mean"].shape[0] == 40
