@@ -234,3 +234,24 @@ def test_the_memory_benchmark_reports_rate_and_peak_per_length(tmp_path: Path, c
     assert [r["frames"] for r in rows] == [20, 40] and all(r["frames_per_s"] > 0 and r["peak_mb"] > 50 for r in rows)
     with np.load(tmp_path / "out_40" / "video_40.npz") as f:
         assert f["mean"].shape[0] == 40
+
+
+def test_a_new_nwb_starts_when_the_video_was_recorded(tmp_path: Path, model_dir: Path, cli):
+    from pynwb import NWBHDF5IO
+
+    video = tmp_path / "cam.mp4"
+    with av.open(str(video), "w") as container:
+        container.metadata["creation_time"] = "2024-05-01T10:30:00.000000Z"
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32), 10 * i, np.uint8), format="gray")
+            container.mux(stream.encode(frame.reformat(format="yuv420p")))
+        container.mux(stream.encode())
+    result = cli("encode", "--model", model_dir, "--out", tmp_path / "out", "--video", video, "--format", "nwb")
+    assert result.code == 0, result.err
+    with NWBHDF5IO(str(tmp_path / "out" / "cam.nwb"), "r") as io:
+        nwb = io.read()
+        assert nwb.session_start_time == datetime.datetime(2024, 5, 1, 10, 30, tzinfo=datetime.UTC)
+        geometry = json.loads(nwb.processing["behavior"]["psvae_latents"].comments)["geometry"]
+    assert geometry["session_start_time_from"] == "video creation_time tag"

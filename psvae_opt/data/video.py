@@ -97,12 +97,13 @@ def _open(path: Path):
 @dataclass(frozen=True)
 class VideoInfo:
     """A video's header: path, frames it declares (0 when it declares none), frames per second
-    (NaN when unknown), (H, W) of its frames."""
+    (NaN when unknown), (H, W) of its frames, and its ``creation_time`` tag (None when absent)."""
 
     path: Path
     declared_frames: int
     frame_rate: float
     source_shape: tuple[int, int]
+    creation_time: str | None = None
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -113,7 +114,8 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         shape = (int(stream.codec_context.height), int(stream.codec_context.width))
-        return VideoInfo(path, int(stream.frames or 0), float(rate) if rate else float("nan"), shape)
+        created = container.metadata.get("creation_time") or stream.metadata.get("creation_time")
+        return VideoInfo(path, int(stream.frames or 0), float(rate) if rate else float("nan"), shape, created)
     finally:
         container.close()
 

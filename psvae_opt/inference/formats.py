@@ -159,9 +159,12 @@ def write_nwb(t: Target) -> Path:
                 f"{t.nwb_source}: cannot be read as NWB ({reason[:160]}); give the session's .nwb file"
             ) from None
         return path
-    source = t.session.paths[0]
-    # the recording's file time: the provenance says so (geometry.session_start_time_from)
-    start = datetime.datetime.fromtimestamp(source.stat().st_mtime, datetime.UTC)
+    known = t.session.geometry.get("session_start_time")
+    start = (
+        datetime.datetime.fromisoformat(known)
+        if known
+        else datetime.datetime.fromtimestamp(t.session.paths[0].stat().st_mtime, datetime.UTC)
+    )
     nwb = NWBFile(
         session_description=f"PS-VAE latents of {t.session.name}",
         identifier=str(uuid.uuid4()),

@@ -10,6 +10,7 @@ each video as a session of its own.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import zip_longest
@@ -150,8 +151,23 @@ def read_session_file(path: Path, name: str, frame_rate: float | None = None) ->
         factor_labeled=s.factor_labeled,
         source_size=None if size is None else np.asarray(size, np.float64).reshape(-1, 2),
         geometry={"resize": None, "crop": None, "frames": [0, int(s.images.shape[0])], "frame_rate": rate,
-                  "frame_rate_from": origin if rate is not None else None},
+                  "frame_rate_from": origin if rate is not None else None, **_start_time(path, None)},
     )  # fmt: skip
+
+
+def _start_time(path: Path, tagged: str | None) -> dict[str, str]:
+    """When the recording began, as a new NWB file's session start: the video's ``creation_time``
+    tag, else the file's modification time (a copy may have changed it: the provenance says which)."""
+    if tagged:
+        try:
+            when = datetime.datetime.fromisoformat(tagged.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            return {"session_start_time": when.isoformat(), "session_start_time_from": "video creation_time tag"}
+        except ValueError:
+            pass
+    when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
+    return {"session_start_time": when.isoformat(), "session_start_time_from": "file modification time"}
 
 
 def video_groups(model: PsvaeModel, paths: Sequence[Path]) -> list[list[Path]]:
@@ -227,7 +243,7 @@ def open_video_session(model: PsvaeModel, videos: Sequence[Path], options: Video
         geometry={
             "source_size": [list(i.source_shape) for i in infos], "crop": list(crop) if crop else None,
             "resize": [size, size], "frames": [options.start, options.stop], "frame_rate": rate,
-            "frame_rate_from": origin,
+            "frame_rate_from": origin, **_start_time(infos[0].path, infos[0].creation_time),
         },
         reader=lambda: _stacked(infos, size, crop, options.start, options.stop),
     )  # fmt: skip
