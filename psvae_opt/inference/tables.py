@@ -38,6 +38,7 @@ from psvae_opt.inference.model import PsvaeModel
 from psvae_opt.inference.sources import SessionFrames
 
 BLOCK = 1 << 22  # bytes copied at a time from spooled reconstructions
+ROWS = 4096  # CSV rows converted at a time
 
 
 def frame_table(session: SessionFrames) -> dict[str, np.ndarray]:
@@ -108,9 +109,10 @@ def _write_rows(path: Path, header_rows: list[list], columns: list[np.ndarray]) 
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerows(header_rows)
-        # repr of a float32 converted to Python float keeps every digit it has
-        for row in zip(*(c.tolist() for c in columns)):
-            writer.writerow(row)
+        # repr of a float32 converted to Python float keeps every digit it has; rows go out in
+        # blocks, so the Python lists never hold a long session whole
+        for a in range(0, len(columns[0]) if columns else 0, ROWS):
+            writer.writerows(zip(*(c[a : a + ROWS].tolist() for c in columns)))
 
 
 def write_csv(folder: Path, session: SessionFrames, e: Encoding, m: PsvaeModel, record: str) -> Path:
