@@ -241,10 +241,10 @@ def run_cohort(
             continue
         try:
             session, encoding, written = encode_one(model, item, out, names, settings)
-        except PsvaeError as exc:
+        except (PsvaeError, OSError) as exc:  # OSError: a file unreadable midway, a full disk
             if not keep_going:
                 raise
-            outcome.failures.append(Failure(item.name, item.paths, str(exc)))
+            outcome.failures.append(Failure(item.name, item.paths, str(exc) or type(exc).__name__))
             continue
         outcome.written += written
         if on_session is not None:
