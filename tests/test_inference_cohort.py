@@ -255,3 +255,18 @@ def test_a_new_nwb_starts_when_the_video_was_recorded(tmp_path: Path, model_dir:
         assert nwb.session_start_time == datetime.datetime(2024, 5, 1, 10, 30, tzinfo=datetime.UTC)
         geometry = json.loads(nwb.processing["behavior"]["psvae_latents"].comments)["geometry"]
     assert geometry["session_start_time_from"] == "video creation_time tag"
+
+
+def test_bf16_autocast_encodes_close_to_fp32_and_says_so(tmp_path: Path, model_dir: Path, h5: Path, cli):
+    """The --gpu path's bf16 autocast, run on the CPU: latents stay fp32 and near the fp32 ones."""
+    for precision in ("fp32", "bf16"):
+        result = cli("encode", "--model", model_dir, "--out", tmp_path / precision, h5, "--precision", precision)
+        assert result.code == 0, result.err
+    with np.load(tmp_path / "fp32" / "new.npz") as a, np.load(tmp_path / "bf16" / "new.npz") as b:
+        assert b["mean"].dtype == np.float32 and np.abs(a["mean"] - b["mean"]).max() < 0.05
+        assert not np.array_equal(a["mean"], b["mean"])  # bf16 did run
+        assert json.loads(str(b["provenance"]))["options"]["precision"] == "bf16"
+        assert json.loads(str(a["provenance"]))["options"]["device"] == "cpu"
+    result = cli("encode", "--model", model_dir, "--out", tmp_path / "auto", h5)  # the CPU's auto is fp32
+    with np.load(tmp_path / "auto" / "new.npz") as f:
+        assert json.loads(str(f["provenance"]))["options"]["precision"] == "fp32"
