@@ -167,6 +167,15 @@ def test_an_nwb_source_with_start_time_and_rate_times_every_output(tmp_path: Pat
             record["bundle"]["weights_sha256"] == json.loads((model_dir / "bundle.json").read_text())["weights_sha256"]
         )
         assert behavior["psvae_reconstruction_error"].data.shape == (90,)
+    other = tmp_path / "other.nwb"  # timestamps of a 100-frame video: another recording or another cut
+    nwb = NWBFile("another session", "id-3", datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC))
+    nwb.add_acquisition(ImageSeries(name="cam", external_file=["cam.mp4"], format="external",
+                                    timestamps=np.arange(100) / 30.0, unit="n.a."))  # fmt: skip
+    with NWBHDF5IO(str(other), "w") as io:
+        io.write(nwb)
+    line = one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "o2", h5, "--format", "nwb",
+                              "--nwb-source", other))  # fmt: skip
+    assert "timestamps (cam has 100) do not fit the input's 90 frames" in line and not (tmp_path / "o2").exists()
 
 
 def test_reconstructions_are_streamed_into_the_npz(tmp_path: Path, model_dir: Path, h5: Path, cli):

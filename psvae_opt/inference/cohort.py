@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from psvae_opt.data.sessions import GLOB_CHARS, session_names
 from psvae_opt.errors import ConfigError, DataError, PsvaeError
 from psvae_opt.inference import formats
@@ -140,6 +142,8 @@ def _precheck(model: PsvaeModel, session: SessionFrames, names: list[str], nwb_s
     if "nwb" in names and nwb_source is None and not (rate and rate == rate):
         raise DataError(f"{session.paths[0]}: no frame rate, so NWB timestamps are unknown; give --frame-rate FPS")
     n = session.n_frames if session.frames is not None else session.declared_frames
+    if nwb_source is not None and n:
+        _timed(replace(session, trial_starts=np.array([0, n])), nwb_source, lambda line: None)
     if "behavenet" in names and n:
         behavenet_trials(model.info, session.n_trials if session.frames is not None else -(-n // session.trial_length))
 
@@ -159,7 +163,7 @@ def encode_one(
             progress=settings["progress"], allow_short=settings["allow_short"], warn=settings["warn"],
             movie=_movie_range(session, settings.get("movie")),
         )  # fmt: skip
-        session = _timed(session, nwb_source)
+        session = _timed(session, nwb_source, settings["warn"])
         if "behavenet" in names:
             behavenet_trials(model.info, session.n_trials)
         record = provenance(model.info, model.folder, session.paths, session.geometry, settings["options"])
@@ -189,16 +193,20 @@ def _movie_range(session: SessionFrames, movie: tuple[int, int] | None) -> tuple
     return movie[0] - session.first_frame, movie[1] - session.first_frame
 
 
-def _timed(session: SessionFrames, nwb_source: Path | None) -> SessionFrames:
+def _timed(session: SessionFrames, nwb_source: Path | None, warn: Callable[[str], None]) -> SessionFrames:
     """The session with the NWB source's frame times, when it has them (else frame / rate)."""
     geometry = {**session.geometry, "time_from": "frame / frame rate"}
     if nwb_source is not None:
-        found = formats.nwb_times(nwb_source, session.first_frame, session.n_frames)
+        g = session.geometry
+        short = g.get("frames_declared") is not None and g.get("frames_decoded") != g.get("frames_declared")
+        whole = session.frames is not None or ((g.get("frames") or [0, None])[1] is None and not short)
+        found = formats.nwb_times(nwb_source, session.first_frame, session.n_frames, whole)
         if found is not None:
             return replace(session, timestamps=found[0], geometry={**geometry, "time_from": found[1]})
         if not (session.frame_rate and session.frame_rate == session.frame_rate):
-            raise DataError(f"{nwb_source}: no ImageSeries with timestamps or a rate for {session.n_frames} frames, "
-                            "and the input has no frame rate; give --frame-rate FPS")  # fmt: skip
+            raise DataError(f"{nwb_source}: no ImageSeries with timestamps or a rate, and the input has no frame "
+                            "rate; give --frame-rate FPS")  # fmt: skip
+        warn(f"{nwb_source}: no ImageSeries with timestamps or a rate; times are frame / {session.frame_rate:g} fps")
     return replace(session, geometry=geometry)
 
 

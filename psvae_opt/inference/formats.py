@@ -81,10 +81,12 @@ def _read_nwb(path: Path):
         raise DataError(f"{path}: cannot be read as NWB ({reason[:160]}); give the session's .nwb file") from None
 
 
-def nwb_times(source: Path, first: int, n: int) -> tuple[np.ndarray, str] | None:
+def nwb_times(source: Path, first: int, n: int, whole: bool) -> tuple[np.ndarray, str] | None:
     """(n,) times of frames ``first`` .. ``first + n`` from the NWB file's video (an
     ``ImageSeries`` in acquisition): its timestamps, or ``starting_time + frame / rate``; and
-    where they came from. None when no ImageSeries has timing for that many frames."""
+    where they came from. None when no ImageSeries has timing. Timestamps of another number of
+    frames than the input's (``whole``: the input runs to its end, so exactly ``first + n``) are
+    refused naming both counts: they belong to another video or another cut of it."""
     io = _read_nwb(source)
     try:
         try:
@@ -92,16 +94,25 @@ def nwb_times(source: Path, first: int, n: int) -> tuple[np.ndarray, str] | None
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{source}: cannot be read as NWB ({reason[:160]}); give the session's .nwb file") from None
+        stamped = []
         for name, obj in acquisition.items():
             if type(obj).__name__ != "ImageSeries":
                 continue
             stamps = getattr(obj, "timestamps", None)
-            if stamps is not None and len(stamps) >= first + n:
-                return np.asarray(stamps[first : first + n], np.float64), f"NWB ImageSeries {name} timestamps"
-            rate, start = getattr(obj, "rate", None), getattr(obj, "starting_time", None)
-            if stamps is None and rate:
-                times = float(start or 0.0) + (first + np.arange(n, dtype=np.float64)) / float(rate)
+            if stamps is not None:
+                count = len(stamps)
+                if count == first + n or (not whole and count >= first + n):
+                    return np.asarray(stamps[first : first + n], np.float64), f"NWB ImageSeries {name} timestamps"
+                stamped.append(f"{name} has {count}")
+            elif getattr(obj, "rate", None):
+                start = float(getattr(obj, "starting_time", None) or 0.0)
+                times = start + (first + np.arange(n, dtype=np.float64)) / float(obj.rate)
                 return times, f"NWB ImageSeries {name} starting_time + rate"
+        if stamped:
+            raise DataError(
+                f"{source}: its video's timestamps ({', '.join(stamped)}) do not fit the input's {first + n} frames; "
+                "give the NWB file of this session's video"
+            )
         return None
     finally:
         io.close()
