@@ -160,6 +160,25 @@ def test_npz_holds_means_variances_labels_and_reconstructions(encoded: Path, mod
         assert f["dim_names"].tolist() == [*model.label_names, "z_u0", "z_u1"]
         assert f["trial"].tolist() == np.repeat(np.arange(6), 15).tolist()
         assert np.allclose(f["time"], np.arange(90) / 30.0)  # the synthetic session's 30 frames per second
+        # the quality signal: each frame's pixel MSE against its reconstruction from the latent means
+        error = ((frames / 255.0 - model.decode(mean)) ** 2).mean(axis=(1, 2, 3))
+        assert np.allclose(f["recon_error"], error, rtol=1e-4, atol=1e-7)
+        ref = np.median(error)  # the untrained bundle records no validation pixel MSE: the session's median
+        assert np.allclose(f["confidence"], np.minimum(1.0, ref / error), rtol=1e-4)
+        assert (f["confidence"] == 1.0).sum() >= 45  # half the frames at or below the median
+        record = json.loads(str(f["provenance"]))
+        info = json.loads((model_dir / "bundle.json").read_text())
+        assert (
+            record["bundle"]["weights_sha256"] == info["weights_sha256"]
+            and len(record["bundle"]["weights_sha256"]) == 64
+        )
+        assert (record["bundle"]["study"], record["bundle"]["trial"]) == ("tiny-stage2", 0)
+        assert record["sources"][0]["path"] == str(h5.resolve()) and record["sources"][0][
+            "sha256"
+        ] == bundle.file_sha256(h5)
+        assert record["options"]["format"] == "npz,csv,behavenet,nwb" and record["psvae_opt_version"]
+        assert record["geometry"]["frame_rate"] == 30.0 and record["geometry"]["time_from"] == "frame / frame rate"
+    assert json.loads((encoded / "new.provenance.json").read_text())["bundle"] == record["bundle"]
 
 
 def test_csv_has_a_frame_index_and_every_value(encoded: Path, model_dir: Path):
@@ -170,28 +189,105 @@ def test_csv_has_a_frame_index_and_every_value(encoded: Path, model_dir: Path):
         assert np.allclose(table[[f"{n}_px" for n in f["label_names"]]].to_numpy(), f["labels_px"], atol=1e-4)
         assert table["trial_frame"].tolist()[14:17] == [14, 0, 1]
     with (encoded / "new.csv").open(newline="") as fh:
-        assert next(csv.reader(fh))[:5] == ["frame", "trial", "trial_frame", "time", "mean_paw_front_x"]
-
-
-def test_behavenet_latents_pkl_meets_its_loaders_expectations(encoded: Path):
-    """BehaveNet's ARHMM and decoders load ``latents.pkl`` as:
-
-        d = pickle.load(f); latents = [d['latents'][i] for i in d['trials'][dtype]]
-
-    for dtype in train/val/test, then fit on the list of (T_i, K) float arrays."""
-    with (encoded / "new_latents.pkl").open("rb") as fh:
-        d = pickle.load(fh)
-    assert set(d) >= {"latents", "trials"}
-    assert isinstance(d["latents"], list) and len(d["latents"]) == 6
+        header = next(csv.reader(fh))
+    assert header[:7] == ["frame", "trial", "trial_frame", "time", "recon_error", "confidence", "mean_paw_front_x"]
     with np.load(encoded / "new.npz") as f:
-        for i, trial in enumerate(d["latents"]):
-            assert trial.shape == (15, 6) and trial.dtype == np.float32
-            assert np.array_equal(trial, f["mean"][15 * i : 15 * (i + 1)])
-    expected = split_trials(6, (3, 1, 1, 0), 0)
+        assert np.allclose(table["recon_error"], f["recon_error"], rtol=1e-6)
+
+
+class OldNumpyUnpickler(pickle.Unpickler):
+    """Loads as numpy 1.17 to 1.25 would: numpy's old module names resolve, ``numpy._core`` (numpy
+    2's path, unknown before 1.26) fails, and nothing outside numpy and builtins is trusted."""
+
+    OLD = {"numpy", "numpy.core.multiarray", "numpy.core.numeric"}
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("numpy._core"):
+            raise pickle.UnpicklingError(f"{module}.{name}: numpy < 1.26 has no numpy._core")
+        if module in self.OLD:
+            return getattr(np if module == "numpy" else np._core.multiarray, name)
+        if module == "builtins" and name in {"bytearray", "bytes", "float", "int", "bool", "str", "dict", "list"}:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}: not a numpy or builtin name")
+
+
+def load_old(path: Path):
+    with path.open("rb") as fh:
+        return OldNumpyUnpickler(fh).load()
+
+
+def behavenet_split(n_trials: int, seed: int, train: int, val: int, test: int, gap: int) -> dict[str, list[int]]:
+    """BehaveNet's documented split, written here from its rules: blocks of train | gap | val | gap |
+    test | gap trials; the grid starts at ``np.random.randint(0, leftover)`` after
+    ``np.random.seed(seed)`` (no draw and 0 without leftover); trials off the grid are unused."""
+    block = train + val + test + 3 * gap
+    n_blocks = n_trials // block
+    leftover = n_trials - n_blocks * block
+    offset = int(np.random.RandomState(seed).randint(0, leftover)) if leftover > 0 else 0
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for b in range(n_blocks):
+        first = offset + b * block
+        out["train"] += range(first, first + train)
+        out["val"] += range(first + train + gap, first + train + gap + val)
+        out["test"] += range(first + train + 2 * gap + val, first + train + 2 * gap + val + test)
+    return out
+
+
+def test_behavenet_files_read_back_as_behavenet_reads_them(encoded: Path, model_dir: Path):
+    """BehaveNet's generator reads ``d = pickle.load(f)``, then ``d['latents'][i].astype('float32')`` for
+    each trial ``i`` of ``d['trials'][dtype]``; its ARHMM and decoder scripts read ``meta_tags.pkl``
+    (the model's hparams) from the folder of the latents file."""
+    folder = encoded / "new.behavenet"
+    assert sorted(p.name for p in folder.iterdir()) == ["meta_tags.pkl", "new_latents.pkl"]
+    d = load_old(folder / "new_latents.pkl")  # numpy 1.17's names only: numpy._core would fail
+    assert b"numpy._core" not in (folder / "new_latents.pkl").read_bytes()
+    assert b"numpy._core" not in (folder / "meta_tags.pkl").read_bytes()
+    with np.load(encoded / "new.npz") as f:
+        mean = f["mean"]
+    assert isinstance(d["latents"], list) and len(d["latents"]) == 6
+    for i, trial in enumerate(d["latents"]):
+        assert trial.astype("float32").shape == (15, 6) and trial.flags.writeable
+        assert np.array_equal(trial, mean[15 * i : 15 * (i + 1)])
+    # BehaveNet's split of 6 trials with the study's '3;1;1;0' and data seed 0: one block of 5 at
+    # offset randint(0, 1) = 0, trial 5 unused (the study's blocked split would train on it)
+    expected = behavenet_split(6, 0, 3, 1, 1, 0)
+    assert expected == {"train": [0, 1, 2], "val": [3], "test": [4]}
     for dtype in ("train", "val", "test"):
-        assert d["trials"][dtype].tolist() == expected[dtype].tolist()
-        assert all(np.isfinite(d["latents"][i]).all() for i in d["trials"][dtype])
-    assert sorted(np.concatenate([d["trials"][k] for k in ("train", "val", "test")]).tolist()) == list(range(6))
+        assert d["trials"][dtype].tolist() == expected[dtype]
+        batch = [d["latents"][i].astype("float32") for i in d["trials"][dtype]]
+        assert all(np.isfinite(x).all() for x in batch)
+    tags = load_old(folder / "meta_tags.pkl")
+    assert tags["model_class"] == "ps-vae" and tags["n_ae_latents"] == 6 and tags["n_labels"] == 4
+    assert tags["trial_splits"] == "3;1;1;0" and tags["rng_seed_data"] == 0 and tags["training_completed"] is True
+    assert (tags["y_pixels"], tags["x_pixels"], tags["n_input_channels"]) == (32, 32, 1)
+    assert Path(tags["ae_latents_file"]) == folder / "new_latents.pkl"
+    assert tags["psvae_opt_trials"]["train"] == split_trials(6, (3, 1, 1, 0), 0)["train"].tolist()
+    assert (
+        tags["psvae_opt"]["bundle"]["weights_sha256"]
+        == json.loads((model_dir / "bundle.json").read_text())["weights_sha256"]
+    )
+
+
+@pytest.mark.parametrize(
+    "n_trials, seed, counts", [(23, 0, (8, 1, 1, 0)), (40, 7, (5, 1, 1, 1)), (61, 3, (8, 1, 1, 0))]
+)
+def test_behavenet_trials_follow_behavenets_rules(n_trials: int, seed: int, counts):
+    from psvae_opt.inference.behavenet import behavenet_trials
+
+    got = behavenet_trials({"split": {"counts": list(counts), "data_seed": seed, "mode": "blocked"}}, n_trials)
+    assert {k: v.tolist() for k, v in got.items()} == behavenet_split(n_trials, seed, *counts)
+
+
+def test_the_portable_pickle_round_trips_arrays_and_numpy_scalars(tmp_path: Path):
+    from psvae_opt.inference.behavenet import dump
+
+    value = {"a": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2], "b": np.int64(3), "c": np.float32(0.5),
+             "d": [np.zeros((0, 2)), np.array([True, False])]}  # fmt: skip
+    dump(value, tmp_path / "x.pkl")
+    back = load_old(tmp_path / "x.pkl")
+    assert np.array_equal(back["a"], value["a"]) and back["a"].dtype == np.float32
+    assert type(back["b"]) is int and back["b"] == 3 and type(back["c"]) is float and back["c"] == 0.5
+    assert back["d"][0].shape == (0, 2) and back["d"][1].tolist() == [True, False]
 
 
 def test_nwb_holds_time_series_in_the_behavior_module(encoded: Path):
@@ -316,10 +412,10 @@ def test_unreadable_videos_are_refused_and_nothing_is_written(tmp_path: Path, mo
 
 
 def test_bad_options_are_refused(tmp_path: Path, model_dir: Path, h5: Path, cli):
-    assert "choose among npz, csv, behavenet, nwb" in _refused(
+    assert "choose among npz, csv, dlc, behavenet, nwb" in _refused(
         cli, tmp_path / "o", "--model", model_dir, h5, "--format", "xls"
     )
-    assert "one of the two" in _refused(cli, tmp_path / "o", "--model", model_dir)
+    assert "give session files (HDF5), videos or folders" in _refused(cli, tmp_path / "o", "--model", model_dir)
     (tmp_path / "file").write_text("")
     assert "is a file" in one_line_error(cli("encode", "--model", model_dir, "--out", tmp_path / "file", h5))
 
@@ -358,12 +454,14 @@ def test_globs_encode_every_session_and_views_take_one_video_each(tmp_path: Path
     model_dir = make_bundle(tmp_path / "m", h5)
     result = cli("encode", "--model", model_dir, "--out", tmp_path / "out", f"{folder}/*.h5", "--format", "npz,csv")
     assert result.code == 0, result.err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["day1.csv", "day1.npz", "day2.csv", "day2.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"day{d}.{ext}" for d in (1, 2) for ext in ("csv", "npz", "provenance.json")
+    ]
     assert "label R^2" in result.out and "jaw" in result.out and "chest" in result.out
     two_views = make_bundle(tmp_path / "m2", synth_session(tmp_path / "v.h5", size=32, trials=2, frames=5, views=2))
     video = write_video(tmp_path / "side.mp4", np.zeros((3, 32, 32), np.uint8))
     line = _refused(cli, tmp_path / "out2", "--model", two_views, "--video", video)
-    assert "1 --video for a model of 2 channels" in line
+    assert "1 videos for a model of 2 channels" in line
     rng = np.random.default_rng(1)
     bottom = write_video(tmp_path / "bottom.mp4", rng.integers(0, 255, (3, 36, 30), dtype=np.uint8))
     video = write_video(tmp_path / "side.mp4", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8))

@@ -13,10 +13,10 @@ same per-axis factors, so nothing is lost but the aspect ratio of the picture.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,9 @@ def unscale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, s
     return (xy + 0.5) * (hw[..., ::-1] / size) - 0.5
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _open(path: Path):
+    import av
+
     if not path.is_file():
         raise DataError(f"{path}: video not found; check --video")
     try:
@@ -92,40 +94,97 @@ def _open(path: Path) -> av.container.InputContainer:
     return container
 
 
-def read_video(path: str | Path, size: int) -> Clip:
-    """Decode every frame of a video to grayscale, resized to ``size`` x ``size``.
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's header: path, frames it declares (0 when it declares none), frames per second
+    (NaN when unknown), (H, W) of its frames, and its ``creation_time`` tag (None when absent)."""
 
-    Frames are converted by FFmpeg ("gray": the luma plane, expanded from TV range), then
-    resized in chunks of ``CHUNK`` so that a long video never sits in memory at full size.
+    path: Path
+    declared_frames: int
+    frame_rate: float
+    source_shape: tuple[int, int]
+    creation_time: str | None = None
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Read a video's header (nothing is decoded): refuses a file FFmpeg cannot open."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        shape = (int(stream.codec_context.height), int(stream.codec_context.width))
+        created = container.metadata.get("creation_time") or stream.metadata.get("creation_time")
+        return VideoInfo(path, int(stream.frames or 0), float(rate) if rate else float("nan"), shape, created)
+    finally:
+        container.close()
+
+
+Crop = tuple[int, int, int, int]  # x, y, width, height in source pixels
+
+
+def iter_video(
+    path: str | Path, size: int, crop: Crop | None = None, start: int = 0, stop: int | None = None
+) -> Iterator[np.ndarray]:
+    """Decode frames ``start`` to ``stop`` (exclusive; None: to the end) of a video to grayscale,
+    cropped to ``crop`` (x, y, w, h) first, and resized to ``size`` x ``size``.
+
+    Yields (n, size, size) uint8 chunks of at most ``CHUNK`` frames: memory does not grow with
+    the video's length. Frames before ``start`` are decoded and dropped (exact on any codec).
     """
+    import av
+
     path = Path(path)
     container = _open(path)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame-parallel decoding: several times faster for H.264
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    chunks, pending, shape = [], [], None
-    bar = tqdm(total=stream.frames or None, desc=f"decoding {path.name}", unit="frame", disable=None, leave=False)
+    pending, shape, index = [], None, -1
     try:
         for frame in container.decode(stream):
-            pending.append(frame.to_ndarray(format="gray"))
-            if shape is not None and pending[-1].shape != shape:
+            index += 1
+            if stop is not None and index >= stop:
+                break
+            if index < start:
+                continue
+            gray = frame.to_ndarray(format="gray")
+            if shape is not None and gray.shape != shape:
                 raise DataError(f"{path}: the frame size changes mid-video; re-encode it at one size")
-            shape = pending[-1].shape
+            shape = gray.shape
+            if crop is not None:
+                x, y, w, h = crop
+                gray = gray[y : y + h, x : x + w]
+            pending.append(gray)
             if len(pending) == CHUNK:
-                chunks.append(resize_frames(np.stack(pending), size))
-                bar.update(len(pending))
+                yield resize_frames(np.stack(pending), size)
                 pending = []
     except av.FFmpegError as exc:
-        done = sum(map(len, chunks)) + len(pending)
-        raise DataError(f"{path}: decoding failed after {done} frames ({exc}); re-encode the video") from None
+        raise DataError(f"{path}: decoding failed after {index} frames ({exc}); re-encode the video") from None
     finally:
-        bar.close()
         container.close()
     if pending:
-        chunks.append(resize_frames(np.stack(pending), size))
+        yield resize_frames(np.stack(pending), size)
+
+
+def read_video(path: str | Path, size: int) -> Clip:
+    """Decode every frame of a video to grayscale, resized to ``size`` x ``size``.
+
+    Frames are converted by FFmpeg ("gray": the luma plane, expanded from TV range), then
+    resized in chunks of ``CHUNK`` (:func:`iter_video`), so a video never sits in memory at full size.
+    """
+    info = probe_video(path)
+    bar = tqdm(
+        total=info.declared_frames or None, desc=f"decoding {info.path.name}", unit="frame", disable=None, leave=False
+    )
+    chunks = []
+    try:
+        for chunk in iter_video(info.path, size):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
     if not chunks:
-        raise DataError(f"{path}: the video has no frames; give a video with at least one frame")
-    return Clip(path, np.concatenate(chunks), float(rate) if rate else float("nan"), tuple(shape))  # type: ignore[arg-type]
+        raise DataError(f"{info.path}: the video has no frames; give a video with at least one frame")
+    return Clip(info.path, np.concatenate(chunks), info.frame_rate, info.source_shape)
 
 
 def read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:

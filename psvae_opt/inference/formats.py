@@ -1,40 +1,41 @@
 """Writers of an encoded session, one per format that downstream tools read (:data:`FORMATS`).
 
-- ``npz``: NumPy arrays ``mean``, ``variance`` (T, K), ``labels_z``, ``labels_px`` (T, L), ``frame``,
-  ``trial``, ``trial_frame``, ``time`` (T,), ``dim_names``, ``label_names`` and, when asked,
-  ``reconstructions`` (T, C, H, W) uint8;
-- ``csv``: one row per frame: ``frame``, ``trial``, ``trial_frame``, ``time``, then ``mean_DIM``,
-  ``var_DIM``, ``LABEL_z``, ``LABEL_px`` (pandas, R or a spreadsheet read it);
-- ``behavenet``: BehaveNet's ``latents.pkl`` (``NAME_latents.pkl``): a pickled dict of ``latents``,
-  a list with one (T_i, K) float array of latent means per trial, and ``trials``, the trial
-  indices of ``train``, ``val`` and ``test``, split as the model's training data was (BehaveNet's
-  ARHMM and decoders read ``latents[i] for i in trials[split]``);
+- ``npz``, ``csv`` and ``dlc`` (a DeepLabCut-style keypoints CSV): :mod:`psvae_opt.inference.tables`;
+- ``behavenet``: a folder ``NAME.behavenet/`` with BehaveNet's ``NAME_latents.pkl`` and
+  ``meta_tags.pkl`` (see :mod:`psvae_opt.inference.behavenet`: BehaveNet's own split in
+  ``trials``, readable by numpy 1.17 to 2.x);
 - ``nwb``: ``TimeSeries`` in the ``behavior`` processing module (``psvae_latents``,
-  ``psvae_latent_variances``, ``psvae_labels_z`` and ``psvae_labels_px``) with the frames'
-  timestamps, appended to a copy of the session's NWB file or in a new one.
+  ``psvae_latent_variances``, ``psvae_labels_z``, ``psvae_labels_px`` and
+  ``psvae_reconstruction_error``) with the frames' timestamps, appended to a copy of the
+  session's NWB file (``--nwb-source``) or in a new one; the provenance in each series' ``comments``.
+
+Every session also gets ``NAME.provenance.json`` (:mod:`psvae_opt.inference.provenance`).
+
+With ``--nwb-source``, frame times come from the file's ``ImageSeries`` (its ``timestamps``, or its
+``starting_time`` and ``rate``), for every format: :func:`nwb_times`.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
-import os
-import pickle
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from psvae_opt.data import split_trials
 from psvae_opt.errors import DataError, require_extra
-from psvae_opt.inference.encode import Encoding, encode_session
+from psvae_opt.inference import tables
+from psvae_opt.inference.behavenet import write_behavenet_folder
+from psvae_opt.inference.encode import Encoding
 from psvae_opt.inference.model import PsvaeModel
 from psvae_opt.inference.sources import SessionFrames
 
-NWB_SERIES = ("psvae_latents", "psvae_latent_variances", "psvae_labels_z", "psvae_labels_px")
+NWB_SERIES = (
+    "psvae_latents", "psvae_latent_variances", "psvae_labels_z", "psvae_labels_px", "psvae_reconstruction_error"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,90 +46,76 @@ class Target:
     session: SessionFrames
     encoding: Encoding
     model: PsvaeModel
+    provenance: dict
+    record: str  # the provenance as JSON
     nwb_source: Path | None = None
-
-
-def frame_table(session: SessionFrames) -> dict[str, np.ndarray]:
-    """(T,) frame index, trial index, frame within the trial, and time in seconds."""
-    n = session.n_frames
-    trial = np.repeat(np.arange(session.n_trials), np.diff(session.trial_starts))
-    return {
-        "frame": np.arange(n),
-        "trial": trial,
-        "trial_frame": np.arange(n) - session.trial_starts[trial],
-        "time": session.times,
-    }
+    final_folder: Path | None = None
 
 
 def write_npz(t: Target) -> Path:
-    e, m = t.encoding, t.model
-    arrays = {
-        **frame_table(t.session),
-        "mean": e.mean,
-        "variance": e.variance,
-        "labels_z": e.labels_z,
-        "dim_names": np.array(m.dim_names),
-        "label_names": np.array(m.label_names),
-        "n_labels": np.int64(m.n_labels),
-    }
-    if e.labels_px is not None:
-        arrays["labels_px"] = e.labels_px
-    if e.reconstructions is not None:
-        arrays["reconstructions"] = e.reconstructions
-    path = t.folder / f"{t.session.name}.npz"
-    np.savez(path, **arrays)
-    return path
+    return tables.write_npz(t.folder, t.session, t.encoding, t.model, t.record)
 
 
 def write_csv(t: Target) -> Path:
-    e, m = t.encoding, t.model
-    columns = frame_table(t.session)
-    blocks = [
-        ("mean_{}", m.dim_names, e.mean),
-        ("var_{}", m.dim_names, e.variance),
-        ("{}_z", m.label_names, e.labels_z),
-    ]
-    if e.labels_px is not None:
-        blocks.append(("{}_px", m.label_names, e.labels_px))
-    for pattern, names, values in blocks:
-        columns.update({pattern.format(n): values[:, i] for i, n in enumerate(names)})
-    path = t.folder / f"{t.session.name}.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        # repr of a float32 converted to Python float keeps every digit it has
-        for row in zip(*(c.tolist() for c in columns.values())):
-            writer.writerow(row)
-    return path
+    return tables.write_csv(t.folder, t.session, t.encoding, t.model, t.record)
 
 
-def behavenet_trials(model: PsvaeModel, n_trials: int) -> dict[str, np.ndarray]:
-    """Train/val/test trial indices of a new session, split as the model's training data was."""
-    split = model.info.get("split") or {}
-    counts = tuple(split.get("counts", (8, 1, 1, 0)))
-    return split_trials(n_trials, counts, int(split.get("data_seed", 0)), split.get("mode", "blocked"))
+def write_dlc(t: Target) -> Path:
+    return tables.write_dlc(t.folder, t.session, t.encoding, t.model, t.record)
 
 
 def write_behavenet(t: Target) -> Path:
-    starts = t.session.trial_starts
-    latents = [np.ascontiguousarray(t.encoding.mean[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-    trials = behavenet_trials(t.model, t.session.n_trials)
-    path = t.folder / f"{t.session.name}_latents.pkl"
-    with path.open("wb") as fh:
-        pickle.dump({"latents": latents, "trials": trials}, fh)
-    return path
+    return write_behavenet_folder(
+        t.folder, t.session.name, t.encoding.mean, t.session.trial_starts, t.model.info, t.model.frame_shape,
+        t.provenance, t.final_folder,
+    )  # fmt: skip
 
 
-def _timestamps(session: SessionFrames, nwb) -> np.ndarray:
-    """The video's timestamps: an ImageSeries of the NWB file with one per frame, else frame / rate."""
-    for obj in getattr(nwb, "acquisition", {}).values() if nwb is not None else ():
-        stamps = getattr(obj, "timestamps", None)
-        if type(obj).__name__ == "ImageSeries" and stamps is not None and len(stamps) == session.n_frames:
-            return np.asarray(stamps[:], np.float64)
-    times = session.times
-    if not np.isfinite(times).all():
-        raise DataError(f"{session.paths[0]}: no frame rate, so NWB timestamps are unknown; give --frame-rate FPS")
-    return times
+def _read_nwb(path: Path):
+    from pynwb import NWBHDF5IO
+
+    try:
+        return NWBHDF5IO(str(path), "r")
+    except Exception as exc:  # pynwb and h5py raise many kinds for a file that is not NWB
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot be read as NWB ({reason[:160]}); give the session's .nwb file") from None
+
+
+def nwb_times(source: Path, first: int, n: int, whole: bool) -> tuple[np.ndarray, str] | None:
+    """(n,) times of frames ``first`` .. ``first + n`` from the NWB file's video (an
+    ``ImageSeries`` in acquisition): its timestamps, or ``starting_time + frame / rate``; and
+    where they came from. None when no ImageSeries has timing. Timestamps of another number of
+    frames than the input's (``whole``: the input runs to its end, so exactly ``first + n``) are
+    refused naming both counts: they belong to another video or another cut of it."""
+    io = _read_nwb(source)
+    try:
+        try:
+            acquisition = io.read().acquisition
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{source}: cannot be read as NWB ({reason[:160]}); give the session's .nwb file") from None
+        stamped = []
+        for name, obj in acquisition.items():
+            if type(obj).__name__ != "ImageSeries":
+                continue
+            stamps = getattr(obj, "timestamps", None)
+            if stamps is not None:
+                count = len(stamps)
+                if count == first + n or (not whole and count >= first + n):
+                    return np.asarray(stamps[first : first + n], np.float64), f"NWB ImageSeries {name} timestamps"
+                stamped.append(f"{name} has {count}")
+            elif getattr(obj, "rate", None):
+                start = float(getattr(obj, "starting_time", None) or 0.0)
+                times = start + (first + np.arange(n, dtype=np.float64)) / float(obj.rate)
+                return times, f"NWB ImageSeries {name} starting_time + rate"
+        if stamped:
+            raise DataError(
+                f"{source}: its video's timestamps ({', '.join(stamped)}) do not fit the input's {first + n} frames; "
+                "give the NWB file of this session's video"
+            )
+        return None
+    finally:
+        io.close()
 
 
 def _add_series(nwb, t: Target, timestamps: np.ndarray) -> None:
@@ -148,10 +135,20 @@ def _add_series(nwb, t: Target, timestamps: np.ndarray) -> None:
     ]
     if e.labels_px is not None:
         series.append((NWB_SERIES[3], e.labels_px, "pixels", f"labels ({labels}) predicted by {where}, video pixels"))
+    series.append((NWB_SERIES[4], e.recon_error, "a.u.", f"pixel MSE of each frame's reconstruction by {where}"))
     stamps = timestamps
     for name, data, unit, description in series:
-        behavior.add(TimeSeries(name=name, data=data, unit=unit, timestamps=stamps, description=description))
+        behavior.add(
+            TimeSeries(name=name, data=data, unit=unit, timestamps=stamps, description=description, comments=t.record)
+        )
         stamps = behavior[NWB_SERIES[0]]  # the others link to the first one's timestamps
+
+
+def _timestamps(session: SessionFrames) -> np.ndarray:
+    times = session.times
+    if not np.isfinite(times).all():
+        raise DataError(f"{session.paths[0]}: no frame rate, so NWB timestamps are unknown; give --frame-rate FPS")
+    return times
 
 
 def write_nwb(t: Target) -> Path:
@@ -163,7 +160,7 @@ def write_nwb(t: Target) -> Path:
         try:
             with NWBHDF5IO(str(path), "a") as io:
                 nwb = io.read()
-                _add_series(nwb, t, _timestamps(t.session, nwb))
+                _add_series(nwb, t, _timestamps(t.session))
                 io.write(nwb)
         except DataError:
             raise
@@ -173,14 +170,18 @@ def write_nwb(t: Target) -> Path:
                 f"{t.nwb_source}: cannot be read as NWB ({reason[:160]}); give the session's .nwb file"
             ) from None
         return path
-    source = t.session.paths[0]
-    start = datetime.datetime.fromtimestamp(source.stat().st_mtime, datetime.UTC)  # the recording's file time
+    known = t.session.geometry.get("session_start_time")
+    start = (
+        datetime.datetime.fromisoformat(known)
+        if known
+        else datetime.datetime.fromtimestamp(t.session.paths[0].stat().st_mtime, datetime.UTC)
+    )
     nwb = NWBFile(
         session_description=f"PS-VAE latents of {t.session.name}",
         identifier=str(uuid.uuid4()),
         session_start_time=start,
     )
-    _add_series(nwb, t, _timestamps(t.session, None))
+    _add_series(nwb, t, _timestamps(t.session))
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return path
@@ -192,9 +193,17 @@ FORMAT_NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {"nwb": ("poses", ("pynwb
 FORMATS: dict[str, Callable[[Target], Path]] = {
     "npz": write_npz,
     "csv": write_csv,
+    "dlc": write_dlc,
     "behavenet": write_behavenet,
     "nwb": write_nwb,
 }
+OUTPUTS = {"npz": "{}.npz", "csv": "{}.csv", "dlc": "{}.keypoints.csv", "behavenet": "{}.behavenet", "nwb": "{}.nwb"}
+PROVENANCE = "{}.provenance.json"
+
+
+def output_names(name: str, formats: list[str]) -> list[str]:
+    """The files (and folders) a session of ``name`` gets in ``--out``."""
+    return [OUTPUTS[f].format(name) for f in formats] + [PROVENANCE.format(name)]
 
 
 def parse_formats(text: str) -> list[str]:
@@ -220,49 +229,3 @@ def check_out(out: Path) -> None:
     """Refuse an ``--out`` that is a file, before anything is decoded."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder for the encoded sessions")
-
-
-def write_sessions(
-    model: PsvaeModel,
-    sessions: Iterable[SessionFrames],
-    out: str | Path,
-    formats: Sequence[str],
-    *,
-    batch_size: int = 256,
-    reconstructions: bool = False,
-    nwb_source: Path | None = None,
-    progress: bool = False,
-    on_session: Callable[[SessionFrames, Encoding, list[Path]], None] | None = None,
-) -> list[Path]:
-    """Encode every session and write each format; returns the files written in ``out``.
-
-    Everything goes to a staging folder beside ``out`` first and is moved into ``out`` only once
-    every session is done: a refused session (a damaged file, an unreadable video, a frame rate
-    NWB lacks) leaves ``out`` as it was. Files of the same names in ``out`` are replaced.
-    """
-    out = Path(out)
-    check_out(out)
-    require_libraries(formats)
-    try:
-        staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    except OSError as exc:
-        raise DataError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another folder") from None
-    try:
-        for session in sessions:
-            encoding = encode_session(
-                model, session, batch_size=batch_size, reconstructions=reconstructions, progress=progress
-            )
-            target = Target(staging, session, encoding, model, nwb_source)
-            paths = [FORMATS[name](target) for name in formats]
-            if on_session is not None:
-                on_session(session, encoding, [out / p.name for p in paths])
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out / path.name)
-            written.append(out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return written

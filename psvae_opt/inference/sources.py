@@ -1,16 +1,19 @@
 """New data for a model: HDF5 session files or videos, checked against the model before any output.
 
 Session files are checked from their headers (frame shape, label names) before a frame is read;
-videos are decoded with the import's own reader (:func:`psvae_opt.data.video.read_video`:
+videos are streamed through the import's own reader (:func:`psvae_opt.data.video.iter_video`:
 FFmpeg's grayscale, then the same antialiased resize), so a frame encodes as it would after
-``psvae-opt data import``. A model of C channels takes C videos per session (camera views, as
-``data import`` stacks them); a one-channel model takes each video as a session of its own.
+``psvae-opt data import``, and a video is never held whole. A model of C channels takes C
+videos per session (camera views, as ``data import`` stacks them); a one-channel model takes
+each video as a session of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import datetime
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,8 @@ import numpy as np
 from psvae_opt.data import load_session, resolve_paths
 from psvae_opt.data.layout import inspect_file, open_file
 from psvae_opt.data.sessions import session_names
-from psvae_opt.data.video import read_video
-from psvae_opt.errors import ConfigError, DataError
+from psvae_opt.data.video import Crop, VideoInfo, iter_video, probe_video
+from psvae_opt.errors import DataError
 from psvae_opt.inference.model import PsvaeModel
 
 
@@ -29,17 +32,24 @@ class SessionFrames:
 
     Attributes:
         name: a file-name-safe session name; paths: its file, or its videos (one per view).
-        frames: (T, C, H, W) uint8; trial_starts: (n_trials + 1,) frame offsets.
+        frames: (T, C, H, W) uint8 (session files), or None for videos, which are streamed
+            through ``reader`` (yields (n, C, H, W) uint8 chunks) and never held whole.
+        trial_starts: (n_trials + 1,) frame offsets (for videos, set once decoded: :func:`with_length`).
         frame_rate: frames per second (None when unknown).
         labels, masks, labels_sc: (T, L) the file's z-scored labels, validity and stored-frame
             pixels (None for videos, and ``labels_sc`` for files without it).
         factors: (T, F) ground truth (synthetic data) with ``factor_names``, ``factor_labeled``.
-        source_size: (L, 2) (H, W) of each label's source video, when the input tells it.
+        source_size: (L, 2) (H, W) of each label's source video (its crop), when the input tells it.
+        label_offset: (L,) pixels added to predicted labels (a crop's x for x labels, y for y labels).
+        first_frame: the source frame of frame 0 (``--frames START``).
+        declared_frames: frames the videos declare for the range encoded (0: unknown).
+        trial_length: frames per trial (videos); timestamps: (T,) seconds from an NWB source.
+        geometry: the resize, crop, frame range and frame rate used (stored in every output).
     """
 
     name: str
     paths: tuple[Path, ...]
-    frames: np.ndarray
+    frames: np.ndarray | None
     trial_starts: np.ndarray
     frame_rate: float | None = None
     labels: np.ndarray | None = None
@@ -49,10 +59,17 @@ class SessionFrames:
     factor_names: tuple[str, ...] = ()
     factor_labeled: tuple[bool, ...] = ()
     source_size: np.ndarray | None = None
+    label_offset: np.ndarray | None = None
+    first_frame: int = 0
+    declared_frames: int = 0
+    trial_length: int = 100
+    timestamps: np.ndarray | None = None
+    geometry: dict = field(default_factory=dict)
+    reader: Callable[[], Iterator[np.ndarray]] | None = None
 
     @property
     def n_frames(self) -> int:
-        return int(self.frames.shape[0])
+        return int(self.frames.shape[0]) if self.frames is not None else int(self.trial_starts[-1])
 
     @property
     def n_trials(self) -> int:
@@ -60,9 +77,26 @@ class SessionFrames:
 
     @property
     def times(self) -> np.ndarray:
-        """(T,) seconds from the first frame (NaN when the frame rate is unknown)."""
+        """(T,) seconds: the NWB source's times, else source frame index / rate (NaN without a rate)."""
+        if self.timestamps is not None:
+            return self.timestamps
         rate = self.frame_rate if self.frame_rate and np.isfinite(self.frame_rate) else float("nan")
-        return np.arange(self.n_frames, dtype=np.float64) / rate
+        return (self.first_frame + np.arange(self.n_frames, dtype=np.float64)) / rate
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        """(n, C, H, W) uint8 chunks of every frame, in order."""
+        if self.reader is not None:
+            yield from self.reader()
+            return
+        assert self.frames is not None
+        for a in range(0, len(self.frames), size):
+            yield self.frames[a : a + size]
+
+
+def with_length(session: SessionFrames, n_frames: int) -> SessionFrames:
+    """A streamed session once its frames are counted: trials of ``trial_length`` frames."""
+    starts = np.append(np.arange(0, n_frames, session.trial_length), n_frames).astype(np.int64)
+    return replace(session, trial_starts=starts)
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -97,17 +131,18 @@ def session_files(model: PsvaeModel, patterns: Sequence[str]) -> tuple[list[Path
     return paths, tuple(n.replace("/", "_") for n in session_names(paths))
 
 
-def read_session_file(path: Path, name: str) -> SessionFrames:
-    """One session file (already checked) in memory."""
+def read_session_file(path: Path, name: str, frame_rate: float | None = None) -> SessionFrames:
+    """One session file (already checked) in memory; ``frame_rate`` where the file records none."""
     s = load_session(path)
     rate = s.attrs.get("frame_rate")
     size = s.attrs.get("label_source_size")
+    rate, origin = (float(rate), "session file") if rate is not None else (frame_rate, "--frame-rate")
     return SessionFrames(
         name=name,
         paths=(path,),
         frames=s.images,
         trial_starts=np.asarray(s.trial_starts),
-        frame_rate=float(rate) if rate is not None else None,
+        frame_rate=rate,
         labels=s.labels,
         masks=s.masks,
         labels_sc=s.labels_sc,
@@ -115,26 +150,39 @@ def read_session_file(path: Path, name: str) -> SessionFrames:
         factor_names=s.factor_names,
         factor_labeled=s.factor_labeled,
         source_size=None if size is None else np.asarray(size, np.float64).reshape(-1, 2),
-    )
+        geometry={"resize": None, "crop": None, "frames": [0, int(s.images.shape[0])], "frame_rate": rate,
+                  "frame_rate_from": origin if rate is not None else None, **_start_time(path, None)},
+    )  # fmt: skip
 
 
-def video_groups(model: PsvaeModel, videos: Sequence[str]) -> list[list[Path]]:
+def _start_time(path: Path, tagged: str | None) -> dict[str, str]:
+    """When the recording began, as a new NWB file's session start: the video's ``creation_time``
+    tag, else the file's modification time (a copy may have changed it: the provenance says which)."""
+    if tagged:
+        try:
+            when = datetime.datetime.fromisoformat(tagged.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            return {"session_start_time": when.isoformat(), "session_start_time_from": "video creation_time tag"}
+        except ValueError:
+            pass
+    when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
+    return {"session_start_time": when.isoformat(), "session_start_time_from": "file modification time"}
+
+
+def video_groups(model: PsvaeModel, paths: Sequence[Path]) -> list[list[Path]]:
     """Videos per session: all of them as the C views of one session, or one session each (C = 1)."""
     c, h, w = model.frame_shape
     if h != w:
         raise DataError(f"the model {model.folder} takes {h} x {w} frames; videos are resized to squares only")
-    paths = [Path(v) for v in videos]
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path}: video not found; check --video")
     if c == 1:
         return [[p] for p in paths]
     if len(paths) != c:
         raise DataError(
-            f"{len(paths)} --video for a model of {c} channels (camera views); give one --video per view, in the "
+            f"{len(paths)} videos for a model of {c} channels (camera views); give one --video per view, in the "
             "order of the import"
         )
-    return [paths]
+    return [list(paths)]
 
 
 def _label_sizes(model: PsvaeModel, shapes: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -149,42 +197,69 @@ def _label_sizes(model: PsvaeModel, shapes: Sequence[tuple[int, int]]) -> np.nda
     return out
 
 
-def read_video_session(model: PsvaeModel, videos: Sequence[Path], trial_length: int) -> SessionFrames:
-    """Decode a session's videos (one per view) at the model's frame size; trials of ``trial_length``."""
-    if trial_length < 1:
-        raise ConfigError(f"--trial-length {trial_length}: must be >= 1 frame")
-    clips = [read_video(v, model.frame_shape[1]) for v in videos]
-    lengths = {c.n_frames for c in clips}
-    if len(lengths) > 1:
-        listed = ", ".join(f"{c.path} has {c.n_frames}" for c in clips)
-        raise DataError(f"the views differ in length ({listed} frames); give videos of one session cut alike")
-    frames = np.stack([c.frames for c in clips], axis=1)
-    starts = np.append(np.arange(0, len(frames), trial_length), len(frames)).astype(np.int64)
+@dataclass(frozen=True)
+class VideoOptions:
+    """How videos are read: ``crop`` (x, y, w, h) in source pixels before the resize, frames
+    ``start`` to ``stop`` (exclusive), trials of ``trial_length``, ``frame_rate`` where the video
+    declares none, ``allow_short``: encode a video that decodes fewer frames than it declares."""
+
+    trial_length: int = 100
+    crop: Crop | None = None
+    start: int = 0
+    stop: int | None = None
+    frame_rate: float | None = None
+    allow_short: bool = False
+
+
+def open_video_session(model: PsvaeModel, videos: Sequence[Path], options: VideoOptions) -> SessionFrames:
+    """A session of videos (one per view), streamed at the model's frame size (nothing decoded yet)."""
+    infos = [probe_video(v) for v in videos]
+    crop = options.crop
+    for info in infos:
+        h, w = info.source_shape
+        if crop is not None and (crop[0] + crop[2] > w or crop[1] + crop[3] > h):
+            raise DataError(f"{info.path}: --crop {','.join(map(str, crop))} (x,y,w,h) leaves its {w} x {h} frames")
+    shapes = [(crop[3], crop[2]) if crop else i.source_shape for i in infos]
+    declared = min(i.declared_frames for i in infos)
+    if declared:
+        declared = max(0, min(options.stop or declared, declared) - options.start)
+    rate, origin = infos[0].frame_rate, "video"
+    if not np.isfinite(rate):
+        rate, origin = (options.frame_rate, "--frame-rate") if options.frame_rate else (float("nan"), None)
+    half = model.n_labels // 2  # all x labels, then all y
+    offset = np.where(np.arange(model.n_labels) < half, crop[0], crop[1]) if crop else None
+    size = model.frame_shape[1]
     return SessionFrames(
-        name=clips[0].path.stem,
-        paths=tuple(c.path for c in clips),
-        frames=frames,
-        trial_starts=starts,
-        frame_rate=clips[0].frame_rate,
-        source_size=_label_sizes(model, [c.source_shape for c in clips]),
-    )
+        name=infos[0].path.stem,
+        paths=tuple(i.path for i in infos),
+        frames=None,
+        trial_starts=np.zeros(1, np.int64),
+        frame_rate=rate,
+        source_size=_label_sizes(model, shapes),
+        label_offset=None if offset is None else offset.astype(np.float64),
+        first_frame=options.start,
+        declared_frames=declared,
+        trial_length=options.trial_length,
+        geometry={
+            "source_size": [list(i.source_shape) for i in infos], "crop": list(crop) if crop else None,
+            "resize": [size, size], "frames": [options.start, options.stop], "frame_rate": rate,
+            "frame_rate_from": origin, **_start_time(infos[0].path, infos[0].creation_time),
+        },
+        reader=lambda: _stacked(infos, size, crop, options.start, options.stop),
+    )  # fmt: skip
 
 
-def iter_sessions(
-    model: PsvaeModel, sessions: Sequence[str], videos: Sequence[str], trial_length: int = 100
-) -> tuple[int, Iterator[SessionFrames]]:
-    """Check every input against the model up front; returns the number of sessions and an
-    iterator that reads them one at a time (a long study never sits in memory whole)."""
-    if bool(sessions) == bool(videos):
-        raise ConfigError("give session files (HDF5) or --video files, one of the two")
-    if sessions:
-        paths, names = session_files(model, sessions)
-        if len(set(names)) != len(names):
-            raise ConfigError("two session files have the same name; give each session once")
-        return len(paths), (read_session_file(p, n) for p, n in zip(paths, names))
-    groups = video_groups(model, videos)
-    names = [g[0].stem for g in groups]
-    if len(set(names)) != len(names):
-        repeated = next(n for n in names if names.count(n) > 1)
-        raise ConfigError(f"two videos are named {repeated!r}; give videos of different file names")
-    return len(groups), (read_video_session(model, g, trial_length) for g in groups)
+def _stacked(
+    infos: Sequence[VideoInfo], size: int, crop: Crop | None, start: int, stop: int | None
+) -> Iterator[np.ndarray]:
+    """(n, C, size, size) chunks of the views decoded side by side; views of unequal length refused."""
+    streams = [iter_video(i.path, size, crop, start, stop) for i in infos]
+    done = 0
+    for chunks in zip_longest(*streams):
+        lengths = [0 if c is None else len(c) for c in chunks]
+        if len(set(lengths)) > 1:
+            totals = [done + n + sum(len(c) for c in rest) for n, rest in zip(lengths, streams)]
+            listed = ", ".join(f"{i.path} has {n}" for i, n in zip(infos, totals))
+            raise DataError(f"the views differ in length ({listed} frames); give videos of one session cut alike")
+        done += lengths[0]
+        yield np.stack(chunks, axis=1)
