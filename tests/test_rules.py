@@ -29,8 +29,17 @@ def test_choose_stage2_takes_the_best_beta_then_its_best_healthy_trial():
     )]  # fmt: skip
     scores = {0: 0.1, 1: 0.2, 2: 0.15, 3: 0.9, 4: 0.8, 5: 0.95}
     pick = rules.choose_stage2(rows, scores, "udr")
-    assert (pick.beta, pick.trial, pick.seed, pick.score, pick.resolved) == (5.0, 5, 2, 0.95, True)
+    assert (pick.beta, pick.trial, pick.seed, pick.score) == (5.0, 5, 2, 0.95)
     assert pick.p_best_of(5.0) > 0.99 and pick.means == pytest.approx((0.15, 0.8833333))
+    # 2 betas x 3 seeds have 4 distinct labellings: the best lead has p = 1/4 or so, never resolved
+    assert pick.p_value == pytest.approx(0.25, abs=0.03) and not pick.resolved
+    six = rows + [TrialRow(6 + n, {"beta": b, "seed": s}, {}) for n, (b, s) in enumerate(
+        [(1.0, 3), (1.0, 4), (1.0, 5), (5.0, 3), (5.0, 4), (5.0, 5)]
+    )]  # fmt: skip
+    more = {**scores, 6: 0.1, 7: 0.2, 8: 0.15, 9: 0.9, 10: 0.8, 11: 0.95}
+    sure = rules.choose_stage2(six, more, "udr")  # 6 seeds: 32 labellings, p = 1/32
+    assert sure.resolved and sure.p_value == pytest.approx(1 / 32, abs=0.01) and sure.alpha == 0.05
+    assert not rules.choose_stage2(six, more, "udr", looks=8).resolved  # --seeds auto, 8 looks: 0.05 / 8 each
     # a missing score is a failure: beta 5 without scores falls to the floor and loses
     worse = rules.choose_stage2(rows, {k: v for k, v in scores.items() if k < 3 or k == 5}, "udr")
     assert worse.beta == 1.0 and worse.n_collapsed == (0, 2) and worse.trial == 1
