@@ -26,6 +26,7 @@ from psvae_opt.search.study import UNFINISHED, enqueue_points
 from psvae_opt.training.run_folder import load_latents, unsupervised_latents
 
 log = logging.getLogger(__name__)
+TABLE_FRAMES = "(zu_corr, leak and mig on training frames; pixel and label MSE on validation frames)"
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
