@@ -15,7 +15,7 @@ and lower zu_corr (latents less correlated). The criteria are the service's own
 (``--seeds auto``: 3 to 10 seeds, a look per round). Beside it, the rule it replaced: P(best) of
 the block model on the trial scores as if independent, resolved at >= 0.97 per look.
 
-    python benchmarks/selection_calibration.py              # 200 null searches, 50 per lead
+    python benchmarks/selection_calibration.py              # about 40 min on 2 busy cores
     python benchmarks/selection_calibration.py --quick      # a smoke run
 """
 
@@ -133,21 +133,67 @@ def share(outcomes: list[Outcome], field: str) -> float:
     return float(np.mean([getattr(o, field) for o in outcomes]))
 
 
+def wilson(outcomes: list[Outcome], field: str, z: float = 1.96) -> str:
+    """The share with its 95% Wilson score interval, as text."""
+    n, p = len(outcomes), share(outcomes, field)
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n),
+    )
+    return f"{p:.1%} [{max(0.0, centre - half):.1%}, {centre + half:.1%}]"
+
+
+def independent_table(searches: int, null_searches: int) -> None:
+    """The rule on independent normal trial scores (a per-trial criterion; lead in noise SD, seed
+    effect as large as the noise): :func:`psvae_opt.search.selection_stats.operating_characteristics`."""
+    print(f"\nIndependent trial scores ({null_searches} searches at lead 0, {searches} at the others):")
+    print("resolved / chose the best / mean trials")
+    print("| lead | " + " | ".join(MODES) + " |\n|---|" + "---|" * len(MODES))
+    for lead in (0.0, 0.5, 1.0, 1.5):
+        cells = []
+        for first, most in ((3, 3), (5, 5), (FIRST_SEEDS, MAX_SEEDS)):
+            oc = stats.operating_characteristics(
+                lead,
+                searches if lead else null_searches,
+                seed=int(10 * lead) + first,
+                initial_seeds=first,
+                max_seeds=most,
+            )
+            cells.append(f"{oc.resolved:.1%} / {oc.correct:.0%} / {oc.mean_trials:.1f}")
+        print(f"| {lead:g} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--null-searches", type=int, default=200)
-    parser.add_argument("--power-searches", type=int, default=50)
+    parser.add_argument("--null-searches", type=int, default=200, help="under --seeds auto (10 seeds each)")
+    parser.add_argument("--fixed-null-searches", type=int, default=800, help="at 3 and at 5 seeds")
+    parser.add_argument("--power-searches", type=int, default=40)
+    parser.add_argument("--independent-searches", type=int, default=400)
+    parser.add_argument("--independent-null-searches", type=int, default=2000)
+    parser.add_argument("--part", choices=("all", "latents", "independent"), default="all")
     parser.add_argument("--quick", action="store_true", help="20 null searches, 10 per lead")
     args = parser.parse_args(argv)
     nulls, powers = (20, 10) if args.quick else (args.null_searches, args.power_searches)
     started = time.time()
     print(f"CPU: {platform.processor() or platform.machine()}; {BETAS} betas, {FRAMES} frames per trial")
-    null = run(0.0, nulls, seed=27)
-    print(f"\nAll betas equal ({nulls} searches): share declared resolved, new rule (previous rule)")
+    if args.part in ("all", "independent"):
+        independent_table(*((20, 20) if args.quick else (args.independent_searches, args.independent_null_searches)))
+    if args.part == "independent":
+        print(f"\n{time.time() - started:.0f} s")
+        return 0
+    fixed = 50 if args.quick else args.fixed_null_searches
+    null = run(0.0, fixed, seed=27, modes=("3 seeds",))
+    for name, by_mode in run(0.0, fixed, seed=28, modes=("5 seeds",)).items():
+        null[name].update(by_mode)
+    for name, by_mode in run(0.0, nulls, seed=29, modes=("auto",)).items():
+        null[name].update(by_mode)
+    print(f"\nAll betas equal ({fixed} searches at 3 and 5 seeds, {nulls} under auto): share declared resolved")
+    print("[95% Wilson interval], new rule; the previous rule in parentheses")
     print("| criterion | " + " | ".join(MODES) + " |\n|---|" + "---|" * len(MODES))
     for name in CRITERIA:
-        cells = [f"{share(null[name][m], 'resolved'):.1%} ({share(null[name][m], 'previous_resolved'):.1%})"
-                 for m in MODES]  # fmt: skip
+        cells = [
+            f"{wilson(null[name][m], 'resolved')} ({share(null[name][m], 'previous_resolved'):.1%})" for m in MODES
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\nBeta 0 leads by d trial-noise SD ({powers} searches each): resolved / chose beta 0, new rule")
     print("| criterion | lead | " + " | ".join(MODES) + " |\n|---|---|" + "---|" * len(MODES))
