@@ -228,8 +228,8 @@ def choose_beta(
         scores = np.array([t.score for t in trials], float)
         rescore = lambda index, min_group=None: scores[index]  # noqa: E731
     means_of = _beta_means(rescore, trials, table.floor)
-    cross_seed = n >= 3 and k > 1
-    probs = p_best(pseudo_values(means_of, table.index) if cross_seed else table.values, draws, seed)
+    jackknife = n >= 3 and k > 1  # leaving a seed out keeps 2, the fewest a cross-seed criterion compares
+    probs = p_best(pseudo_values(means_of, table.index) if jackknife else table.values, draws, seed)
     means = table.values.mean(1) if n else np.full(k, np.nan)
     best = int(np.lexsort((np.nan_to_num(means, nan=-np.inf), probs))[-1])  # by P(best), then mean
     p_value = lead_p_value(means_of, table.index, best, permutations, seed) if k > 1 and n >= 2 else float("nan")
