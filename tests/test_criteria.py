@@ -157,3 +157,35 @@ def test_score_trials_orients_every_criterion_so_that_the_disentangled_model_win
         assert scores[name][:3].min() > scores[name][3:].max(), name
     top = criteria.udr_pair(z, z, np.ones(2, bool), np.ones(2, bool))
     assert scores["udr"][:3] == pytest.approx([top] * 3, abs=1e-3) and top > 0.95
+
+
+def test_a_regroupable_criterion_scores_as_the_criterion_and_recomputes_for_any_grouping():
+    """The beta statistics resample groups: at the search's own grouping the scores are the
+    criterion's, and a regrouping scores as the criterion would on those groups."""
+    rng = np.random.default_rng(7)
+    factors = rng.uniform(-1, 1, size=(400, 2))
+    latents = [factors @ (np.eye(2) + 0.4 * rng.standard_normal((2, 2))) for _ in range(9)]
+    betas, seeds = [1.0] * 3 + [5.0] * 3 + [10.0] * 3, [0, 1, 2] * 3
+    trials = [
+        criteria.TrialLatents(b, z, z, None, None, 0.01 * (1 + (i == 4)), np.ones(2, bool), leak=0.6 * (i == 0))
+        for i, (b, z) in enumerate(zip(betas, latents))
+    ]
+    own = np.arange(9).reshape(3, 3)
+    swapped = own.copy()
+    swapped[[0, 1], 1] = swapped[[1, 0], 1]  # seed 1 of betas 1 and 5 trade places
+    for name in ("udr", "centrality", "zu_corr", "udr+guards"):
+        scoring = criteria.regroupable(name, trials, seeds)
+        assert scoring.table(own).ravel() == pytest.approx(criteria.score(name, trials)), name
+        relabelled = [criteria.TrialLatents(**{**t.__dict__, "group": float(g)}) for t, g in zip(
+            trials, np.argsort(swapped.ravel()) // 3
+        )]  # fmt: skip
+        expected = criteria.score(name, relabelled)[swapped.ravel()]
+        assert scoring.table(swapped[None]).ravel() == pytest.approx(expected), name
+    guarded = criteria.regroupable("udr+guards", trials, seeds).table(own).ravel()
+    # excluded: trial 0 (label leak 0.6 > 0.5) and trial 4 (pixel MSE 2 x the best > 1.5 x)
+    assert np.flatnonzero(np.isneginf(guarded)).tolist() == [0, 4] and np.isfinite(np.delete(guarded, [0, 4])).all()
+    pairs = criteria.regroupable("udr", trials, seeds)
+    assert pairs.table(own[:, :2], min_group=2).ravel() == pytest.approx(
+        [pairs.sims[0, 1], pairs.sims[0, 1], pairs.sims[3, 4], pairs.sims[3, 4], pairs.sims[6, 7], pairs.sims[6, 7]]
+    )  # two seeds: each trial's UDR is its one pair
+    assert np.isnan(pairs.table(own[:, :2])).all()  # the criterion's own minimum: 3 seeds

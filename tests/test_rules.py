@@ -29,8 +29,17 @@ def test_choose_stage2_takes_the_best_beta_then_its_best_healthy_trial():
     )]  # fmt: skip
     scores = {0: 0.1, 1: 0.2, 2: 0.15, 3: 0.9, 4: 0.8, 5: 0.95}
     pick = rules.choose_stage2(rows, scores, "udr")
-    assert (pick.beta, pick.trial, pick.seed, pick.score, pick.resolved) == (5.0, 5, 2, 0.95, True)
+    assert (pick.beta, pick.trial, pick.seed, pick.score) == (5.0, 5, 2, 0.95)
     assert pick.p_best_of(5.0) > 0.99 and pick.means == pytest.approx((0.15, 0.8833333))
+    # 2 betas x 3 seeds have 4 distinct labellings: the best lead has p = 1/4 or so, never resolved
+    assert pick.p_value == pytest.approx(0.25, abs=0.03) and not pick.resolved
+    six = rows + [TrialRow(6 + n, {"beta": b, "seed": s}, {}) for n, (b, s) in enumerate(
+        [(1.0, 3), (1.0, 4), (1.0, 5), (5.0, 3), (5.0, 4), (5.0, 5)]
+    )]  # fmt: skip
+    more = {**scores, 6: 0.1, 7: 0.2, 8: 0.15, 9: 0.9, 10: 0.8, 11: 0.95}
+    sure = rules.choose_stage2(six, more, "udr")  # 6 seeds: 32 labellings, p = 1/32
+    assert sure.resolved and sure.p_value == pytest.approx(1 / 32, abs=0.01) and sure.alpha == 0.05
+    assert not rules.choose_stage2(six, more, "udr", looks=8).resolved  # --seeds auto, 8 looks: 0.05 / 8 each
     # a missing score is a failure: beta 5 without scores falls to the floor and loses
     worse = rules.choose_stage2(rows, {k: v for k, v in scores.items() if k < 3 or k == 5}, "udr")
     assert worse.beta == 1.0 and worse.n_collapsed == (0, 2) and worse.trial == 1
@@ -107,6 +116,55 @@ def test_a_trial_without_latents_counts_as_a_failure_under_a_latent_criterion(tm
         (folder / "latents.npz").unlink()
     rec = recommend_stage2(study, store=False, criterion="hsic")
     assert rec["beta"] == 1.0 and rec["n_collapsed"] == [0, 3]
+
+
+def test_a_criterion_that_scores_too_few_trials_chooses_nothing_and_the_guide_falls_in_by_name(tmp_path: Path):
+    study = _rotated_study(tmp_path)
+    for folder in tmp_path.glob("b*s*"):
+        (folder / "latents.npz").unlink()  # every UDR score NaN: no latents to compare
+    rows = rules_rows(study)
+    assert rules.unscored(rows, {}, "udr") == "udr scored 0 of 6 trials (fewer than 50%): it chooses nothing"
+    assert rules.unscored(rows, {0: 0.1, 1: 0.2, 2: 0.3}, "udr") is None  # half is enough
+    rec = recommend_stage2(study, store=False, criterion="udr")
+    assert (rec["criterion"], rec["beta"], rec["guide"], rec["differs"]) == ("zu_corr", 1.0, None, False)
+    assert (
+        rec["fallback"]
+        == "udr scored 0 of 6 trials (fewer than 50%): it chooses nothing; the guide's rule (zu_corr) chooses instead"
+    )
+    lines = describe_stage2(rec)
+    assert lines[0].startswith("recommended beta = 1 by zu_corr: ")
+    assert lines[1] == f"  not by the study's criterion: {rec['fallback']}"
+    # the printout names the frames of each figure of the model
+    assert "zu_corr (training frames) 0.010" in lines[2] and "MIG (training frames) 0.100" in lines[2]
+
+
+def test_nothing_is_recommended_when_no_criterion_scores_enough_trials(tmp_path: Path, caplog):
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    dists = {"beta": CategoricalDistribution([1.0, 5.0]), "seed": IntDistribution(0, 9)}
+    for n in range(4):  # no train_zu_corr, no run folder: neither criterion can score
+        params = {"beta": [1.0, 5.0][n % 2], "seed": n // 2}
+        study.add_trial(create_trial(values=[0.1, 0.01], params=params, distributions=dists, user_attrs={}))
+    with caplog.at_level("WARNING"):
+        assert recommend_stage2(study, store=False, criterion="udr") is None
+    assert "stage 2 recommends no model: zu_corr scored 0 of 4 trials" in caplog.text
+
+
+def test_the_description_names_the_frames_of_the_criterion_score(tmp_path: Path):
+    study = _rotated_study(tmp_path)
+    rec = recommend_stage2(study, store=False, criterion="udr")
+    assert rec["frames"] == {"score": "validation", "zu_corr": "training", "mig": "training"}
+    model = describe_stage2(rec)[1]
+    assert model.startswith(
+        f"recommended model: trial {rec['trial']}, seed {rec['seed']} (udr score (validation frames) "
+    )
+    # P(best) and the test: 2 betas x 3 seeds cannot resolve (p about 1/4), and the line says so
+    assert (
+        ", lead p = 0.2" in describe_stage2(rec)[0] and "(resolves at <= 0.05), NOT resolved" in describe_stage2(rec)[0]
+    )
+
+
+def rules_rows(study: optuna.Study) -> list[TrialRow]:
+    return [TrialRow(t.number, dict(t.params), dict(t.user_attrs)) for t in study.trials]
 
 
 def test_a_cross_seed_criterion_with_too_few_seeds_is_refused_before_anything_is_created(

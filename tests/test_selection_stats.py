@@ -93,3 +93,54 @@ def test_power_grows_with_the_effect_and_resolutions_are_right():
     assert resolved[0] < resolved[1] < resolved[2] and resolved[2] > 0.7
     assert all(f.correct_when_resolved > 0.9 for f in figures)
     assert figures[2].mean_trials < figures[0].mean_trials  # clear cases stop early
+
+
+def test_pseudo_values_are_the_scores_of_a_per_trial_criterion_and_carry_the_shared_pairs_of_a_cross_seed_one():
+    rng = np.random.default_rng(20)
+    values = rng.standard_normal((3, 4))
+    trials = [ScoredTrial(float(b), k, float(values[b, k])) for b in range(3) for k in range(4)]
+    table = stats.paired_scores(trials)
+    means = stats._beta_means(lambda idx, m=None: values.ravel()[idx], trials, table.floor)
+    assert stats.pseudo_values(means, table.index) == pytest.approx(values)
+    # a trial's score the mean of its pair similarities with its siblings (3 seeds): the
+    # pseudo-value of seed i is s_ij + s_ik - s_jk, whose spread is the mean's true noise
+    sims = rng.uniform(size=(3, 3))
+    sims = (sims + sims.T) / 2
+
+    def pairs(idx: np.ndarray, min_group: int | None = None) -> np.ndarray:
+        m = idx.shape[-1]
+        grid = sims[idx[..., :, None] % 3, idx[..., None, :] % 3]
+        return grid[..., ~np.eye(m, dtype=bool)].reshape(*idx.shape, m - 1).mean(-1)
+
+    one = [ScoredTrial(0.0, k, 0.0) for k in range(3)]
+    pseudo = stats.pseudo_values(stats._beta_means(pairs, one, 0.0), np.arange(3)[None, :])[0]
+    s01, s02, s12 = sims[0, 1], sims[0, 2], sims[1, 2]
+    assert pseudo == pytest.approx([s01 + s02 - s12, s01 + s12 - s02, s02 + s12 - s01])
+
+
+def test_the_lead_p_value_is_uniform_with_all_betas_equal():
+    """An exact randomisation test: P(p <= a) <= a at every a (600 null tables, 4 betas x 4 seeds,
+    seed effects; tolerance 1.96 binomial standard errors)."""
+    rng = np.random.default_rng(21)
+    p = []
+    for i in range(600):
+        values = rng.standard_normal((4, 4)) + 3.0 * rng.standard_normal(4)[None, :]
+        trials = [ScoredTrial(float(b), k, float(values[b, k])) for b in range(4) for k in range(4)]
+        p.append(stats.choose_beta(trials, draws=200, seed=i, permutations=499).p_value)
+    for a in (0.05, 0.2, 0.5):
+        assert np.mean(np.array(p) <= a) <= a + 1.96 * np.sqrt(a * (1 - a) / 600), a
+    assert np.mean(np.array(p) <= 0.5) >= 0.5 - 1.96 * np.sqrt(0.25 / 600)  # and not far below: it has power to spend
+
+
+def test_looks_share_alpha_and_the_adaptive_loop_stops_at_resolution_or_budget():
+    assert stats.look_alpha(8) == pytest.approx(0.00625) and stats.look_alpha(1) == 0.05
+    calls = []
+
+    def choose_at(used: int, alpha: float) -> stats.BetaChoice:
+        calls.append((used, alpha))
+        return stats.BetaChoice((1.0, 5.0), (0.5, 0.5), (0.0, 0.0), (0, 0), used, 1.0, used == 6, 0.001, alpha)
+
+    choice, used = stats.run_adaptive(choose_at, 3, 10)
+    assert used == 6 and choice.resolved and calls == [(k, 0.05 / 8) for k in (3, 4, 5, 6)]
+    calls.clear()
+    assert stats.run_adaptive(choose_at, 3, 5)[1] == 5 and [c[0] for c in calls] == [3, 4, 5]

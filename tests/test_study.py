@@ -148,10 +148,19 @@ def test_seed_summary_intervals_and_the_stage2_recommendation():
     assert study.user_attrs["seed_summary"] == summary and study.user_attrs["recommendation"] == rec
 
 
+CLEAR = [(b, s, 0.80 + 0.01 * s + 0.01 * b, 0.01) for b in (1.0, 5.0, 20.0) for s in range(5)]
+CLEAR += [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(5)]  # beta 10 far ahead in each of 5 seeds
+
+
 def test_a_clear_winner_is_resolved():
-    rows = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(3)]
-    rec = recommend_stage2(stage2_study(rows))
-    assert (rec["beta"], rec["resolved"], rec["p_best"], rec["n_seeds"]) == (10.0, True, [0.0, 1.0], 3)
+    rec = recommend_stage2(stage2_study(CLEAR))
+    assert (rec["beta"], rec["resolved"], rec["p_best"], rec["n_seeds"]) == (10.0, True, [0.0, 0.0, 1.0, 0.0], 5)
+    # the randomisation test: a permutation matches the lead when it keeps the 5 best trials in one
+    # beta, (1/4)^4 of them (the others are too close together to matter)
+    assert rec["p_value"] == pytest.approx(1 / 256, abs=0.003) and rec["alpha"] == 0.05
+    # with 3 seeds the same lead has p = (1/4)^2: no exact test resolves it at 0.05
+    three = recommend_stage2(stage2_study([r for r in CLEAR if r[1] < 3]), store=False)
+    assert three["p_value"] == pytest.approx(1 / 16, abs=0.015) and not three["resolved"]
 
 
 def test_collapsed_trials_count_as_failures_not_as_absent():
@@ -220,13 +229,17 @@ def test_auto_seeds_add_the_next_seed_to_every_beta_until_resolved_or_the_budget
     assert plan_more_seeds(study, max_seeds=3) == []  # the budget is spent
     study.enqueue_trial({"beta": 10.0, "seed": 3})
     assert plan_more_seeds(study, max_seeds=10) == []  # a round is still running
-    clear = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.1 + 0.01 * s, 0.01) for s in range(3)]
-    assert plan_more_seeds(stage2_study(clear), max_seeds=10) == []  # resolved: P(best) 1
+    assert plan_more_seeds(stage2_study(CLEAR), max_seeds=10) == []  # resolved: p = 1/256
 
 
-def test_auto_seeds_stop_once_resolved():
-    rows = [(1.0, s, 0.80 + 0.01 * s, 0.01) for s in range(3)] + [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(3)]
-    assert plan_more_seeds(stage2_study(rows), max_seeds=10) == []
+def test_auto_seeds_stop_once_resolved_at_the_level_of_one_look():
+    study = stage2_study(CLEAR)
+    study.set_user_attr("seeds", "auto")
+    study.set_user_attr("initial_seeds", 3)
+    study.set_user_attr("max_seeds", 10)  # 8 looks: each at 0.05 / 8
+    rec = recommend_stage2(study, store=False)
+    assert rec["alpha"] == pytest.approx(0.05 / 8) and rec["resolved"]
+    assert plan_more_seeds(study, max_seeds=10) == []
 
 
 def test_enqueueing_is_idempotent_and_resumes_failed_points(tmp_path):

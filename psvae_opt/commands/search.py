@@ -180,6 +180,7 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
             f"{_fmt(row['max_label_leak_mean'], 6, '.2f')} {_fmt(row['mig_mean'], 6, '.2f')} "
             f"{_fmt(p_best.get(row['beta']), 8, '.3f')}"
         )
+    print(recommendation.TABLE_FRAMES)
     if rec["warnings"]:
         print("\n" + "\n".join(f"warning: {warning}" for warning in rec["warnings"]))
     print()

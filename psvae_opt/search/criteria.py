@@ -19,6 +19,7 @@ mix of two independent factors is uncorrelated. The other candidates see what it
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -152,6 +153,43 @@ def _group_indices(groups: Sequence[object]) -> dict[object, list[int]]:
     return out
 
 
+def pair_matrix(
+    latents: Sequence[np.ndarray], similarity: Callable[[int, int], float], wanted: np.ndarray
+) -> np.ndarray:
+    """(n, n) symmetric similarities of the trial pairs that ``wanted`` (bool (n, n)) marks, NaN elsewhere.
+
+    Args:
+        similarity: (i, j) -> the similarity of trials i and j (called once per unordered pair).
+    """
+    n = len(latents)
+    out = np.full((n, n), np.nan)
+    for i, j in zip(*np.nonzero(np.triu(wanted, k=1) | np.triu(wanted.T, k=1))):
+        out[i, j] = out[j, i] = similarity(int(i), int(j))
+    return out
+
+
+def group_scores(sims: np.ndarray, groups: Sequence[object], aggregate: Callable, min_group: int) -> np.ndarray:
+    """Each trial's ``aggregate`` (np.median, np.mean) of its similarities to the other trials of its
+    group; NaN for a trial whose group has fewer than ``min_group`` trials. The one aggregation
+    of :func:`udr_scores` and :func:`model_centrality` (and of :class:`Regroupable`)."""
+    out = np.full(len(sims), np.nan)
+    for members in _group_indices(groups).values():
+        if len(members) < min_group:
+            continue
+        for i in members:
+            out[i] = float(aggregate([sims[i, j] for j in members if j != i]))
+    return out
+
+
+def _same_group(groups: Sequence[object]) -> np.ndarray:
+    """(n, n) bool: distinct trials of one group."""
+    out = np.zeros((len(groups), len(groups)), bool)
+    for members in _group_indices(groups).values():
+        out[np.ix_(members, members)] = True
+    np.fill_diagonal(out, False)
+    return out
+
+
 def udr_scores(
     latents: Sequence[np.ndarray], informative: Sequence[np.ndarray], groups: Sequence[object]
 ) -> np.ndarray:
@@ -160,14 +198,12 @@ def udr_scores(
     Returns:
         (n_trials,); NaN for a trial whose group has fewer than :data:`MIN_SEEDS` trials.
     """
-    out = np.full(len(latents), np.nan)
-    for members in _group_indices(groups).values():
-        if len(members) < MIN_SEEDS:
-            continue
-        for i in members:
-            pairs = [udr_pair(latents[i], latents[j], informative[i], informative[j]) for j in members if j != i]
-            out[i] = float(np.median(pairs))
-    return out
+    sims = pair_matrix(latents, _udr_similarity(latents, informative), _same_group(groups))
+    return group_scores(sims, groups, np.median, MIN_SEEDS)
+
+
+def _udr_similarity(latents: Sequence[np.ndarray], informative: Sequence[np.ndarray]) -> Callable[[int, int], float]:
+    return lambda i, j: udr_pair(latents[i], latents[j], informative[i], informative[j])
 
 
 def mig_similarity(za: np.ndarray, zb: np.ndarray) -> float:
@@ -183,14 +219,8 @@ def model_centrality(latents: Sequence[np.ndarray], groups: Sequence[object] | N
         (n_trials,); NaN for a trial alone in its group.
     """
     groups = groups if groups is not None else [0] * len(latents)
-    out = np.full(len(latents), np.nan)
-    for members in _group_indices(groups).values():
-        if len(members) < 2:
-            continue
-        sim = {(i, j): mig_similarity(latents[i], latents[j]) for i in members for j in members if i < j}
-        for i in members:
-            out[i] = float(np.mean([sim[min(i, j), max(i, j)] for j in members if j != i]))
-    return out
+    sims = pair_matrix(latents, lambda i, j: mig_similarity(latents[i], latents[j]), _same_group(groups))
+    return group_scores(sims, groups, np.mean, 2)
 
 
 def apply_guards(
@@ -292,3 +322,76 @@ def score_trials(trials: Sequence[TrialLatents]) -> dict[str, np.ndarray]:
     for name in GUARDED:
         scores[f"{name}+guards"] = apply_guards(scores[name], mse, leak)
     return scores
+
+
+@dataclass(frozen=True)
+class Regroupable:
+    """A criterion's scores for any grouping of a search's trials into betas, so that the beta
+    statistics can recompute a cross-seed criterion in every resample of seeds or permutation
+    of beta labels (:mod:`psvae_opt.search.selection_stats`).
+
+    Attributes:
+        per_trial: (n,) scores that do not depend on the grouping (None for a cross-seed criterion).
+        sims: (n, n) pair similarities of trials of different seeds (cross-seed criteria; NaN elsewhere).
+        aggregate: np.median (UDR) or np.mean (centrality): a trial's score from its similarities.
+        min_group: the fewest trials of a group that score (UDR: :data:`MIN_SEEDS`).
+        excluded: (n,) bool, trials the guards exclude (their score is -inf, as :func:`apply_guards`).
+    """
+
+    per_trial: np.ndarray | None
+    sims: np.ndarray | None
+    aggregate: Callable = np.median
+    min_group: int = 1
+    excluded: np.ndarray | None = None
+
+    def table(self, idx: np.ndarray, min_group: int | None = None) -> np.ndarray:
+        """Scores of the trials ``idx`` ((..., K, m) trial indices, each row of m one group): (..., K, m).
+
+        A similarity that is NaN (a trial without latents) is left out, and a trial with fewer than
+        ``min_group`` - 1 others scores NaN; ``min_group`` overrides :attr:`min_group` (the
+        leave-one-seed-out estimates score groups of 2).
+        """
+        idx = np.asarray(idx)
+        m = idx.shape[-1]
+        if self.per_trial is not None:
+            out = self.per_trial[idx]
+        elif m < 2:
+            out = np.full(idx.shape, np.nan)
+        else:
+            pairs = self.sims[idx[..., :, None], idx[..., None, :]]  # (..., K, m, m)
+            others = pairs[..., ~np.eye(m, dtype=bool)].reshape(*idx.shape, m - 1)
+            valid = np.isfinite(others)
+            if valid.all():
+                agg = self.aggregate(others, axis=-1)
+            else:  # the nan-aware aggregates are slow: only where needed
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    agg = {np.median: np.nanmedian, np.mean: np.nanmean}[self.aggregate](others, axis=-1)
+            need = max(2, self.min_group if min_group is None else min_group)
+            out = np.where(valid.sum(-1) + 1 >= need, agg, np.nan)
+        if self.excluded is not None:
+            out = np.where(self.excluded[idx], -np.inf, out)
+        return np.asarray(out, float)
+
+
+def regroupable(name: str, trials: Sequence[TrialLatents], seeds: Sequence[int]) -> Regroupable:
+    """:class:`Regroupable` scores of criterion ``name`` for the trials of one search (``seeds``: each
+    trial's model seed; a cross-seed criterion compares every pair of trials of different seeds)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown criterion {name!r}; one of {', '.join(NAMES)}")
+    base = name.removesuffix("+guards")
+    excluded = None
+    if base != name:
+        leak = np.array([t.label_leak() for t in trials], float)
+        guarded = apply_guards(np.zeros(len(trials)), np.array([t.pixel_mse for t in trials], float), leak)
+        excluded = np.isneginf(guarded)
+    if base in PER_TRIAL:
+        return Regroupable(np.array([PER_TRIAL[base](t) for t in trials], float), None, excluded=excluded)
+    latents = [t.z_u for t in trials]
+    seeds = np.asarray(seeds)
+    wanted = seeds[:, None] != seeds[None, :]
+    if base == "udr":
+        similarity = _udr_similarity(latents, [t.informative for t in trials])
+        return Regroupable(None, pair_matrix(latents, similarity, wanted), np.median, MIN_SEEDS, excluded)
+    sims = pair_matrix(latents, lambda i, j: mig_similarity(latents[i], latents[j]), wanted)
+    return Regroupable(None, sims, np.mean, 2, excluded)

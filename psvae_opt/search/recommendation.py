@@ -10,8 +10,9 @@ the first, with the second beside it under ``guide`` whenever the criterion is n
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from psvae_opt.search.study import UNFINISHED, enqueue_points
 from psvae_opt.training.run_folder import load_latents, unsupervised_latents
 
 log = logging.getLogger(__name__)
+TABLE_FRAMES = "(zu_corr, leak and mig on training frames; pixel and label MSE on validation frames)"
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
@@ -74,13 +76,22 @@ def study_criterion(study: optuna.Study) -> str:
 
 
 def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, float]:
+    """Each trial's score under ``criterion`` (higher = preferred); see :func:`criterion_scoring`."""
+    return criterion_scoring(trials, criterion)[0]
+
+
+def criterion_scoring(
+    trials: Sequence[TrialRow], criterion: str
+) -> tuple[dict[int, float], criteria.Regroupable | None]:
     """Each trial's score under ``criterion`` (higher = preferred), read from its attributes (the
-    guide's) or from its run folder's latents on validation frames (the others). A trial whose
-    latents cannot be read is left out (it counts as a failure), with a warning."""
+    guide's) or from its run folder's latents on validation frames (the others), and the same
+    criterion for any grouping of ``trials`` (rows in their order; None for the guide's), which
+    the beta statistics recompute in every resample. A trial whose latents cannot be read is
+    left out (it counts as a failure), with a warning."""
     if criterion == GUIDE:
-        return rules.guide_scores(trials)
-    views, numbers = [], []
-    for t in trials:
+        return rules.guide_scores(trials), None
+    views, positions = [], np.full(len(trials), -1)
+    for i, t in enumerate(trials):
         try:
             lat = load_latents(t.user_attrs.get("run_dir") or "")
         except DataError as e:
@@ -91,7 +102,7 @@ def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, fl
         informative[list(t.user_attrs.get("collapsed_dims") or [])] = False
         views.append(
             criteria.TrialLatents(
-                group=float(t.params["beta"]),
+                group=float(t.params.get("beta", np.nan)),
                 z_u=z_val,
                 train_z_u=z_train,
                 labels=None,
@@ -101,15 +112,66 @@ def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, fl
                 leak=t.user_attrs.get("max_label_leak"),
             )
         )
-        numbers.append(t.number)
-    return dict(zip(numbers, (float(v) for v in criteria.score(criterion, views)))) if views else {}
+        positions[i] = len(views) - 1
+    if not views:
+        return {}, None
+    read = np.flatnonzero(positions >= 0)
+    scores = dict(zip((trials[i].number for i in read), (float(v) for v in criteria.score(criterion, views))))
+    seeds = [int(trials[i].params.get("seed", 0)) for i in read]
+    return scores, _on_rows(criteria.regroupable(criterion, views, seeds), positions)
+
+
+def _on_rows(scoring: criteria.Regroupable, positions: np.ndarray) -> criteria.Regroupable:
+    """``scoring`` of the trials read, spread over every row (``positions``: row -> trial read, or -1):
+    a row without latents scores NaN and is no sibling's pair."""
+    have, n = positions >= 0, len(positions)
+    per_trial, sims, excluded = None, None, None
+    if scoring.per_trial is not None:
+        per_trial = np.full(n, np.nan)
+        per_trial[have] = scoring.per_trial[positions[have]]
+    else:
+        sims = np.full((n, n), np.nan)
+        sims[np.ix_(have, have)] = scoring.sims[np.ix_(positions[have], positions[have])]
+    if scoring.excluded is not None:
+        excluded = np.zeros(n, bool)
+        excluded[have] = scoring.excluded[positions[have]]
+    return replace(scoring, per_trial=per_trial, sims=sims, excluded=excluded)
+
+
+def looks_of(study: optuna.Study) -> int:
+    """How many times stage 2 may stop on its verdict: one per round under ``--seeds auto``
+    (``max_seeds`` - ``initial_seeds`` + 1), else 1."""
+    attrs = study.user_attrs
+    if attrs.get("seeds") != "auto" or attrs.get("max_seeds") is None:
+        return 1
+    return max(1, int(attrs["max_seeds"]) - int(attrs.get("initial_seeds") or 3) + 1)
+
+
+def choose(rows: Sequence[TrialRow], criterion: str, looks: int = 1) -> tuple[Pick | None, str | None]:
+    """Stage 2's choice under ``criterion``, or None and why (in one line) when the criterion
+    scores too few trials (:func:`rules.unscored`)."""
+    scores, scoring = criterion_scoring(rows, criterion)
+    problem = rules.unscored(rows, scores, criterion)
+    if problem:
+        return None, problem
+    rescore = scoring.table if scoring is not None else None
+    return rules.choose_stage2(rows, scores, criterion, rescore, looks), None
 
 
 def _pick_dict(pick: Pick) -> dict[str, Any]:
     out = asdict(pick)
     out.update(betas=list(pick.betas), p_best=list(pick.p_best), means=list(pick.means))
     out["n_collapsed"] = list(pick.n_collapsed)
+    out["p_value"] = None if math.isnan(pick.p_value) else pick.p_value
+    out["frames"] = frames_of(pick.criterion)
     return out
+
+
+def frames_of(criterion: str) -> dict[str, str]:
+    """Which frames each figure of a choice comes from: the criterion's score, zu_corr and MIG."""
+    training = ("zu_corr", "mutual_information_train", "hsic_train", "label_leak")
+    score = "training" if criterion.removesuffix("+guards") in training else "validation"
+    return {"score": score, "zu_corr": "training", "mig": "training"}
 
 
 def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | None = None) -> dict[str, Any] | None:
@@ -118,20 +180,30 @@ def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | N
 
     The returned dict is the service's :class:`~psvae_opt.search.rules.Pick` (lists for tuples)
     plus ``guide`` (the guide's Pick, or None when the criterion is the guide's), ``differs``
-    (the two choose different trials), ``warnings``, ``n_points``, ``n_trials``, and the chosen
-    beta's seed means of ``zu_corr`` (``zu_corr_mean``, ``_low``, ``_high``) and ``n_healthy``.
+    (the two choose different trials), ``warnings``, ``n_points``, ``n_trials``, the chosen
+    beta's seed means of ``zu_corr`` (``zu_corr_mean``, ``_low``, ``_high``), ``n_healthy``,
+    ``frames`` (which frames each figure comes from) and ``fallback`` (None, or why the
+    criterion chose nothing and the guide's rule chose instead). None when nothing can be chosen
+    (no trial, or neither criterion scores enough trials: logged).
     """
     rows = rows_of(_complete(study))
     criterion = criterion or study_criterion(study)
-    pick = rules.choose_stage2(rows, criterion_scores(rows, criterion), criterion)
+    looks = looks_of(study)
+    pick, problem = choose(rows, criterion, looks)
+    guide, guide_problem = (pick, problem) if criterion == GUIDE else choose(rows, GUIDE, looks)
+    fallback = None
+    if pick is None and problem is not None and guide is not None:
+        pick, guide, fallback = guide, None, f"{problem}; the guide's rule ({GUIDE}) chooses instead"
     if pick is None:
+        for line in (problem, guide_problem):
+            if line:
+                log.warning("stage 2 recommends no model: %s", line)
         return None
-    guide = pick if criterion == GUIDE else rules.choose_stage2(rows, rules.guide_scores(rows), GUIDE)
     summary = group_summary(rows, GROUPS[2], skip_collapsed=True)
     chosen = next(r for r in summary if r["beta"] == pick.beta)
     rec = _pick_dict(pick)
     rec.update(
-        guide=None if guide is pick else _pick_dict(guide),
+        guide=None if guide is None or guide is pick else _pick_dict(guide),
         differs=guide is not None and guide.trial != pick.trial,
         warnings=rules.collapse_warnings(summary),
         n_points=len(summary),
@@ -140,6 +212,7 @@ def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | N
         zu_corr_mean=chosen["train_zu_corr_mean"],
         zu_corr_low=chosen["train_zu_corr_low"],
         zu_corr_high=chosen["train_zu_corr_high"],
+        fallback=fallback,
     )
     if store:
         study.set_user_attr("seed_summary", summary)
@@ -151,14 +224,13 @@ def plan_more_seeds(study: optuna.Study, max_seeds: int) -> list[dict[str, Any]]
     """Stage 2 ``--seeds auto``: the next round of (beta, seed) points (:func:`rules.next_round`).
 
     Nothing while any trial is waiting or running (a round finishes first), nothing once the
-    choice under the study's criterion is resolved (P(best) at the threshold) or the budget is spent.
+    choice under the study's criterion is resolved (its lead passed the test at the level of one
+    look) or the budget is spent, or when the criterion scores too few trials to choose.
     """
     trials = study.get_trials(deepcopy=False)
     if any(t.state in UNFINISHED for t in trials):
         return []
-    rows = rows_of(_complete(study))
-    criterion = study_criterion(study)
-    pick = rules.choose_stage2(rows, criterion_scores(rows, criterion), criterion)
+    pick, _ = choose(rows_of(_complete(study)), study_criterion(study), looks_of(study))
     tried: dict[float, set[int]] = {}
     for t in trials:
         point = trial_queue.point_of(t)
@@ -180,6 +252,8 @@ def describe_stage2(rec: dict[str, Any], run_dirs: bool = False) -> list[str]:
     dashboard note all say it so)."""
     where = (lambda pick: f", {pick.get('run_dir')}") if run_dirs else (lambda pick: "")
     lines = [f"recommended beta = {rec['beta']:g} by {rec.get('criterion', GUIDE)}: {_certainty(rec)}"]
+    if rec.get("fallback"):
+        lines.append(f"  not by the study's criterion: {rec['fallback']}")
     lines.append(f"recommended model: {_model(rec)}{where(rec)}")
     if len(rec.get("betas") or []) > 1 and not rec.get("resolved"):
         lines.append("  more seeds would settle beta: run stage 2 again with --seeds auto (or more --seeds)")
@@ -199,16 +273,24 @@ def _certainty(pick: dict[str, Any]) -> str:
         return "the only beta"
     p = pick["p_best"][pick["betas"].index(pick["beta"])]
     verdict = "resolved" if pick["resolved"] else "NOT resolved (another beta may be better)"
-    return f"P(best) {p:.2f} over {pick['n_seeds']} paired seed(s), {verdict}"
+    test = ""
+    if pick.get("p_value") is not None:  # recorded since issue 27: the randomisation test
+        test = f", lead p = {pick['p_value']:.3f} (resolves at <= {pick['alpha']:.3g})"
+    return f"P(best) {p:.2f} over {pick['n_seeds']} paired seed(s){test}, {verdict}"
 
 
 def _model(pick: dict[str, Any]) -> str:
     criterion = pick.get("criterion", GUIDE)
-    parts = [f"{criterion} score {pick['score']:.3f}"] if criterion != GUIDE else []
+    frames = pick.get("frames") or {}
+
+    def named(figure: str, key: str) -> str:  # the frames a figure comes from, where recorded
+        return f"{figure} ({frames[key]} frames)" if key in frames else figure
+
+    parts = [f"{named(f'{criterion} score', 'score')} {pick['score']:.3f}"] if criterion != GUIDE else []
     if pick.get("zu_corr") is not None:
-        parts.append(f"zu_corr {pick['zu_corr']:.3f}")
+        parts.append(f"{named('zu_corr', 'zu_corr')} {pick['zu_corr']:.3f}")
     if pick.get("mig") is not None:
-        parts.append(f"MIG {pick['mig']:.3f}")
+        parts.append(f"{named('MIG', 'mig')} {pick['mig']:.3f}")
     if pick.get("collapsed"):
         parts.append("a collapsed dimension")
     return f"trial {pick['trial']}, seed {pick['seed']} ({', '.join(parts)})"

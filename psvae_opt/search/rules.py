@@ -7,12 +7,14 @@ these rules and stores their result as a separate step.
 - stage 1: the knee of the pixel-MSE / label-MSE front of the seed means of each
   (alpha, n_unsup) (:func:`choose_stage1`);
 - stage 2: for a criterion (higher = preferred), the beta of highest posterior probability of
-  being best over seeds paired across betas (:mod:`psvae_opt.search.selection_stats`;
-  collapsed trials count as failures), then that beta's best-scoring healthy trial
-  (:func:`choose_stage2`). The service's criterion and the guide's (``zu_corr``) are both
-  applied, so that the two choices can be shown side by side. ``--seeds auto`` adds one seed
-  to every beta per round until one beta's P(best) reaches the threshold
-  (:func:`next_round`).
+  being best over seeds paired across betas, and whether its lead is resolved by a test with
+  beta labels permuted within seeds (:mod:`psvae_opt.search.selection_stats`; a cross-seed
+  criterion is recomputed in every resample; collapsed trials count as failures), then that
+  beta's best-scoring healthy trial (:func:`choose_stage2`). The service's criterion and the
+  guide's (``zu_corr``) are both applied, so that the two choices can be shown side by side.
+  ``--seeds auto`` adds one seed to every beta per round until the lead is resolved at the
+  level of one look (:func:`next_round`). A criterion that scores fewer than half of the
+  trials chooses nothing (:func:`unscored`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from psvae_opt.search.intervals import Interval, t_interval
-from psvae_opt.search.selection_stats import BetaChoice, ScoredTrial, choose_beta
+from psvae_opt.search.selection_stats import ALPHA, BetaChoice, Rescore, ScoredTrial, choose_beta, look_alpha
 from psvae_opt.training.run_folder import METRIC_NAMES
 
 GUIDE = "zu_corr"  # the guide's criterion: the lowest mean |r| between unsupervised latents (training frames)
 BASE_METRICS = (*(f"val_{m}" for m in METRIC_NAMES), "train_zu_corr", "mig", "max_label_leak")
 FACTOR_PREFIX = "factor_r_"  # per unlabelled factor: the best |r| of an unsupervised latent
 GROUPS = {1: ("alpha", "n_unsup"), 2: ("beta",)}
+MIN_SCORED_SHARE = 0.5  # a criterion that scores fewer of the trials than this chooses nothing
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,10 @@ class Pick:
         betas, p_best, means, n_collapsed: per beta, its P(best), mean score over the paired
             seeds (collapsed trials at the floor) and collapsed trials.
         n_seeds: the paired seeds (seeds every beta has).
-        resolved: the chosen beta's P(best) reached :data:`psvae_opt.search.selection_stats.THRESHOLD`.
+        resolved: the chosen beta's lead passed the randomisation test at level ``alpha``.
+        p_value: that test's p-value (beta labels permuted within seeds, the criterion
+            recomputed; NaN with one beta or one seed).
+        alpha: the level of this look (0.05, or its share of the looks under ``--seeds auto``).
     """
 
     criterion: str
@@ -195,40 +201,84 @@ class Pick:
     n_collapsed: tuple[int, ...]
     n_seeds: int
     resolved: bool
+    p_value: float = math.nan
+    alpha: float = ALPHA
 
     def p_best_of(self, beta: float) -> float:
         return self.p_best[self.betas.index(beta)]
 
 
 def choose_index(
-    betas: Sequence[float], seeds: Sequence[int], scores: Sequence[float], collapsed: Sequence[bool]
+    betas: Sequence[float],
+    seeds: Sequence[int],
+    scores: Sequence[float],
+    collapsed: Sequence[bool],
+    rescore: Rescore | None = None,
+    alpha: float = ALPHA,
 ) -> tuple[int, BetaChoice]:
     """The trial (index) a criterion chooses: its beta of highest P(best), then the best-scoring
     healthy trial of that beta (every trial of it collapsed or unscored: its first). When no
-    trial of the search is healthy, collapsed trials are compared by their scores."""
+    trial of the search is healthy, collapsed trials are compared by their scores.
+
+    Args:
+        rescore: the criterion recomputed for any grouping of these trials (a cross-seed
+            criterion's :meth:`psvae_opt.search.criteria.Regroupable.table`); None: per-trial scores.
+        alpha: the level at which the lead is resolved.
+    """
     scores = np.asarray(scores, float)
     dead = np.asarray(collapsed, bool) | ~np.isfinite(scores)
     if dead.all():  # nothing healthy: the collapsed trials are compared by their scores as they are
         dead = ~np.isfinite(scores)
     trials = [ScoredTrial(float(b), int(s), float(v), bool(c)) for b, s, v, c in zip(betas, seeds, scores, dead)]
-    choice = choose_beta(trials)
+    choice = choose_beta(trials, rescore, alpha=alpha)
     members = np.flatnonzero(np.asarray(betas, float) == choice.best)
     ranked = np.where(dead[members], -np.inf, scores[members])
     return int(members[np.argmax(ranked)]), choice
 
 
-def choose_stage2(trials: Sequence[TrialRow], scores: Mapping[int, float], criterion: str) -> Pick | None:
-    """Stage 2's choice under ``criterion`` from its complete trials and their scores
-    (trial number -> score, higher = preferred; a missing or non-finite score counts as a failure)."""
+def unscored(trials: Sequence[TrialRow], scores: Mapping[int, float], criterion: str) -> str | None:
+    """Why ``criterion`` cannot choose (in one line), or None: it scores fewer than
+    :data:`MIN_SCORED_SHARE` of the stage-2 trials (e.g. every UDR score NaN), so a choice would
+    rest on failures' floors."""
     trials = [t for t in trials if "beta" in t.params]
-    if not trials:
+    scored = sum(math.isfinite(float(scores.get(t.number, math.nan))) for t in trials)
+    if not trials or scored >= MIN_SCORED_SHARE * len(trials):
         return None
+    share = f"{MIN_SCORED_SHARE:.0%}"
+    return f"{criterion} scored {scored} of {len(trials)} trials (fewer than {share}): it chooses nothing"
+
+
+def choose_stage2(
+    trials: Sequence[TrialRow],
+    scores: Mapping[int, float],
+    criterion: str,
+    rescore: Rescore | None = None,
+    looks: int = 1,
+) -> Pick | None:
+    """Stage 2's choice under ``criterion`` from its complete trials and their scores
+    (trial number -> score, higher = preferred; a missing or non-finite score counts as a failure).
+
+    Args:
+        rescore: the criterion recomputed for any grouping of ``trials`` (same order; see
+            :func:`choose_index`); None: per-trial scores.
+        looks: how many times the search may stop on this verdict (``--seeds auto``: one per
+            round), each look at :func:`psvae_opt.search.selection_stats.look_alpha`.
+    """
+    keep = [i for i, t in enumerate(trials) if "beta" in t.params]
+    if not keep:
+        return None
+    trials = [trials[i] for i in keep]
+    if rescore is not None and keep != list(range(len(keep))):  # rescore indexes every row given
+        full, positions = rescore, np.array(keep)
+        rescore = lambda index, min_group=None: full(positions[index], min_group)  # noqa: E731
     values = [float(scores.get(t.number, math.nan)) for t in trials]
     index, choice = choose_index(
         [float(t.params["beta"]) for t in trials],
         [int(t.params.get("seed", 0)) for t in trials],
         values,
         [bool(t.user_attrs.get("collapsed")) for t in trials],
+        rescore,
+        look_alpha(looks),
     )
     model = trials[index]
     return Pick(
@@ -247,6 +297,8 @@ def choose_stage2(trials: Sequence[TrialRow], scores: Mapping[int, float], crite
         n_collapsed=choice.n_collapsed,
         n_seeds=choice.n_seeds,
         resolved=choice.resolved,
+        p_value=choice.p_value,
+        alpha=choice.alpha,
     )
 
 

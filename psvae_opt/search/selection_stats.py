@@ -1,41 +1,61 @@
-"""Which beta: the posterior probability that each beta is best, over seeds paired across betas (issue 15).
+"""Which beta: each beta's P(best), and whether its lead is resolved, over seeds paired across betas.
 
 Seed k of every beta shares the initialisation and the batch order (both come from the model
 seed), so the scores of one seed form a block: a good or bad initialisation moves every
-beta's score together. The model is a randomised block design,
+beta's score together. A beta's merit is the mean of its trials' scores over the paired seeds
+(higher = better; collapsed or unscorable trials at a floor, below).
 
-    score[beta, seed] = mu[beta] + s[seed] + e,   e ~ N(0, sigma^2),
+A cross-seed criterion (UDR, centrality) scores a trial by its similarities to its siblings,
+so the trials of one beta share pairs and their spread understates the noise of the beta's
+mean (with 3 seeds, trial i scores (s_ij + s_ik) / 2). Both statements therefore recompute the
+criterion itself in every resample, through a ``rescore`` function ((..., K, m) trial indices
+grouped into betas -> their scores), and so hold for every criterion (issue 27):
 
-whose seed effects cancel in every comparison of betas. With a flat prior on mu and the
-seed effects and p(sigma) ~ 1/sigma, the betas' means given sigma are independent normals
-around the observed means with variance sigma^2 / n, and sigma^2 is the residual sum of
-squares over a chi-square with (K - 1)(n - 1) degrees of freedom: drawing both (Monte Carlo
-with a fixed generator seed, so the same scores give the same answer) gives each beta's
-P(best). The search stops once one beta has P(best) >= :data:`THRESHOLD` (0.97 per look, so
-that the repeated looks keep false resolutions under 5%) or the seed budget is spent, adding
-one seed to every beta per round so that blocks stay complete.
+- **resolved** is a randomisation test. With all betas equal, the K trials of one seed are
+  exchangeable across betas, so permuting beta labels within each seed (one trial per seed per
+  beta stays so), recomputing the criterion and taking the gap between the top two beta means
+  gives the null distribution of the observed lead (the chosen beta's mean less the best other
+  one). The search is resolved when that p-value, (1 + exceedances) / (1 + permutations), is at
+  most ``alpha``: exact at any number of seeds (Monte Carlo with a fixed generator seed, so the
+  same trials give the same answer). ``--seeds auto`` looks after every round, so it spends
+  :data:`ALPHA` in equal shares over its looks (:func:`look_alpha`; Bonferroni over the looks).
+  The exactness has a price: with 2 betas and 3 seeds only 4 distinct labellings exist, so no
+  lead resolves there (p >= 0.25); 4 betas x 3 seeds have 576.
+- **P(best)** is the posterior of a randomised block model, score = mu[beta] + s[seed] + e with
+  a flat prior and p(sigma) ~ 1/sigma (Monte Carlo with a fixed generator seed), fitted to the
+  jackknife pseudo-values of the beta means: pseudo[b, k] = n T_b - (n - 1) T_b(without seed k),
+  the criterion recomputed on the other seeds. For a per-trial criterion these are the scores
+  themselves; for a cross-seed one their spread carries the shared pairs (the jackknife variance
+  of a mean of pair similarities errs on the large side, Efron and Stein 1981).
 
-Scores are oriented so that higher is better. A collapsed trial (or one the criterion cannot
-score) counts as what it is, a failure: instead of being dropped it takes a floor below every
-healthy trial of the search (the lowest healthy score less the healthy scores' range), so a
-beta that collapses often falls behind however well its survivors score.
-:func:`operating_characteristics` simulates the procedure to measure its error rates.
+A collapsed trial (or one the criterion cannot score) counts as what it is, a failure: it takes
+a floor below every healthy trial of the search (the lowest healthy score less the healthy
+scores' range), so a beta that collapses often falls behind however well its survivors score.
+:func:`operating_characteristics` simulates the procedure on independent scores; the
+benchmark ``benchmarks/selection_calibration.py`` on simulated latents scored by the real criteria.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-# P(best) that resolves the search at one look. The search looks after every round (3..10
-# seeds: 8 looks), and each look is a chance of a false resolution: 0.95 per look resolves
-# 6% of simulated searches whose betas are all equal (2,000 searches); 0.97 holds the whole
-# procedure near 3%, inside the 5% it promises (tests/test_selection_stats.py).
-THRESHOLD = 0.97
+ALPHA = 0.05  # the most searches with all betas equal that may be declared resolved, over all looks
+PERMUTATIONS = 1999  # Monte Carlo permutations of beta labels: p-values down to 1/2000
 DRAWS = 20_000  # Monte Carlo draws of P(best)
-MC_SEED = 0  # the generator of the Monte Carlo draws: same scores, same P(best)
+MC_SEED = 0  # the generator of the Monte Carlo draws: same scores, same P(best) and p-value
+
+# (..., K, m) trial indices (row: a beta's trials, column: a seed), the fewest trials a group
+# scores with (None: the criterion's own) -> (..., K, m) scores
+Rescore = Callable[[np.ndarray, "int | None"], np.ndarray]
+
+
+def look_alpha(looks: int = 1, alpha: float = ALPHA) -> float:
+    """The level of each look when a search may stop at any of ``looks`` looks (``--seeds auto``:
+    one per round): ``alpha`` in equal shares, so that all looks together stay within ``alpha``."""
+    return alpha / max(1, looks)
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,7 @@ class PairedScores:
         floor: the score a collapsed or unscored trial was given (the lowest healthy score
             less the range of healthy scores, see :func:`_floor`; 0 when no trial is healthy).
         n_collapsed: per beta, its trials that took the floor.
+        index: (K, n) int, the position in the trials given of beta b, seed k (for resampling).
     """
 
     betas: tuple[float, ...]
@@ -63,6 +84,7 @@ class PairedScores:
     values: np.ndarray
     floor: float
     n_collapsed: tuple[int, ...]
+    index: np.ndarray | None = None
 
 
 def _floor(healthy: Sequence[float]) -> float:
@@ -87,17 +109,17 @@ def paired_scores(trials: Sequence[ScoredTrial]) -> PairedScores:
     betas = tuple(sorted({float(t.beta) for t in trials}))
     seeds_of = {b: {t.seed for t in trials if float(t.beta) == b} for b in betas}
     common = tuple(sorted(set.intersection(*seeds_of.values())))
-    cell = {(float(t.beta), t.seed): t for t in trials}
-    values = np.full((len(betas), len(common)), floor)
+    cell = {(float(t.beta), t.seed): i for i, t in enumerate(trials)}
+    index = np.array([[cell[(b, s)] for s in common] for b in betas], int).reshape(len(betas), len(common))
+    values = np.full(index.shape, floor)
     collapsed = [0] * len(betas)
-    for i, b in enumerate(betas):
-        for k, s in enumerate(common):
-            t = cell[(b, s)]
-            if t.collapsed or not np.isfinite(t.score):
-                collapsed[i] += 1
-            else:
-                values[i, k] = t.score
-    return PairedScores(betas, common, values, floor, tuple(collapsed))
+    for (i, k), n in np.ndenumerate(index):
+        t = trials[n]
+        if t.collapsed or not np.isfinite(t.score):
+            collapsed[i] += 1
+        else:
+            values[i, k] = t.score
+    return PairedScores(betas, common, values, floor, tuple(collapsed), index)
 
 
 def p_best(values: np.ndarray, draws: int = DRAWS, seed: int = MC_SEED) -> np.ndarray:
@@ -131,7 +153,10 @@ class BetaChoice:
         betas, p_best, means, n_collapsed: per beta (means over the paired seeds, floors included).
         n_seeds: paired seeds used.
         best: the beta of highest P(best) (ties: the higher mean).
-        resolved: P(best) of ``best`` >= the threshold.
+        resolved: the lead of ``best`` passed the randomisation test at level ``alpha`` (and there
+            are 2 seeds or more; a single beta is resolved from 2 seeds on).
+        p_value: the test's p-value (NaN with one beta or one seed).
+        alpha: the level of this look.
     """
 
     betas: tuple[float, ...]
@@ -141,25 +166,83 @@ class BetaChoice:
     n_seeds: int
     best: float
     resolved: bool
+    p_value: float = float("nan")
+    alpha: float = ALPHA
+
+
+def _beta_means(rescore: Rescore, trials: Sequence[ScoredTrial], floor: float) -> Callable:
+    """(..., K, m) trial indices -> (..., K) beta means of the rescored trials, failures at ``floor``."""
+    collapsed = np.array([t.collapsed for t in trials], bool)
+
+    def means(index: np.ndarray, min_group: int | None = None) -> np.ndarray:
+        scores = rescore(index, min_group)
+        return np.where(collapsed[index] | ~np.isfinite(scores), floor, scores).mean(-1)
+
+    return means
+
+
+def pseudo_values(means: Callable, index: np.ndarray) -> np.ndarray:
+    """(K, n) jackknife pseudo-values of the beta means over seeds: n T - (n - 1) T(without seed k),
+    the criterion recomputed on the other seeds (groups of 2 score). Needs n >= 3."""
+    n = index.shape[1]
+    without = np.stack([np.delete(index, k, axis=1) for k in range(n)])  # (n, K, n - 1)
+    return n * means(index)[:, None] - (n - 1) * means(without, 2).T
+
+
+def lead_p_value(
+    means: Callable, index: np.ndarray, best: int, permutations: int = PERMUTATIONS, seed: int = MC_SEED
+) -> float:
+    """The randomisation p-value of beta ``best``'s lead over the best other beta: beta labels
+    permuted within each seed (column of the (K, n) ``index``), the criterion recomputed, the
+    gap between the top two means compared with the observed lead."""
+    observed = means(index)
+    lead = observed[best] - np.delete(observed, best).max()
+    k, n = index.shape
+    order = np.argsort(np.random.default_rng(seed).random((permutations, k, n)), axis=1)
+    permuted = np.sort(means(index[order, np.arange(n)]), axis=1)  # (permutations, K)
+    gaps = permuted[:, -1] - permuted[:, -2]
+    exceed = int(np.sum(gaps >= lead - 1e-9 * max(1.0, abs(lead))))
+    return (1 + exceed) / (1 + permutations)
 
 
 def choose_beta(
-    trials: Sequence[ScoredTrial], threshold: float = THRESHOLD, draws: int = DRAWS, seed: int = MC_SEED
+    trials: Sequence[ScoredTrial],
+    rescore: Rescore | None = None,
+    *,
+    alpha: float = ALPHA,
+    draws: int = DRAWS,
+    seed: int = MC_SEED,
+    permutations: int = PERMUTATIONS,
 ) -> BetaChoice:
-    """P(best) of every beta from stage 2's scored trials, and the beta it favours."""
+    """P(best) of every beta from stage 2's scored trials, the beta it favours and whether its lead
+    is resolved at level ``alpha``.
+
+    Args:
+        rescore: the criterion recomputed for any grouping of ``trials`` (e.g. a
+            :class:`psvae_opt.search.criteria.Regroupable`'s ``table``); None: the scores are
+            per trial (each trial's own, whatever its siblings).
+    """
     table = paired_scores(trials)
-    probs = p_best(table.values, draws, seed)
-    means = table.values.mean(1) if table.values.shape[1] else np.full(len(table.betas), np.nan)
-    order = np.lexsort((np.nan_to_num(means, nan=-np.inf), probs))  # by P(best), then mean
-    best = int(order[-1])
+    k, n = table.values.shape
+    if rescore is None:
+        scores = np.array([t.score for t in trials], float)
+        rescore = lambda index, min_group=None: scores[index]  # noqa: E731
+    means_of = _beta_means(rescore, trials, table.floor)
+    jackknife = n >= 3 and k > 1  # leaving a seed out keeps 2, the fewest a cross-seed criterion compares
+    probs = p_best(pseudo_values(means_of, table.index) if jackknife else table.values, draws, seed)
+    means = table.values.mean(1) if n else np.full(k, np.nan)
+    best = int(np.lexsort((np.nan_to_num(means, nan=-np.inf), probs))[-1])  # by P(best), then mean
+    p_value = lead_p_value(means_of, table.index, best, permutations, seed) if k > 1 and n >= 2 else float("nan")
     return BetaChoice(
         betas=table.betas,
         p_best=tuple(float(p) for p in probs),
         means=tuple(float(m) for m in means),
         n_collapsed=table.n_collapsed,
-        n_seeds=len(table.seeds),
+        n_seeds=n,
         best=table.betas[best],
-        resolved=bool(probs[best] >= threshold) and len(table.seeds) >= 2,
+        resolved=n >= 2 and (k == 1 or p_value <= alpha),
+        p_value=p_value,
+        alpha=alpha,
     )
 
 
@@ -179,6 +262,21 @@ class SearchOutcome:
     trials: int
 
 
+def run_adaptive(
+    choose_at: Callable[[int, float], BetaChoice], initial_seeds: int, max_seeds: int
+) -> tuple[BetaChoice, int]:
+    """``--seeds auto`` as a loop: look at ``initial_seeds``, ``initial_seeds`` + 1, ... seeds
+    (``choose_at(seeds, alpha)``, every look at the level :func:`look_alpha` of all the looks the
+    budget allows) until resolved or at ``max_seeds``; the last choice and the seeds it used."""
+    level = look_alpha(max_seeds - initial_seeds + 1)
+    used = initial_seeds
+    choice = choose_at(used, level)
+    while next_seed(choice, max_seeds) is not None:
+        used += 1
+        choice = choose_at(used, level)
+    return choice, used
+
+
 def simulate_search(
     effect_sd: float,
     rng: np.random.Generator,
@@ -187,20 +285,23 @@ def simulate_search(
     initial_seeds: int = 3,
     max_seeds: int = 10,
     seed_sd: float = 1.0,
-    threshold: float = THRESHOLD,
-    draws: int = 4000,
+    draws: int = 2000,
+    permutations: int = 999,
 ) -> SearchOutcome:
     """One search in which beta 0 is better than the others by ``effect_sd`` noise standard
-    deviations (0: all equal) and every seed shifts every beta by a N(0, seed_sd^2) effect."""
+    deviations (0: all equal) and every seed shifts every beta by a N(0, seed_sd^2) effect;
+    independent trial scores (a per-trial criterion). ``initial_seeds == max_seeds``: fixed seeds."""
     n = max_seeds
     mu = np.zeros(n_betas)
     mu[0] = effect_sd
     scores = mu[:, None] + seed_sd * rng.standard_normal(n)[None, :] + rng.standard_normal((n_betas, n))
-    for used in range(initial_seeds, max_seeds + 1):
+    mc_seed = int(rng.integers(2**31))
+
+    def choose_at(used: int, alpha: float) -> BetaChoice:
         trials = [ScoredTrial(float(b), k, float(scores[b, k])) for b in range(n_betas) for k in range(used)]
-        choice = choose_beta(trials, threshold, draws, seed=int(rng.integers(2**31)))
-        if next_seed(choice, max_seeds) is None:
-            break
+        return choose_beta(trials, alpha=alpha, draws=draws, seed=mc_seed, permutations=permutations)
+
+    choice, used = run_adaptive(choose_at, initial_seeds, max_seeds)
     return SearchOutcome(choice.resolved, choice.best == 0.0, used * n_betas)
 
 
