@@ -13,9 +13,9 @@ import torch
 from psvae_opt.config import Config, dump_config, load_config, replace
 from psvae_opt.data import load_session, split_frames, write_session
 from psvae_opt.errors import ConfigError, TrainingError
-from psvae_opt.training.checkpoints import load_checkpoint
 from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import CSV_COLUMNS, METRIC_NAMES, read_metrics
+from psvae_opt.training.trained import load_checkpoint
 from tests.conftest import TINY_MODEL, random_frames
 
 
@@ -303,7 +303,7 @@ def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, c
     with pytest.raises(DataError, match=r"last.pt: cannot load the checkpoint .*the file is damaged"):
         run_fit(tiny_config, tmp_path / "run")
     (tmp_path / "run" / "best.pt").write_bytes(b"")
-    from psvae_opt.training.checkpoints import load_checkpoint
+    from psvae_opt.training.trained import load_checkpoint
 
     with pytest.raises(DataError, match=r"best.pt: cannot load the checkpoint"):
         load_checkpoint(tmp_path / "run", tiny_config.model, (1, 32, 32), 4)

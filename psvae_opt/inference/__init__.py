@@ -6,7 +6,8 @@ traverse), ``card`` (a trial of a study turned into a bundle with its model card
 (new data in: HDF5 session files or videos, checked against the model), ``encode`` (latents,
 labels and scores of a session, in batches) and ``formats`` (npz, CSV, BehaveNet's
 ``latents.pkl`` and NWB writers).
-May import: every layer above (``errors`` to ``reports``): the network and checkpoint loading
-of ``training``, the recommendation and seed table of ``search``, traversals of ``reports``.
+May import: every layer above except ``reports`` (``errors`` to ``search``): the network and
+checkpoint loading of ``training.trained``, the recommendation and seed table of ``search``; the
+card's traversal image and movie writers are handed in by the command.
 pynwb only inside ``formats``' NWB writer. No database is needed to load a bundle or encode.
 """
