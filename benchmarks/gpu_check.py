@@ -139,16 +139,13 @@ class Bench:
             splits={"val": torch.arange(min(pool, 1024), device=device)},
         )
         self.order = torch.randint(0, pool, (16, batch), device=device)
-        self.forward = make_forward_loss(self.loss_cfg, 100_000, precision, compile_mode) if compile_mode else None
+        self.forward = make_forward_loss(self.loss_cfg, 100_000, precision, compile_mode)
         self.device, self.precision, self.batch, self.n = device, precision, batch, 0
 
     def step(self) -> None:
         x, y, mask = self.data.batch(self.order[self.n % len(self.order)], True)
         self.n += 1
-        train_step(
-            self.model, self.optimizer, x, y, mask, self.loss_cfg, epoch=0, n_frames=100_000,
-            precision=self.precision, forward=self.forward,
-        )  # fmt: skip
+        train_step(self.model, self.optimizer, x, y, mask, self.forward)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

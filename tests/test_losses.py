@@ -128,8 +128,9 @@ def test_total_loss_weights_every_term():
         torch.rand(b, 1, 8, 8), torch.randn(b, n_labels), torch.randn(b, 4), torch.randn(b, 4) * 0.1, torch.randn(b, 4)
     )
     y, mask = torch.randn(b, n_labels), torch.ones(b, n_labels)
-    terms = psvae_loss(x, y, mask, out, alpha=50.0, beta=10.0, epoch=25, anneal_epochs=100, n_frames=1000)
-    kappa, beta_e = 26 / 99, 260 / 99  # the 26th training epoch of a 100-epoch ramp
+    kappa, beta_e = anneal_weights(25, anneal_epochs=100, beta=10.0)
+    assert (kappa, beta_e) == pytest.approx((26 / 99, 260 / 99))  # the 26th training epoch of a 100-epoch ramp
+    terms = psvae_loss(x, y, mask, out, alpha=50.0, kappa=kappa, beta_e=beta_e, n_frames=1000)
     expected = (
         terms.frame_nll + 50 * terms.label_nll + terms.kl_s + kappa * (terms.icmi + terms.dwkl) + beta_e * terms.tc
     )

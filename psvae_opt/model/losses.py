@@ -141,12 +141,10 @@ def psvae_loss(
     out: ModelOutput,
     *,
     alpha: float,
-    beta: float,
-    epoch: float,
-    anneal_epochs: int,
+    kappa: float | Tensor,
+    beta_e: float | Tensor,
     n_frames: int,
     estimator: str = "mss",
-    weights: tuple[Tensor, Tensor] | None = None,
 ) -> LossTerms:
     """The PS-VAE objective of a minibatch.
 
@@ -156,14 +154,12 @@ def psvae_loss(
         mask: (B, L) 1 = valid label.
         out: the model's output for ``x`` (sampled latents).
         n_frames: N, training frames (for the aggregate-posterior estimate).
-        epoch: the epoch the annealing weights are taken at.
-        weights: (kappa_e, beta_e) as 0-d tensors instead of ``epoch``'s: a compiled step takes
-            them as inputs, so that a new epoch's weights do not compile it again.
+        kappa, beta_e: the epoch's annealed weights (:func:`anneal_weights`); a training step
+            passes them as 0-d tensors, so that a new epoch's weights do not compile it again.
     """
     n_labels = y.shape[1]
     x_hat, y_hat = out.x_hat.float(), out.y_hat.float()
     mu, logvar, z = out.mu.float(), out.logvar.float(), out.z.float()
-    kappa, beta_e = weights if weights is not None else anneal_weights(epoch, anneal_epochs, beta)
     nll_x = frame_nll(x.float(), x_hat).mean()
     nll_y = label_nll(y, y_hat, mask).mean()
     kl_s = kl_standard_normal(mu[:, :n_labels], logvar[:, :n_labels]).mean()

@@ -1,12 +1,12 @@
-"""One PS-VAE's pieces of training: building it, its optimiser, the loss of a batch, one
-optimizer step and the evaluation of a set of frames. :mod:`psvae_opt.training.loop` strings
-them together; the benchmarks time ``train_step`` alone.
+"""One PS-VAE's pieces of training: building it, its optimiser, the forward pass and loss of a
+training batch, one optimizer step and the evaluation of a set of frames.
+:mod:`psvae_opt.training.loop` strings them together; the benchmarks time ``train_step`` alone.
 
-Under ``train.compile`` the forward pass and the loss of a training step are one function
-compiled together (:func:`make_forward_loss`): one graph (fused kernels, and CUDA graphs with
-``compile_mode = "reduce-overhead"``) instead of the model compiled alone and the loss's many
-small kernels launched one by one from Python. Its backward pass is compiled too; the
-optimizer step stays outside (fused Adam is one kernel already).
+The forward pass and loss of a training step are one function (:func:`make_forward_loss`), the
+one route to the loss: eager as it is, or under ``train.compile`` compiled together: one graph
+(fused kernels, and CUDA graphs with ``compile_mode = "reduce-overhead"``) instead of the model
+compiled alone and the loss's many small kernels launched one by one from Python. Its backward
+pass is compiled too; the optimizer step stays outside (fused Adam is one kernel already).
 """
 
 from __future__ import annotations
@@ -60,18 +60,11 @@ def loss_terms(
         x: (B, C, H, W) frames; y, mask: (B, L) labels and validity; out: the model's output on x.
         n_frames: frames N of the aggregate-posterior estimate (the training set, or the evaluated frames).
     """
+    kappa, beta_e = anneal_weights(epoch, loss_cfg.anneal_epochs, loss_cfg.beta)
     return psvae_loss(
-        x,
-        y,
-        mask,
-        out,
-        alpha=loss_cfg.alpha,
-        beta=loss_cfg.beta,
-        epoch=epoch,
-        anneal_epochs=loss_cfg.anneal_epochs,
-        n_frames=n_frames,
+        x, y, mask, out, alpha=loss_cfg.alpha, kappa=kappa, beta_e=beta_e, n_frames=n_frames,
         estimator=loss_cfg.kl_estimator,
-    )
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -143,31 +136,17 @@ def train_step(
     x: Tensor,
     y: Tensor,
     mask: Tensor,
-    loss_cfg: LossConfig,
-    *,
-    epoch: float,
-    n_frames: int,
-    precision: str = "fp32",
-    forward: Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms] | None = None,
+    forward_loss: Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms],
+    epoch: float = 0,
 ) -> Tensor:
-    """One optimizer step on a minibatch; returns the (detached) loss.
+    """One optimizer step on a minibatch, the lines of ``fit``'s batch loop (for the benchmarks);
+    returns the detached loss (a CUDA graph's output: read it before the next step).
 
     Args:
         x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
-        n_frames: training frames N of the aggregate-posterior estimate.
-        forward: the forward pass and loss as one (compiled) function,
-            :func:`make_forward_loss`; None: this eager code.
+        forward_loss: the forward pass and loss (:func:`make_forward_loss`, eager or compiled).
     """
-    if forward is not None:
-        # a copy: a CUDA graph's output is overwritten by its next replay
-        return _step(optimizer, forward(model, x, y, mask, epoch).loss).clone()
-    with autocast(x.device, precision):
-        out = model(x)
-    terms = loss_terms(x, y, mask, out, loss_cfg, epoch=epoch, n_frames=n_frames)
-    return _step(optimizer, terms.loss)
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
+    loss = forward_loss(model, x, y, mask, epoch).loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -192,8 +171,7 @@ def forward_loss(
     with autocast(x.device, precision):
         out = model(x)
     return psvae_loss(
-        x, y, mask, out, alpha=alpha, beta=0.0, epoch=0, anneal_epochs=0, n_frames=n_frames,
-        estimator=estimator, weights=(kappa, beta_e),
+        x, y, mask, out, alpha=alpha, kappa=kappa, beta_e=beta_e, n_frames=n_frames, estimator=estimator
     )  # fmt: skip
 
 
