@@ -16,11 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from psvae_opt.errors import DataError
 
@@ -77,7 +75,9 @@ def unscale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, s
     return (xy + 0.5) * (hw[..., ::-1] / size) - 0.5
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _open(path: Path):  # -> av.container.InputContainer
+    import av  # here, not at the top: sessions and training import this package without PyAV
+
     if not path.is_file():
         raise DataError(f"{path}: video not found; check --video")
     try:
@@ -98,6 +98,9 @@ def read_video(path: str | Path, size: int) -> Clip:
     Frames are converted by FFmpeg ("gray": the luma plane, expanded from TV range), then
     resized in chunks of ``CHUNK`` so that a long video never sits in memory at full size.
     """
+    import av
+    from tqdm import tqdm
+
     path = Path(path)
     container = _open(path)
     stream = container.streams.video[0]
