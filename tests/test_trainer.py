@@ -388,7 +388,7 @@ def test_autotuning_is_on_by_default_and_off_on_request(tiny_config: Config, tmp
 def test_the_eager_forward_loss_function_gives_the_trainers_numbers(tiny_config: Config, tmp_path: Path):
     """The function train.compile compiles (model and loss together, annealing weights as
     tensors) is the trainer's eager step, number for number, when run uncompiled."""
-    from psvae_opt.model.losses import anneal_weights, psvae_loss
+    from psvae_opt.model.losses import anneal_weights, psvae_loss, term_weights
     from psvae_opt.training.steps import build_model, make_forward_loss
 
     torch.manual_seed(0)
@@ -402,7 +402,8 @@ def test_the_eager_forward_loss_function_gives_the_trainers_numbers(tiny_config:
         torch.manual_seed(1)
         out = model(x)
         kappa, beta_e = anneal_weights(epoch, 10, 5.0)
-        alone = psvae_loss(x, y, mask, out, alpha=cfg.loss.alpha, kappa=kappa, beta_e=beta_e, n_frames=1000)
+        weights = term_weights(cfg.loss.alpha, kappa, beta_e, 16, 32 * 32, 4)
+        alone = psvae_loss(x, y, mask, out, weights=weights, n_frames=1000)
         assert all(torch.equal(a, b) for a, b in zip(together, alone))
 
 

@@ -109,7 +109,7 @@ def fit(
                 checkpoints.save(t)
                 raise KeyboardInterrupt(f"stopped during epoch {epoch}; {run_dir / 'last.pt'} resumes it")
             x, y, mask = t.data.batch(train_idx[perm[b * size : (b + 1) * size]], train_cfg.channels_last)
-            loss = t.forward_loss(t.model, x, y, mask, epoch).loss  # forward pass and loss
+            loss = t.forward_loss(t.network, x, y, mask, epoch).loss  # forward pass and loss
             t.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             t.optimizer.step()

@@ -19,10 +19,11 @@ from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.losses import LossTerms, first_full_weight_epoch
-from psvae_opt.model.network import PSVAE
+from psvae_opt.model.network import PSVAE, ModelOutput
+from psvae_opt.training.bf16_weights import Bf16Weights
 from psvae_opt.training.devices import DeviceData, resolve_device, resolve_precision, to_device
 from psvae_opt.training.run_folder import OwnerCheck
-from psvae_opt.training.steps import build_model, build_optimizer, evaluate, make_forward_loss
+from psvae_opt.training.steps import build_model, build_training, evaluate, make_forward_loss
 
 TRAIN_ROW_FRAMES = 512  # per-epoch training rows: a fixed subset (the final summary uses every frame)
 
@@ -34,9 +35,11 @@ class RunState:
     """Everything one run holds: its settings, model, optimiser, data on the device, where it
     is (epoch, batch) and its early-stopping counters.
 
-    ``forward_loss(model, x, y, mask, epoch)`` is the forward pass and loss of a training batch,
-    the one route to the loss (compiled under ``train.compile``, the same function eager
-    otherwise). ``check`` is called before every write to the run folder: it raises when this
+    ``forward_loss(network, x, y, mask, epoch)`` is the forward pass and loss of a training
+    batch, the one route to the loss (compiled under ``train.compile``, the same function eager
+    otherwise). ``network`` is the model, or under eager bf16 the model on bf16 copies of its
+    weights, which the optimizer (:class:`~psvae_opt.training.bf16_weights.Bf16Weights`) keeps.
+    ``check`` is called before every write to the run folder: it raises when this
     attempt no longer owns the folder (a worker's trial taken over while the worker was paused)."""
 
     loss_cfg: LossConfig
@@ -47,7 +50,8 @@ class RunState:
     precision: str
     data: DeviceData
     model: PSVAE
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | Bf16Weights
+    network: Callable[[Tensor], ModelOutput]  # the model as a training step calls it
     forward_loss: ForwardLoss
     train_rows_idx: Tensor  # the fixed training frames of the per-epoch training rows
     fingerprint: str  # what a resumed run must match: model, loss, optimisation, data
@@ -96,6 +100,7 @@ def new_run(
             f"train.batch_size = {train_cfg.batch_size} exceeds the {n_train} training frames; lower train.batch_size"
         )
     mode = train_cfg.compile_mode if train_cfg.compile else None
+    optimizer, network = build_training(model, train_cfg.learning_rate, train_cfg.weight_decay, precision, mode)
     pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
     fingerprint = {
         "model": asdict(model_cfg),
@@ -118,7 +123,8 @@ def new_run(
         precision=precision,
         data=data,
         model=model,
-        optimizer=build_optimizer(model, train_cfg.learning_rate, train_cfg.weight_decay),
+        optimizer=optimizer,
+        network=network,
         forward_loss=make_forward_loss(loss_cfg, n_train, precision, mode),
         train_rows_idx=data.splits["train"][torch.from_numpy(np.sort(pick)).to(device)],
         fingerprint=json.dumps(fingerprint, sort_keys=True),
