@@ -52,9 +52,9 @@ from psvae_opt.training.loop import fit  # noqa: E402
 from psvae_opt.training.run_folder import save_atomic  # noqa: E402
 from psvae_opt.training.steps import build_model, build_training, evaluate, make_forward_loss, train_step  # noqa: E402
 
-SIZES = {  # frame side, model channels, batch, timed steps, warm-up steps, worker window (s), fit epochs
-    "full": (128, (32, 64, 128, 256, 512), 128, 40, 10, 10.0, 3),
-    "quick": (32, (4, 8, 8, 8, 8), 16, 3, 1, 1.0, 2),
+SIZES = {  # frame side, channels, batch, timed steps, warm-up steps, worker window (s), fit epochs, frames per trial
+    "full": (128, (32, 64, 128, 256, 512), 128, 40, 10, 10.0, 3, 512),
+    "quick": (32, (4, 8, 8, 8, 8), 16, 3, 1, 1.0, 2, 32),
 }
 PROTOCOL = {"models": 4 + 4 * 5, "epochs": 200, "frames": 100_000}
 TRAIN_SHARE = 0.8  # data.split = "8;1;1;0": the training trials' share of the frames
@@ -84,6 +84,9 @@ class Report:
             return None
         try:
             return fn(*args)
+        except TimeoutError as exc:  # what it needed was more than the budget left
+            self.line(name, f"stopped at the budget: {exc}")
+            return None
         except Exception as exc:  # out of memory, no compiler, a dead worker: a line, not the end
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
             self.line(name, f"failed: {type(exc).__name__}: {first[:200]}")
@@ -221,7 +224,8 @@ def workers_phase(report: Report, args, precision: str, mode: str | None, counts
     deadline = time.monotonic() + share * report.left()
     for n in counts:
         argv = [sys.executable, os.path.abspath(__file__), "--child", "worker", "--device", args.device]
-        argv += ["--precision", precision, "--size", args.size, "--threads", str(max(1, (os.cpu_count() or 1) // n))]
+        threads = 1 if args.size == "quick" else max(1, (os.cpu_count() or 1) // n)  # tiny steps: one thread
+        argv += ["--precision", precision, "--size", args.size, "--threads", str(threads)]
         argv += ["--mode", mode] if mode else []
         procs = [
             subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -323,6 +327,8 @@ def kernels_phase(report: Report, bench: Bench) -> None:
 def child_fit(args: argparse.Namespace) -> int:
     """One training run in this fresh process (determinism and resume): ``--stop-after`` stop
     polls, then the run saves last.pt and stops, as a preempted worker's does."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config(Path(args.config))
     session = load_session(cfg.data.path)
     frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
@@ -348,6 +354,7 @@ def largest_difference(a: Path, b: Path) -> float:
 def fresh_fit(config: Path, out: Path, seconds: float, stop_after: int = 0) -> None:
     """One training run in a new process, killed after ``seconds``."""
     argv = [sys.executable, os.path.abspath(__file__), "--child", "fit", "--config", str(config), "--out", str(out)]
+    argv += ["--threads", "1"] if "quick" in config.name else []
     try:
         done = subprocess.run([*argv, "--stop-after", str(stop_after)], capture_output=True, text=True, timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -431,11 +438,11 @@ def run_check(args: argparse.Namespace) -> int:
             report.line("memory", no_cuda)
         if bench is not None:
             report.phase("kernels", 2, kernels_phase, report, bench)
-        h5 = synth_session(folder / "check.h5", size=size[0], trials=10, frames=max(4 * size[2], 100), seed=0)
+        h5 = synth_session(folder / "check.h5", size=size[0], trials=10, frames=size[7], seed=0)
         settings = [f"data.path={h5}", "data.split=8;1;1;0", f"model.channels={list(size[1])}",
                     f"train.max_epochs={size[6]}", f"train.batch_size={size[2]}", "loss.anneal_epochs=2",
                     f"train.device={device}"]  # fmt: skip
-        config = folder / "check.toml"
+        config = folder / f"check-{args.size}.toml"
         config.write_text(dump_config(load_config(None, settings)))
         per_epoch = int(len(load_session(h5).images) * TRAIN_SHARE) // size[2] + 1  # stop polls per epoch
         report.phase("determinism", 10 if args.quick else 120, determinism_phase, report, config, folder)
@@ -454,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="full", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--child", choices=("worker", "fit"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
