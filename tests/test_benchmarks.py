@@ -148,3 +148,14 @@ def test_a_worker_that_dies_is_a_line_with_its_reason(tmp_path: Path, monkeypatc
     (line,) = capsys.readouterr().out.splitlines()
     assert re.match(r"workers eager: failed: RuntimeError: a worker exited with code 1 before it was ready: \S", line)
     assert report.phase("later", 1, lambda: 7) == 7
+
+
+def test_the_default_step_launches_well_under_the_old_count():
+    """benchmarks/step_ops.py at 1x32x32 (the same layers as 1x128x128): main before the fused
+    loss and the bf16 weight copies ran 316 operators (64 casts) in a bf16 step, 253 in fp32."""
+    import step_ops
+
+    bf16, fp32 = step_ops.count("bf16", 4, 32), step_ops.count("fp32", 4, 32)
+    assert bf16["kernels"] <= 230 and bf16["casts"] <= 12, bf16["kernels"]
+    assert fp32["kernels"] <= 220 and fp32["casts"] <= 1, fp32["kernels"]
+    assert bf16["ops"].get("_fused_adam_") == 1 and "_foreach_copy_" in bf16["ops"]
