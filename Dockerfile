@@ -1,17 +1,18 @@
 # The psvae-opt image of the worker, init and dashboard services (docker-compose.yml).
 #
-#   docker compose build                                        # torch's CUDA 12.8 build
-#   TORCH_BUILD=cu126 docker compose build                      # GPUs older than compute capability 7.0
+#   docker compose build                                        # torch's CUDA 12.6 build
+#   TORCH_BUILD=cu130 docker compose build                      # hosts with a driver >= 580, no V100
 #   PSVAE_UID=$(id -u) PSVAE_GID=$(id -g) docker compose build  # run as you (see USER below)
 #
-# TORCH_BUILD is a build of the PyTorch wheel index (cpu, cu126, cu128, cu130) or "pypi"
-# (PyPI's default wheel), at the version of constraints.txt. The driver is the host's (NVIDIA
-# Container Toolkit): cu128 runs on drivers >= 525 and GPUs of compute capability >= 7.0; cu126
-# reaches older GPUs; cu130 needs a driver >= 580 and capability >= 7.5 (as scripts/install.sh
-# picks on a machine without Docker).
+# TORCH_BUILD is a build of the PyTorch wheel index (cpu, cu126, cu130) or "pypi" (PyPI's
+# default wheel), at the version of constraints.txt: only the builds PyTorch publishes for it
+# (scripts/install.sh's table says where the list comes from). The driver is the host's (NVIDIA
+# Container Toolkit): cu126 runs on drivers >= 525 and GPUs of compute capability >= 5.0 (V100s
+# included); cu130 needs a driver >= 580 and capability >= 7.5 (as scripts/install.sh picks on a
+# machine without Docker).
 FROM python:3.11-slim
 
-ARG TORCH_BUILD=cu128
+ARG TORCH_BUILD=cu126
 ARG TORCH_INDEX=https://download.pytorch.org/whl
 # The services run as this user, not root. ./demo is bind-mounted at /work/demo and must be
 # writable by it: create ./demo before `docker compose up` (Docker would create it owned by

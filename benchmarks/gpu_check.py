@@ -1,22 +1,30 @@
-"""One GPU check, ready to run: the facts of the GPU, whether training on it is repeatable and
-resumable, how fast a step is and where the time of an epoch goes, how many workers fill it,
-and what that makes of the guide's full protocol.
+"""One GPU check, ready to run in one call on a borrowed node: the machine, the default step,
+how many workers fill the GPU, what an epoch and the guide's protocol cost, then compile
+variants, memory and kernels, then whether training repeats and resumes.
 
-    python benchmarks/gpu_check.py                  # on a GPU: under 8 minutes on an H100
-    python benchmarks/gpu_check.py --dir /scratch   # time checkpoints on the cluster's file system
-    python benchmarks/gpu_check.py --quick          # the same code on the CPU, tiny sizes (the tests run it)
+    python benchmarks/gpu_check.py --budget 480       # on a GPU node, from the checkout
+    python benchmarks/gpu_check.py --quick --budget 60  # the same code on the CPU, tiny sizes (a test runs it)
 
-One line each, "name: values":
-  gpu          driver, compute mode, compute capability, native bf16
-  determinism  two same-seed runs with the defaults (cuDNN autotuning on): their largest
-               relative difference in any per-epoch metric, against the README's tolerance
-  resume       a run stopped mid-epoch and resumed against the uninterrupted one
-  step VARIANT ms/step, frames/s and the GPU-busy share (kernel time over wall time) of the
-               trainer's own step at 1x128x128 (BehaveNet's network): default, autotune off,
-               fp32, bf16, batch 256 and 512, compiled, compiled with CUDA graphs
-  epoch        evaluation and a last.pt write against a training epoch of 80,000 frames
-  workers      frames/s summed over 1, 2 and 4 worker processes sharing the GPU
-  projection   the guide's protocol (24 models x 200 epochs x 100,000 frames) in GPU-hours
+It needs only torch, numpy and h5py (the image's own): the package is imported from the
+checkout, and nothing on its path imports PyAV, plotly, optuna, SQLAlchemy or tqdm. Each line
+is printed as it is measured, "name: values [elapsed s]", in this order:
+
+  machine        GPU, driver, compute mode, capability, native bf16, torch and its CUDA
+  step default   ms/step, frames/s and GPU-busy share of the trainer's default step
+  workers MODE   frames/s summed over 1, 2 and 4 worker processes: eager, compiled, CUDA graphs
+                 (under MPS where the compute mode needs it)
+  epoch          evaluation and a last.pt write against a training epoch of the protocol
+  projection     the guide's protocol in GPU-hours, for the default step and the best set-up
+  step VARIANT   compiled, compiled with CUDA graphs (with their compile seconds), fp32,
+                 deterministic algorithms off
+  memory         peak GPU memory of the default step
+  kernels        operators (kernel launches) of one default step (benchmarks/step_ops.py)
+  determinism    two same-seed runs, each in a fresh process
+  resume         a run stopped mid-epoch in one process and resumed in another, against the first
+
+A phase that fails prints its reason and the check goes on; one that would not fit in the
+rest of ``--budget`` is skipped with a line saying so. With ``$OUT`` set, the lines are also
+written to ``$OUT/gpu_check.json``.
 """
 
 from __future__ import annotations
@@ -27,109 +35,99 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the checkout's package, uninstalled
 
-from psvae_opt.config import LossConfig, ModelConfig, dump_config, load_config
-from psvae_opt.data import load_session, split_frames, synth_session
-from psvae_opt.training import gpus
-from psvae_opt.training.devices import DeviceData, cpu_has_bf16, resolve_precision
-from psvae_opt.training.loop import fit
-from psvae_opt.training.run_folder import save_atomic
-from psvae_opt.training.steps import build_model, build_optimizer, evaluate, make_forward_loss, train_step
+import torch  # noqa: E402
 
-SIZES = {  # frame side, model channels, batch, timed steps, warm-up steps, worker window (s)
-    "full": (128, (32, 64, 128, 256, 512), 128, 40, 10, 10.0),
-    "quick": (32, (4, 8, 8, 8, 8), 16, 3, 1, 1.0),
+from psvae_opt.config import LossConfig, ModelConfig, TrainConfig, dump_config, load_config  # noqa: E402
+from psvae_opt.data import load_session, split_frames, synth_session  # noqa: E402
+from psvae_opt.training import gpus  # noqa: E402
+from psvae_opt.training.devices import DeviceData, cpu_has_bf16, resolve_precision  # noqa: E402
+from psvae_opt.training.loop import fit  # noqa: E402
+from psvae_opt.training.run_folder import save_atomic  # noqa: E402
+from psvae_opt.training.steps import build_model, build_training, evaluate, make_forward_loss, train_step  # noqa: E402
+
+SIZES = {  # frame side, channels, batch, timed steps, warm-up steps, worker window (s), fit epochs, frames per trial
+    "full": (128, (32, 64, 128, 256, 512), 128, 40, 10, 10.0, 3, 512),
+    "quick": (32, (4, 8, 8, 8, 8), 16, 3, 1, 1.0, 2, 32),
 }
 PROTOCOL = {"models": 4 + 4 * 5, "epochs": 200, "frames": 100_000}
-EPOCH_FRAMES = 80_000  # training frames of an epoch of the protocol (8 of 10 trials)
+TRAIN_SHARE = 0.8  # data.split = "8;1;1;0": the training trials' share of the frames
 TOLERANCE = 1e-3  # largest relative difference of two same-seed runs with autotuning (README)
 N_LABELS = 4
 
 
-def gpu_line(device: torch.device) -> str:
+class Report:
+    """Prints each line with the seconds since the start, keeps them for the JSON copy, and
+    runs phases within the budget: a failure or a phase that would not fit is a line too."""
+
+    def __init__(self, budget: float) -> None:
+        self.start, self.budget, self.lines = time.monotonic(), budget, []
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.start)
+
+    def line(self, name: str, text: str, **values) -> None:
+        elapsed = time.monotonic() - self.start
+        print(f"{name}: {text} [{elapsed:.1f} s]", flush=True)
+        self.lines.append({"name": name, "text": text, "elapsed_s": round(elapsed, 2), **values})
+
+    def phase(self, name: str, need: float, fn, *args):
+        """``fn(*args)``, or a line why not: the budget left is under ``need`` seconds, or it failed."""
+        if self.left() < need:
+            self.line(name, f"skipped: budget ({self.left():.0f} s left, it needs about {need:.0f} s)")
+            return None
+        try:
+            return fn(*args)
+        except TimeoutError as exc:  # what it needed was more than the budget left
+            self.line(name, f"stopped at the budget: {exc}")
+            return None
+        except Exception as exc:  # out of memory, no compiler, a dead worker: a line, not the end
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+            self.line(name, f"failed: {type(exc).__name__}: {first[:200]}")
+            return None
+
+    def write(self) -> None:
+        out = os.environ.get("OUT")
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "gpu_check.json").write_text(json.dumps(self.lines, indent=1))
+
+
+def machine_line(device: torch.device) -> str:
+    facts = f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {sys.version.split()[0]}"
     if device.type != "cuda":
-        return f"gpu: none (device {device}); native bf16 on this CPU: {cpu_has_bf16()}"
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
-    ).stdout.split()
-    index = str(device.index or 0)
+        return f"none (device {device}); native bf16 on this CPU {cpu_has_bf16()}; {os.cpu_count()} CPUs; {facts}"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.split()
+    except OSError:
+        out = []
     major, minor = torch.cuda.get_device_capability(device)
+    mode = gpus.compute_modes().get(str(device.index or 0), "?")
     return (
-        f"gpu: {torch.cuda.get_device_name(device)}; driver {out[0] if out else '?'}; compute mode "
-        f"{gpus.compute_modes().get(index, '?')}; capability {major}.{minor}; native bf16 {gpus.native_bf16(device)}; "
-        f"torch {torch.__version__} CUDA {torch.version.cuda}"
+        f"{torch.cuda.get_device_name(device)}; driver {out[0] if out else '?'}; compute mode {mode}; "
+        f"capability {major}.{minor}; native bf16 {gpus.native_bf16(device)}; {facts}"
     )
-
-
-def study(h5: Path, size: tuple, device: torch.device, epochs: int, *extra: str):
-    channels = size[1]
-    return load_config(
-        None,
-        [
-            f"data.path={h5}", "data.split=8;1;1;0", f"model.channels={list(channels)}", f"train.max_epochs={epochs}",
-            f"train.batch_size={size[2]}", "loss.anneal_epochs=2", f"train.device={device}", *extra,
-        ],
-    )  # fmt: skip
-
-
-def run_fit(cfg, out: Path, should_stop=None):
-    session = load_session(cfg.data.path)
-    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
-    text = dump_config(cfg)
-    return fit(
-        cfg.model, cfg.loss, cfg.train, session, frames, out, config_text=text, progress=False, should_stop=should_stop
-    )
-
-
-def largest_difference(a: Path, b: Path) -> float:
-    rows_a, rows_b = (p.read_text().splitlines()[1:] for p in (a / "metrics.csv", b / "metrics.csv"))
-    worst = 0.0 if len(rows_a) == len(rows_b) else float("inf")
-    for ra, rb in zip(rows_a, rows_b):
-        for x, y in zip(ra.split(",")[2:], rb.split(",")[2:]):
-            worst = max(worst, abs(float(x) - float(y)) / max(abs(float(x)), 1e-12))
-    return worst
-
-
-def repeat_lines(h5: Path, size: tuple, device: torch.device, folder: Path) -> list[str]:
-    cfg = study(h5, size, device, 3)
-    run_fit(cfg, folder / "a")
-    run_fit(cfg, folder / "b")
-    same = largest_difference(folder / "a", folder / "b")
-    polls, per_epoch = [], polls_per_epoch(cfg)
-    try:  # stopped in the middle of epoch 1
-        run_fit(cfg, folder / "cut", should_stop=lambda: polls.append(1) or len(polls) > 1.5 * per_epoch)
-    except KeyboardInterrupt:
-        pass
-    run_fit(cfg, folder / "cut")
-    resumed = largest_difference(folder / "a", folder / "cut")
-    verdict = "within" if same <= TOLERANCE else "OVER"
-    return [
-        f"determinism: two same-seed runs (autotune on): largest relative difference {same:.2e}"
-        f" ({verdict} {TOLERANCE:g})",
-        f"resume: stopped mid-epoch 1 and resumed vs uninterrupted: largest relative difference {resumed:.2e}"
-        f" ({'identical' if resumed == 0 else 'differs'})",
-    ]
-
-
-def polls_per_epoch(cfg) -> int:
-    """Stop polls of one epoch: one per batch of the 8 training trials in 10, one at its end."""
-    n_train = int(len(load_session(cfg.data.path).images) * 0.8)
-    return n_train // cfg.train.batch_size + 1
 
 
 class Bench:
-    """The trainer's step (train_step) on random frames held on the device."""
+    """The trainer's step (build_training, make_forward_loss, train_step) on random frames held
+    on the device, with the trainer's cuDNN settings."""
 
-    def __init__(self, size: tuple, device: torch.device, precision: str, batch: int, compile_mode: str | None):
-        side, channels = size[0], size[1]
+    def __init__(self, size: tuple, device: torch.device, precision: str, mode: str | None, deterministic=True):
+        side, channels, batch = size[0], size[1], size[2]
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, TrainConfig().autotune
         torch.manual_seed(0)
         self.model = build_model(ModelConfig(channels=channels), (1, side, side), N_LABELS, seed=0)
         self.model.to(device, memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.model, 1e-4)
+        self.optimizer, self.network = build_training(self.model, 1e-4, 0.0, precision, mode)
         self.loss_cfg = LossConfig(alpha=1000.0, beta=5.0, anneal_epochs=0)
         pool = 8 * batch
         self.data = DeviceData(
@@ -139,16 +137,13 @@ class Bench:
             splits={"val": torch.arange(min(pool, 1024), device=device)},
         )
         self.order = torch.randint(0, pool, (16, batch), device=device)
-        self.forward = make_forward_loss(self.loss_cfg, 100_000, precision, compile_mode) if compile_mode else None
+        self.forward = make_forward_loss(self.loss_cfg, 100_000, precision, mode)
         self.device, self.precision, self.batch, self.n = device, precision, batch, 0
 
     def step(self) -> None:
         x, y, mask = self.data.batch(self.order[self.n % len(self.order)], True)
         self.n += 1
-        train_step(
-            self.model, self.optimizer, x, y, mask, self.loss_cfg, epoch=0, n_frames=100_000,
-            precision=self.precision, forward=self.forward,
-        )  # fmt: skip
+        train_step(self.network, self.optimizer, x, y, mask, self.forward)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -170,60 +165,33 @@ class Bench:
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             wall = self.seconds(steps)
-        busy_us = sum(
-            getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            for e in prof.key_averages()
-        )
+        busy_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
         return busy_us / 1e6 / wall
 
 
-def step_line(name: str, size: tuple, device: torch.device, precision: str, batch: int, autotune: bool, mode=None):
-    torch.backends.cudnn.benchmark = autotune
-    try:
-        bench = Bench(size, device, precision, batch, mode)
-        bench.seconds(size[4])  # warm-up: autotuning and compilation
-        wall = bench.seconds(size[3])
-        busy = bench.busy_share(min(size[3], 10))
-    except Exception as exc:  # compile without a compiler, out of memory: a line, not the end
-        return f"step {name}: failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]})", None, None
-    ms, rate = 1000 * wall / size[3], size[3] * batch / wall
+def step_phase(report: Report, name: str, size, device, precision: str, mode=None, deterministic=True):
+    start = time.perf_counter()
+    bench = Bench(size, device, precision, mode, deterministic)
+    warm = bench.seconds(size[4])  # autotuning, and compilation for a compiled step
+    set_up = time.perf_counter() - start
+    wall = bench.seconds(size[3])
+    busy = bench.busy_share(min(size[3], 10))
+    ms, rate = 1000 * wall / size[3], size[3] * size[2] / wall
     shown = f"{100 * busy:.0f}%" if busy is not None else "-"
-    line = f"step {name}: {ms:.2f} ms/step, {rate:,.0f} frames/s, GPU busy {shown} ({precision}, batch {batch})"
-    return line, rate, bench
+    extra = f"; set-up and warm-up {set_up:.1f} s" if mode else ""
+    report.line(
+        name,
+        f"{ms:.2f} ms/step, {rate:,.0f} frames/s, GPU busy {shown} ({precision}, batch {size[2]}{extra})",
+        frames_per_s=rate, ms_per_step=ms, warmup_s=warm,
+    )  # fmt: skip
+    return rate, bench
 
 
-def epoch_line(bench: Bench, rate: float, folder: Path) -> tuple[str, float]:
-    """Evaluation (train rows and validation: 512 + 10% of the epoch's frames) and one last.pt
-    write, against a training epoch of EPOCH_FRAMES at ``rate``."""
-    val = bench.data.splits["val"]
-    bench.sync()
-    start = time.perf_counter()
-    evaluated = 0
-    while evaluated < 512 + EPOCH_FRAMES // 8:
-        evaluate(bench.model, bench.data, val, bench.loss_cfg, epoch=0, batch_size=1024, channels_last=True)
-        evaluated += len(val)
-    bench.sync()
-    eval_s = (time.perf_counter() - start) * (512 + EPOCH_FRAMES // 8) / evaluated
-    state = {"model": bench.model.state_dict(), "optimizer": bench.optimizer.state_dict()}
-    start = time.perf_counter()
-    save_atomic(state, folder / "last.pt")
-    ckpt_s = time.perf_counter() - start
-    mb = (folder / "last.pt").stat().st_size / 1e6
-    epoch_s = EPOCH_FRAMES / rate
-    line = (
-        f"epoch: training {EPOCH_FRAMES:,} frames {epoch_s:.2f} s; evaluation {eval_s:.2f} s"
-        f" ({100 * eval_s / epoch_s:.0f}%); last.pt ({mb:.0f} MB) {ckpt_s:.2f} s"
-        f" ({100 * ckpt_s / epoch_s:.0f}% if every epoch; at most once a minute now)"
-    )
-    return line, eval_s / epoch_s
-
-
-def child(args: argparse.Namespace) -> int:
-    """One worker of the workers line: warm up, say ready, train through the window."""
+def child_worker(args: argparse.Namespace) -> int:
+    """One worker of a workers line: warm up, say ready, train through the window, report."""
     size, device = SIZES[args.size], torch.device(args.device)
     torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = True
-    bench = Bench(size, device, args.precision, size[2], None)
+    bench = Bench(size, device, args.precision, args.mode)  # the trainer's cuDNN settings
     bench.seconds(size[4])
     print("ready", flush=True)
     go = float(sys.stdin.readline())
@@ -239,85 +207,274 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-def workers_line(args: argparse.Namespace, counts: list[int], precision: str) -> tuple[str, float]:
-    rates = {}
+def _reply(proc: subprocess.Popen, what: str) -> str:
+    line = proc.stdout.readline()
+    if not line:  # it died: its exit code and the last line it wrote
+        code = proc.wait()
+        tail = (proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"a worker exited with code {code} before {what}: {tail[:160]}")
+    return line.strip()
+
+
+def workers_phase(report: Report, args, precision: str, mode: str | None, counts: list[int], share: float) -> float:
+    """Summed frames/s of 1, 2, 4 worker processes; they are killed when ``share`` of the
+    budget left is spent (a line says so)."""
+    label = {None: "eager", "default": "compiled", "reduce-overhead": "cuda-graphs"}[mode]
+    rates: dict[int, float] = {}
+    deadline = time.monotonic() + share * report.left()
     for n in counts:
-        argv = [sys.executable, os.path.abspath(__file__), "--child", "--device", args.device, "--precision", precision]
-        argv += ["--size", args.size, "--threads", str(max(1, (os.cpu_count() or 1) // n))]
-        procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-        if any(proc.stdout.readline().strip() != "ready" for proc in procs):
-            rates[n] = 0.0
-        else:
+        argv = [sys.executable, os.path.abspath(__file__), "--child", "worker", "--device", args.device]
+        threads = 1 if args.size == "quick" else max(1, (os.cpu_count() or 1) // n)  # tiny steps: one thread
+        argv += ["--precision", precision, "--size", args.size, "--threads", str(threads)]
+        argv += ["--mode", mode] if mode else []
+        procs = [
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(n)
+        ]
+        watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _kill_all, (procs,))
+        watchdog.start()
+        try:
+            for proc in procs:
+                if _reply(proc, "it was ready") != "ready":
+                    raise RuntimeError("a worker answered something else than ready")
             go = time.time() + 0.5
             for proc in procs:
                 proc.stdin.write(f"{go}\n")
                 proc.stdin.flush()
-            rates[n] = sum(json.loads(proc.stdout.readline())["rate"] for proc in procs)
-        for proc in procs:
-            if rates[n] == 0.0:  # one failed to start: the others wait on stdin forever
-                proc.kill()
-            proc.wait()
+            rates[n] = sum(json.loads(_reply(proc, "it reported"))["rate"] for proc in procs)
+        except RuntimeError:
+            if time.monotonic() < deadline:
+                raise
+            break  # the budget's share is spent: the counts measured so far
+        finally:
+            watchdog.cancel()
+            for proc in procs:
+                if proc.poll() is None and n not in rates:
+                    proc.kill()
+                proc.wait()
+    if not rates:
+        raise TimeoutError(f"no worker reported within its share of the budget ({share * 100:.0f}% of what was left)")
     shown = ", ".join(f"{n}: {r:,.0f}" for n, r in rates.items())
-    return f"workers: summed frames/s by worker processes on the device ({precision}) {shown}", max(rates.values())
+    shown += "" if len(rates) == len(counts) else f" (then the budget's share was spent: {len(rates)} of {len(counts)})"
+    report.line(f"workers {label}", f"summed frames/s by worker processes ({precision}) {shown}", rates=rates)
+    return max(rates.values())
 
 
-def projection_line(rate: float, eval_share: float) -> str:
-    total = PROTOCOL["models"] * PROTOCOL["epochs"] * PROTOCOL["frames"]
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+
+
+def needs_mps(device: torch.device) -> str | None:
+    """Why several processes cannot share the GPU (exclusive compute mode, no MPS), or None."""
+    if device.type != "cuda":
+        return None
+    mode = gpus.compute_modes().get(str(device.index or 0), "")
+    if mode in gpus.EXCLUSIVE_MODES and not gpus.mps_running():
+        return f"compute mode {mode} and no MPS daemon: start nvidia-cuda-mps-control -d"
+    return None
+
+
+def epoch_phase(report: Report, bench: Bench, rate: float, folder: Path) -> float:
+    """Evaluation (training rows and validation: 512 + 10% of the frames) and one last.pt write,
+    against a training epoch of the protocol's training frames at ``rate``."""
+    epoch_frames = int(PROTOCOL["frames"] * TRAIN_SHARE)
+    val, wanted = bench.data.splits["val"], 512 + PROTOCOL["frames"] // 10
+    bench.sync()
+    start, evaluated = time.perf_counter(), 0
+    while evaluated < wanted:
+        evaluate(bench.model, bench.data, val, bench.loss_cfg, epoch=0, batch_size=1024, channels_last=True)
+        evaluated += len(val)
+    bench.sync()
+    eval_s = (time.perf_counter() - start) * wanted / evaluated
+    state = {"model": bench.model.state_dict(), "optimizer": bench.optimizer.state_dict()}
+    start = time.perf_counter()
+    save_atomic(state, folder / "last.pt")
+    ckpt_s = time.perf_counter() - start
+    mb = (folder / "last.pt").stat().st_size / 1e6
+    epoch_s = epoch_frames / rate
+    report.line(
+        "epoch",
+        f"training {epoch_frames:,} frames {epoch_s:.2f} s; evaluation {eval_s:.2f} s ({100 * eval_s / epoch_s:.0f}%); "
+        f"last.pt ({mb:.0f} MB) {ckpt_s:.2f} s ({100 * ckpt_s / epoch_s:.0f}% if every epoch; at most once a minute)",
+    )  # fmt: skip
+    return eval_s / epoch_s
+
+
+def projection_phase(report: Report, name: str, rate: float, eval_share: float) -> None:
+    train = PROTOCOL["frames"] * TRAIN_SHARE  # an epoch trains on the split's training frames only
+    total = PROTOCOL["models"] * PROTOCOL["epochs"] * train
     hours = total / max(rate, 1e-9) * (1 + eval_share) / 3600
-    return (
-        f"projection: {PROTOCOL['models']} models x {PROTOCOL['epochs']} epochs x {PROTOCOL['frames']:,} frames at "
-        f"{rate:,.0f} frames/s plus {100 * eval_share:.0f}% evaluation = {hours:.2f} GPU-hours (target 1.5)"
-    )
+    report.line(
+        f"projection {name}",
+        f"{PROTOCOL['models']} models x {PROTOCOL['epochs']} epochs x {train:,.0f} training frames at {rate:,.0f} "
+        f"frames/s plus {100 * eval_share:.0f}% evaluation = {hours:.2f} GPU-hours (target 1.5)",
+        gpu_hours=hours,
+    )  # fmt: skip
+
+
+def kernels_phase(report: Report, bench: Bench) -> None:
+    from step_ops import OpCounter
+
+    bench.step()
+    with OpCounter() as counter:
+        bench.step()
+    total = sum(counter.ops.values())
+    casts = counter.ops.get("_to_copy", 0)
+    report.line("kernels", f"{total - counter.views} operators launched per default step ({casts} casts)")
+
+
+def child_fit(args: argparse.Namespace) -> int:
+    """One training run in this fresh process (determinism and resume): ``--stop-after`` stop
+    polls, then the run saves last.pt and stops, as a preempted worker's does."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(Path(args.config))
+    session = load_session(cfg.data.path)
+    frames = split_frames(session, cfg.data.split_counts, cfg.data.data_seed)
+    polls: list[int] = []
+    stop = (lambda: polls.append(1) or len(polls) > args.stop_after) if args.stop_after else None
+    try:
+        fit(cfg.model, cfg.loss, cfg.train, session, frames, args.out, config_text=dump_config(cfg), progress=False,
+            should_stop=stop)  # fmt: skip
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    return 0
+
+
+def largest_difference(a: Path, b: Path) -> float:
+    rows_a, rows_b = (p.read_text().splitlines()[1:] for p in (a / "metrics.csv", b / "metrics.csv"))
+    worst = 0.0 if len(rows_a) == len(rows_b) else float("inf")
+    for ra, rb in zip(rows_a, rows_b):
+        for x, y in zip(ra.split(",")[2:], rb.split(",")[2:]):
+            worst = max(worst, abs(float(x) - float(y)) / max(abs(float(x)), 1e-12))
+    return worst
+
+
+def fresh_fit(config: Path, out: Path, seconds: float, stop_after: int = 0) -> None:
+    """One training run in a new process, killed after ``seconds``."""
+    argv = [sys.executable, os.path.abspath(__file__), "--child", "fit", "--config", str(config), "--out", str(out)]
+    argv += ["--threads", "1"] if "quick" in config.name else []
+    try:
+        done = subprocess.run([*argv, "--stop-after", str(stop_after)], capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"a training process did not finish within the budget left ({seconds:.0f} s)") from None
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the training process exited with code {done.returncode}: {tail[:160]}")
+
+
+def determinism_phase(report: Report, config: Path, folder: Path) -> None:
+    fresh_fit(config, folder / "a", report.left())
+    fresh_fit(config, folder / "b", report.left())
+    same = largest_difference(folder / "a", folder / "b")
+    verdict = "within" if same <= TOLERANCE else "OVER"
+    report.line(
+        "determinism",
+        f"two same-seed runs in fresh processes (autotune on): largest relative difference {same:.2e} "
+        f"({verdict} {TOLERANCE:g})", difference=same,
+    )  # fmt: skip
+
+
+def resume_phase(report: Report, config: Path, folder: Path, polls_per_epoch: int) -> None:
+    if not (folder / "a" / "summary.json").exists():
+        fresh_fit(config, folder / "a", report.left())
+    fresh_fit(config, folder / "cut", report.left(), stop_after=int(1.5 * polls_per_epoch))  # mid-epoch 1
+    fresh_fit(config, folder / "cut", report.left())
+    resumed = largest_difference(folder / "a", folder / "cut")
+    report.line(
+        "resume",
+        f"stopped mid-epoch 1 and resumed in another process vs uninterrupted: largest relative difference "
+        f"{resumed:.2e} ({'identical' if resumed == 0 else 'differs'})", difference=resumed,
+    )  # fmt: skip
+
+
+def run_check(args: argparse.Namespace) -> int:
+    size, device = SIZES[args.size], torch.device(args.device)
+    report, cuda = Report(args.budget), device.type == "cuda"
+    if args.quick and not cuda:
+        torch.set_num_threads(1)  # tiny steps: one thread each, for this process and its workers
+    no_cuda = "skipped: no CUDA (CPU run)"
+    report.line("machine", machine_line(device))
+    auto = resolve_precision("auto", device)
+    counts = args.workers or ([1, 2] if args.quick else [1, 2, 4])
+    found = report.phase("step default", 5, step_phase, report, "step default", size, device, auto)
+    default_rate, bench = found or (0.0, None)
+    best, modes = default_rate, [None, "default", "reduce-overhead"]
+    for mode in modes:
+        label = f"workers {({None: 'eager', 'default': 'compiled', 'reduce-overhead': 'cuda-graphs'})[mode]}"
+        if mode and not cuda:
+            report.line(label, no_cuda)
+            continue
+        if cuda and max(counts) > 1 and (why := needs_mps(device)):
+            report.line(label, f"skipped: {why}")
+            continue
+        share = 0.3 if mode is None else 0.2  # of the budget left: the later phases keep theirs
+        rate = report.phase(label, 8 if args.quick else 60, workers_phase, report, args, auto, mode, counts, share)
+        best = max(best, rate or 0.0)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        folder = Path(tmp)
+        eval_share = 0.0
+        if bench is not None:
+            eval_share = report.phase("epoch", 2, epoch_phase, report, bench, default_rate, folder) or 0.0
+        for name, rate in (("default", default_rate), ("best", best)):
+            if rate:
+                projection_phase(report, name, rate, eval_share)
+            else:
+                report.line(f"projection {name}", "skipped: no step was measured")
+        variants = [
+            ("step compiled", auto, "default", True), ("step compiled cuda-graphs", auto, "reduce-overhead", True),
+            ("step fp32", "fp32", None, True), ("step deterministic off", auto, None, False),
+        ]  # fmt: skip
+        for name, precision, mode, deterministic in variants:
+            if (mode and not cuda) or (name == "step deterministic off" and not cuda):
+                report.line(name, no_cuda)
+                continue
+            report.phase(name, 5 if args.quick else 90, step_phase, report, name, size, device, precision, mode,
+                         deterministic)  # fmt: skip
+        if cuda and bench is not None:
+            report.line("memory", f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (all steps above)")
+        else:
+            report.line("memory", no_cuda)
+        if bench is not None:
+            report.phase("kernels", 2, kernels_phase, report, bench)
+        h5 = synth_session(folder / "check.h5", size=size[0], trials=10, frames=size[7], seed=0)
+        settings = [f"data.path={h5}", "data.split=8;1;1;0", f"model.channels={list(size[1])}",
+                    f"train.max_epochs={size[6]}", f"train.batch_size={size[2]}", "loss.anneal_epochs=2",
+                    f"train.device={device}"]  # fmt: skip
+        config = folder / f"check-{args.size}.toml"
+        config.write_text(dump_config(load_config(None, settings)))
+        per_epoch = int(len(load_session(h5).images) * TRAIN_SHARE) // size[2] + 1  # stop polls per epoch
+        report.phase("determinism", 10 if args.quick else 120, determinism_phase, report, config, folder)
+        report.phase("resume", 10 if args.quick else 120, resume_phase, report, config, folder, per_epoch)
+    report.write()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and no compile (a smoke test on the CPU)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the same code on the CPU; a test runs it)")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds the whole check may take (default 480)")
     p.add_argument("--dir", type=Path, default=None, help="where runs and the timed checkpoint go (default a temp dir)")
     p.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts (default 1 2 4; quick 1 2)")
     p.add_argument("--size", default="full", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("worker", "fit"), help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        return child(args)
+    if args.budget <= 0:
+        p.error(f"--budget {args.budget:g}: give the seconds the check may take, above 0")
+    if args.child == "worker":
+        return child_worker(args)
+    if args.child == "fit":
+        return child_fit(args)
     args.size = "quick" if args.quick else "full"
-    size, device = SIZES[args.size], torch.device(args.device)
-    print(gpu_line(device), flush=True)
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        folder = Path(tmp)
-        h5 = synth_session(folder / "check.h5", size=size[0], trials=10, frames=max(4 * size[2], 100), seed=0)
-        for line in repeat_lines(h5, size, device, folder):
-            print(line, flush=True)
-        auto = resolve_precision("auto", device)
-        batch = size[2]
-        variants = [
-            ("default", auto, batch, True, None), ("autotune off", auto, batch, False, None),
-            ("fp32", "fp32", batch, True, None), ("bf16", "bf16", batch, True, None),
-            (f"bf16 batch {2 * batch}", "bf16", 2 * batch, True, None),
-            (f"bf16 batch {4 * batch}", "bf16", 4 * batch, True, None),
-            ("compiled", auto, batch, True, "default"), ("compiled cuda-graphs", auto, batch, True, "reduce-overhead"),
-        ]  # fmt: skip
-        default_rate, default_bench = 0.0, None
-        for name, precision, b, autotune, mode in variants:
-            if mode and (args.quick or (mode == "reduce-overhead" and device.type != "cuda")):
-                print(f"step {name}: skipped ({'--quick' if args.quick else 'CUDA graphs need a GPU'})", flush=True)
-                continue
-            line, rate, bench = step_line(name, size, device, precision, b, autotune, mode)
-            print(line, flush=True)
-            if name == "default" and rate:
-                default_rate, default_bench = rate, bench
-        torch.backends.cudnn.benchmark = True
-        eval_share = 0.0
-        if default_bench is not None:
-            line, eval_share = epoch_line(default_bench, default_rate, folder)
-            print(line, flush=True)
-        line, best = workers_line(args, args.workers or ([1, 2] if args.quick else [1, 2, 4]), auto)
-        print(line, flush=True)
-        print(projection_line(max(best, default_rate), eval_share), flush=True)
-    return 0
+    return run_check(args)
 
 
 if __name__ == "__main__":

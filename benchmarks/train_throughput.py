@@ -26,7 +26,7 @@ import torch
 from psvae_opt.config import LossConfig
 from psvae_opt.model.network import PSVAE, count_parameters
 from psvae_opt.training.devices import DeviceData, resolve_precision, tune_cpu_allocator
-from psvae_opt.training.steps import build_optimizer, train_step
+from psvae_opt.training.steps import build_optimizer, make_forward_loss, train_step
 
 
 def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict:
@@ -47,12 +47,13 @@ def measure(size: int, args: argparse.Namespace, device: torch.device) -> dict:
         splits={},
     )
     loss_cfg = LossConfig(alpha=1000.0, beta=5.0, anneal_epochs=0)
+    forward_loss = make_forward_loss(loss_cfg, 100_000, args.precision, None)
     gen = torch.Generator().manual_seed(0)
 
     def step() -> torch.Tensor:
         idx = torch.randint(0, n_pool, (args.batch_size,), generator=gen).to(device)
         batch = data.batch(idx, channels_last)
-        return train_step(step_model, optimizer, *batch, loss_cfg, epoch=0, n_frames=100_000, precision=args.precision)
+        return train_step(step_model, optimizer, *batch, forward_loss)
 
     for _ in range(args.warmup):
         step()

@@ -15,8 +15,9 @@ import torch
 from psvae_opt.config import Config, replace
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.network import PSVAE
+from psvae_opt.service.gpu_slots import claim_gpu
 from psvae_opt.training import gpus
-from psvae_opt.training.devices import claim_gpu, resolve_device
+from psvae_opt.training.devices import resolve_device
 from psvae_opt.training.run_folder import read_metrics
 from tests.test_trainer import run_fit
 
@@ -88,7 +89,7 @@ def test_workers_that_see_every_gpu_take_different_ones(tmp_path: Path):
     import sys
 
     code = (
-        "import sys; from psvae_opt.training.devices import claim_gpu; "
+        "import sys; from psvae_opt.service.gpu_slots import claim_gpu; "
         f"gpu, lock = claim_gpu(2, {str(tmp_path)!r}); print(gpu, flush=True); sys.stdin.read()"
     )
 
@@ -310,7 +311,7 @@ def test_a_held_lock_file_keeps_its_content(tmp_path: Path):
     """The second claimant opens the first one's file without truncating it, and moves on."""
     import subprocess
 
-    code = "from psvae_opt.training.devices import claim_gpu; "
+    code = "from psvae_opt.service.gpu_slots import claim_gpu; "
     code += f"g, fh = claim_gpu(1, {str(tmp_path)!r}); print(g, flush=True); input()"
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -325,7 +326,7 @@ def test_a_held_lock_file_keeps_its_content(tmp_path: Path):
 
 
 def test_the_default_lock_folder_is_private_to_the_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import psvae_opt.training.devices as devices
+    import psvae_opt.service.gpu_slots as devices
 
     base = tmp_path / "gpu-locks"
     monkeypatch.setattr(devices, "DEFAULT_GPU_LOCKS", str(base))

@@ -86,11 +86,11 @@ def test_a_torch_without_kernels_for_the_gpu_is_refused_naming_the_build(gpu_mac
     assert str(err.value) == (
         f"train.device = 'cuda:0': this torch ({torch.__version__}, CUDA 13.0) has no kernels for cuda:0 "
         "(compute capability 7.0; it has sm_75, sm_80, sm_90, sm_100, sm_120); run `bash scripts/install.sh "
-        "--torch cu128` (or install.sh on a GPU node, which picks the build itself)"
+        "--torch cu126` (or install.sh on a GPU node, which picks the build itself)"
     )
     with pytest.raises(ConfigError, match=r"^train.device = 'auto': this torch .* has no kernels"):
         devices.resolve_device("auto")  # auto does not fall back silently to a CPU run either
-    with pytest.raises(ConfigError, match=r"^GPU 0: this torch .* --torch cu128"):
+    with pytest.raises(ConfigError, match=r"^GPU 0: this torch .* --torch cu126"):
         worker_device(request("0"), Config())
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from psvae_opt.training.gpus import PUBLISHED_CUDA_BUILDS, PUBLISHED_FOR, build_for_capability
+
 REPO = Path(__file__).resolve().parents[1]
 TORCH = re.search(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.M).group(1)
 TOOLS = ("sed", "head", "timeout", "dirname", "id")  # what the script runs besides nvidia-smi and python
@@ -21,9 +23,13 @@ TOOLS = ("sed", "head", "timeout", "dirname", "id")  # what the script runs besi
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory):
-    """A wheel index on 127.0.0.1 with a torch page for each build (no wheels: the dry run only looks)."""
+    """A wheel index on 127.0.0.1 with a torch page for the CPU build and each CUDA build PyTorch
+    publishes for the pin (gpus.PUBLISHED_CUDA_BUILDS), and a cu128 page without it (as the real
+    index, whose CUDA 12.8 builds stop before the pin); no wheels: the dry run only looks."""
     root = tmp_path_factory.mktemp("index")
-    for tag in ("cpu", "cu126", "cu128", "cu130"):
+    (root / "cu128" / "torch").mkdir(parents=True)
+    (root / "cu128" / "torch" / "index.html").write_text("<a href='torch-2.11.0%2Bcu128-cp311.whl'>torch</a>")
+    for tag in ("cpu", *PUBLISHED_CUDA_BUILDS):
         (root / tag / "torch").mkdir(parents=True)
         (root / tag / "torch" / "index.html").write_text(f"<a href='torch-{TORCH}+{tag}-cp311.whl'>torch</a>")
 
@@ -95,13 +101,13 @@ def dry_run(bin_dir: Path, index: str, args: tuple[str, ...] = (), **env: str) -
     [
         (None, "cpu"),  # no driver
         ("echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'; exit 9", "cpu"),
-        (driver("570.86.15", ("9.0",)), "cu128"),
-        (driver("535.104.05", ("8.0",), cuda="12.2"), "cu128"),  # R535: any 12.x build (minor-version compatibility)
-        (driver("550.54.15", ("9.0",), cuda="12.4"), "cu128"),
-        (driver("525.60.13", ("8.6",), cuda="12.0"), "cu128"),
+        (driver("570.86.15", ("9.0",)), "cu126"),  # R570: below CUDA 13's 580
+        (driver("535.104.05", ("8.0",), cuda="12.2"), "cu126"),  # R535: a 12.x build (minor-version compatibility)
+        (driver("550.54.15", ("9.0",), cuda="12.4"), "cu126"),
+        (driver("525.60.13", ("8.6",), cuda="12.0"), "cu126"),
         (driver("580.65.06", ("9.0", "9.0"), cuda="13.0"), "cu130"),
-        (driver("580.65.06", ("9.0", "7.0"), cuda="13.0"), "cu128"),  # a V100 among them: cu130 has no sm_70
-        (driver("580.65.06", ("7.0",), cuda="13.0"), "cu128"),
+        (driver("580.65.06", ("9.0", "7.0"), cuda="13.0"), "cu126"),  # a V100 among them: cu130 has no sm_70
+        (driver("580.65.06", ("7.0",), cuda="13.0"), "cu126"),  # a V100
         (driver("575.51.03", ("6.0",), cuda="12.9"), "cu126"),  # a P100: only cu126 has Pascal kernels
         (driver("580.65.06", ("7.5",), cuda="13.0"), "cu130"),  # a T4
         (driver("550.54.15", None, cuda="12.4"), "cu126"),  # capability unknown: the widest build
@@ -133,10 +139,10 @@ def test_a_login_node_without_driver_asks_for_the_build(tmp_path: Path, index: s
     fields, err, code = dry_run(bin_dir, index)
     assert code == 1 and not fields
     assert "no NVIDIA driver here, but sbatch is: on a SLURM login node choose the build" in err
-    assert "--torch cu128" in err
-    fields, err, code = dry_run(bin_dir, index, args=("--torch", "cu128"))
+    assert "--torch cu126" in err and "cu128" not in err
+    fields, err, code = dry_run(bin_dir, index, args=("--torch", "cu126"))
     assert code == 0, err
-    assert fields["build"] == "cu128" and fields["pip"] == f"install --index-url {index}/cu128 torch=={TORCH}+cu128"
+    assert fields["build"] == "cu126" and fields["pip"] == f"install --index-url {index}/cu126 torch=={TORCH}+cu126"
     fields, err, code = dry_run(bin_dir, index, args=("test", "--torch=cpu"))
     assert code == 0 and fields["build"] == "cpu"
     # the tests and the demo run on this machine, so `install.sh test` (scripts/test.sh, CI) and
@@ -145,7 +151,7 @@ def test_a_login_node_without_driver_asks_for_the_build(tmp_path: Path, index: s
         fields, err, code = dry_run(bin_dir, index, args=(mode,))
         assert code == 0, err
         assert fields["build"] == "cpu" and "torch build cpu for this machine (no NVIDIA driver)" in err
-        assert "install again with --torch cu128" in err
+        assert "install again with --torch cu126" in err
     _, err, code = dry_run(bin_dir, index, args=("--gpu",))
     assert code == 1 and "unknown argument --gpu" in err
 
@@ -166,9 +172,10 @@ def test_the_variable_overrides_the_choice(tmp_path: Path, index: str, choice: s
 
 
 def test_a_bad_override_is_refused(tmp_path: Path, index: str):
-    fields, err, code = dry_run(machine(tmp_path, None), index, PSVAE_OPT_TORCH="cuda12")
-    assert code == 1 and not fields
-    assert "PSVAE_OPT_TORCH=cuda12: give cpu, pypi or a CUDA build" in err
+    for bad in ("cuda12", "cu128"):  # cu128: no such build of the pinned torch
+        fields, err, code = dry_run(machine(tmp_path / bad, None), index, PSVAE_OPT_TORCH=bad)
+        assert code == 1 and not fields
+        assert f"--torch {bad}: torch {TORCH} is published for cpu and cu126 cu130 (as" in err
 
 
 def test_an_unreachable_index_falls_back_to_pypi_at_once(tmp_path: Path):
@@ -179,8 +186,8 @@ def test_an_unreachable_index_falls_back_to_pypi_at_once(tmp_path: Path):
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     fields, err, code = dry_run(machine(tmp_path, driver()), closed)
     assert code == 0, err
-    assert fields["build"] == "cu128" and fields["pip"] == "install -c constraints.txt torch"
-    assert f"the PyTorch index {closed}/cu128 cannot be reached: torch {TORCH} from PyPI instead" in err
+    assert fields["build"] == "cu126" and fields["pip"] == "install -c constraints.txt torch"
+    assert f"the PyTorch index {closed}/cu126 cannot be reached: torch {TORCH} from PyPI instead" in err
 
 
 def test_the_installed_torch_is_reported_and_kept_when_it_fits(tmp_path: Path, index: str):
@@ -201,4 +208,48 @@ def test_the_installed_torch_is_reported_and_kept_when_it_fits(tmp_path: Path, i
     if installed.endswith("+cpu") and Path(sys.prefix) == REPO / ".venv":
         assert version("torch") == installed
         fields, _, _ = dry_run(machine(tmp_path / "gpu", driver()), index)
-        assert fields["action"] == "replace"  # a CPU build where a driver is: replaced by the cu128 build
+        assert fields["action"] == "replace"  # a CPU build where a driver is: replaced by the cu126 build
+
+
+def table_builds() -> list[str]:
+    """The tags of install.sh's TORCH_CUDA_BUILDS table."""
+    table = re.search(r'^TORCH_CUDA_BUILDS="([^"]*)"', (REPO / "scripts" / "install.sh").read_text(), re.M).group(1)
+    return [entry.split(":")[0] for entry in table.split()]
+
+
+def test_every_build_named_is_published_for_the_pinned_torch():
+    """The declared list is the pinned torch's (a new pin fails here until the list is updated),
+    install.sh's table holds only its builds, and no file that advises a build names another."""
+    assert TORCH == PUBLISHED_FOR, "constraints.txt pins another torch: update PUBLISHED_CUDA_BUILDS and the table"
+    assert table_builds() and set(table_builds()) <= set(PUBLISHED_CUDA_BUILDS), table_builds()
+    assert "cu126" in table_builds()  # the build of V100s and drivers 525-579
+    named = {
+        name: set(re.findall(r"\bcu\d{3}\b", (REPO / name).read_text()))
+        for name in (
+            "scripts/install.sh",
+            "Dockerfile",
+            "docker-compose.yml",
+            "README.md",
+            "psvae_opt/training/gpus.py",
+        )
+    }
+    assert all(tags and tags <= set(PUBLISHED_CUDA_BUILDS) for tags in named.values()), named
+    assert {build_for_capability(c) for c in ((5, 0), (6, 0), (7, 0), (7, 5), (9, 0), (12, 0))} <= set(table_builds())
+    assert build_for_capability((7, 0)) == "cu126" and build_for_capability((9, 0)) == "cu130"
+
+
+def test_a_build_missing_from_the_index_is_refused_before_pip(tmp_path: Path, index: str, monkeypatch):
+    """A table naming a build the index does not publish for the pin stops in one line (not pip's
+    "No matching distribution"): here install.sh with cu128 added, as it was."""
+    script = (REPO / "scripts" / "install.sh").read_text()
+    changed = re.sub(
+        r'^TORCH_CUDA_BUILDS="[^"]*"', 'TORCH_CUDA_BUILDS="cu126:525:5.0 cu128:525:7.0"', script, flags=re.M
+    )
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    (copy / "scripts" / "install.sh").write_text(changed)
+    shutil.copy(REPO / "constraints.txt", copy / "constraints.txt")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", copy)
+    fields, err, code = dry_run(machine(tmp_path, driver("550.54.15", ("9.0",), cuda="12.4")), index)
+    assert code == 1 and not fields.get("pip"), (fields, err)
+    assert f"the PyTorch index {index}/cu128 lists no torch {TORCH}+cu128" in err

@@ -10,6 +10,7 @@ import torch
 
 from psvae_opt.model.losses import (
     LOG_2PI,
+    LossTerms,
     anneal_weights,
     decompose_kl,
     first_full_weight_epoch,
@@ -19,6 +20,7 @@ from psvae_opt.model.losses import (
     label_nll,
     log_importance_weights,
     psvae_loss,
+    term_weights,
 )
 from psvae_opt.model.network import ModelOutput
 
@@ -128,10 +130,46 @@ def test_total_loss_weights_every_term():
         torch.rand(b, 1, 8, 8), torch.randn(b, n_labels), torch.randn(b, 4), torch.randn(b, 4) * 0.1, torch.randn(b, 4)
     )
     y, mask = torch.randn(b, n_labels), torch.ones(b, n_labels)
-    terms = psvae_loss(x, y, mask, out, alpha=50.0, beta=10.0, epoch=25, anneal_epochs=100, n_frames=1000)
-    kappa, beta_e = 26 / 99, 260 / 99  # the 26th training epoch of a 100-epoch ramp
+    kappa, beta_e = anneal_weights(25, anneal_epochs=100, beta=10.0)
+    assert (kappa, beta_e) == pytest.approx((26 / 99, 260 / 99))  # the 26th training epoch of a 100-epoch ramp
+    terms = psvae_loss(x, y, mask, out, weights=term_weights(50.0, kappa, beta_e, b, 64, n_labels), n_frames=1000)
     expected = (
         terms.frame_nll + 50 * terms.label_nll + terms.kl_s + kappa * (terms.icmi + terms.dwkl) + beta_e * terms.tc
     )
     assert torch.allclose(terms.loss, expected)
     assert torch.allclose(terms.kl_s, kl_standard_normal(out.mu[:, :2], out.logvar[:, :2]).mean())
+
+
+def reference_loss(x, y, mask, out, alpha, kappa, beta_e, n_frames, estimator):
+    """The loss as the term functions define it, one term at a time (psvae_loss before its
+    terms were fused): the standard psvae_loss must keep."""
+    n_labels = y.shape[1]
+    nll_x, nll_y = frame_nll(x, out.x_hat.float()).mean(), label_nll(y, out.y_hat, mask).mean()
+    kl_s = kl_standard_normal(out.mu[:, :n_labels], out.logvar[:, :n_labels]).mean()
+    u = slice(n_labels, None)
+    icmi, tc, dwkl = (t.mean() for t in decompose_kl(out.z[:, u], out.mu[:, u], out.logvar[:, u], n_frames, estimator))
+    loss = nll_x + alpha * nll_y + kl_s + kappa * icmi + beta_e * tc + kappa * dwkl
+    return (loss, nll_x, nll_y, kl_s, icmi, tc, dwkl)
+
+
+@pytest.mark.parametrize("estimator", ["mss", "mws"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_loss_equals_its_terms_one_by_one(estimator: str, x_dtype: torch.dtype):
+    """psvae_loss sums and combines the terms in a few kernels; every term and the total equal
+    the term functions' (float rounding: a relative 1e-5 of the largest term)."""
+    gen = torch.Generator().manual_seed(3)
+    b, n_labels, k = 32, 3, 6
+    x = torch.rand(b, 1, 16, 16, generator=gen)
+    mu, logvar = torch.randn(b, k, generator=gen), torch.randn(b, k, generator=gen) * 0.5 - 1
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(b, k, generator=gen)
+    out = ModelOutput(
+        torch.rand(b, 1, 16, 16, generator=gen).to(x_dtype), torch.randn(b, n_labels, generator=gen), mu, logvar, z
+    )
+    mask = (torch.rand(b, n_labels, generator=gen) > 0.3).float()
+    y = torch.randn(b, n_labels, generator=gen) * mask
+    for alpha, kappa, beta_e in ((1000.0, 1.0, 1.0), (50.0, 0.25, 5.0)):
+        weights = term_weights(alpha, kappa, beta_e, b, 256, n_labels)
+        fused = psvae_loss(x, y, mask, out, weights=weights, n_frames=5000, estimator=estimator)
+        expected = reference_loss(x, y, mask, out, alpha, kappa, beta_e, 5000, estimator)
+        for name, got, want in zip(LossTerms._fields, fused, expected):
+            assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-3), name

@@ -15,11 +15,11 @@ from optuna.trial import TrialState
 from psvae_opt.config import Config, load_config, replace
 from psvae_opt.data import load_session, split_frames, synth_session
 from psvae_opt.search.storage import open_database
-from psvae_opt.training.checkpoints import load_checkpoint
 from psvae_opt.training.devices import to_device
 from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
 from psvae_opt.training.steps import evaluate
+from psvae_opt.training.trained import load_checkpoint
 from tests.conftest import TINY_MODEL, one_line_error
 from tests.test_search import study_file
 

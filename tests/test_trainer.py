@@ -13,9 +13,9 @@ import torch
 from psvae_opt.config import Config, dump_config, load_config, replace
 from psvae_opt.data import load_session, split_frames, write_session
 from psvae_opt.errors import ConfigError, TrainingError
-from psvae_opt.training.checkpoints import load_checkpoint
 from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import CSV_COLUMNS, METRIC_NAMES, read_metrics
+from psvae_opt.training.trained import load_checkpoint
 from tests.conftest import TINY_MODEL, random_frames
 
 
@@ -303,7 +303,7 @@ def test_a_damaged_checkpoint_is_one_line(tiny_config: Config, tmp_path: Path, c
     with pytest.raises(DataError, match=r"last.pt: cannot load the checkpoint .*the file is damaged"):
         run_fit(tiny_config, tmp_path / "run")
     (tmp_path / "run" / "best.pt").write_bytes(b"")
-    from psvae_opt.training.checkpoints import load_checkpoint
+    from psvae_opt.training.trained import load_checkpoint
 
     with pytest.raises(DataError, match=r"best.pt: cannot load the checkpoint"):
         load_checkpoint(tmp_path / "run", tiny_config.model, (1, 32, 32), 4)
@@ -388,7 +388,7 @@ def test_autotuning_is_on_by_default_and_off_on_request(tiny_config: Config, tmp
 def test_the_eager_forward_loss_function_gives_the_trainers_numbers(tiny_config: Config, tmp_path: Path):
     """The function train.compile compiles (model and loss together, annealing weights as
     tensors) is the trainer's eager step, number for number, when run uncompiled."""
-    from psvae_opt.model.losses import psvae_loss
+    from psvae_opt.model.losses import anneal_weights, psvae_loss, term_weights
     from psvae_opt.training.steps import build_model, make_forward_loss
 
     torch.manual_seed(0)
@@ -401,9 +401,9 @@ def test_the_eager_forward_loss_function_gives_the_trainers_numbers(tiny_config:
         together = forward(model, x, y, mask, epoch)
         torch.manual_seed(1)
         out = model(x)
-        alone = psvae_loss(
-            x, y, mask, out, alpha=cfg.loss.alpha, beta=5.0, epoch=epoch, anneal_epochs=10, n_frames=1000
-        )
+        kappa, beta_e = anneal_weights(epoch, 10, 5.0)
+        weights = term_weights(cfg.loss.alpha, kappa, beta_e, 16, 32 * 32, 4)
+        alone = psvae_loss(x, y, mask, out, weights=weights, n_frames=1000)
         assert all(torch.equal(a, b) for a, b in zip(together, alone))
 
 

@@ -18,6 +18,7 @@ from psvae_opt.model.network import PSVAE
 from psvae_opt.reports import traversals as tv
 from psvae_opt.training.loop import fit
 from psvae_opt.training.run_folder import load_latents
+from psvae_opt.training.trained import dim_names, load_run, traversal_ranges
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_supervised_ranges_predict_the_5th_and_95th_label_percentiles_unsupervis
     masks[:100, 0] = 0
     labels[:100, 0] = 50.0  # masked entries (stored as anything) must not move the percentile
     scale, bias = np.array([2.0, -0.5]), np.array([0.3, 1.0])
-    lower, upper = tv.traversal_ranges(mu, labels, masks, scale, bias)
+    lower, upper = traversal_ranges(mu, labels, masks, scale, bias)
     for k in range(2):
         valid = masks[:, k] > 0
         assert scale[k] * lower[k] + bias[k] == pytest.approx(np.percentile(labels[valid, k], 5))
@@ -49,7 +50,7 @@ def test_a_supervised_dim_without_a_label_map_falls_back_to_its_own_percentiles(
     mu, labels = rng.standard_normal((200, 3)), rng.standard_normal((200, 2))
     masks = np.ones((200, 2))
     masks[:, 1] = 0  # no valid label
-    lower, upper = tv.traversal_ranges(mu, labels, masks, np.array([0.0, 1.0]), np.zeros(2))
+    lower, upper = traversal_ranges(mu, labels, masks, np.array([0.0, 1.0]), np.zeros(2))
     for k in (0, 1):
         assert (lower[k], upper[k]) == pytest.approx(tuple(np.percentile(mu[:, k], [5, 95])))
 
@@ -69,7 +70,7 @@ def test_each_sweep_moves_only_its_own_dim_from_lower_to_upper():
 def test_the_traversal_grid_holds_decoded_sweeps_and_their_difference_from_the_base(model: PSVAE):
     base = np.array([0.5, -0.5, 0.2, 0.1], np.float32)
     lower, upper = -np.ones(4), np.ones(4)
-    grid = tv.traversal_grid(model, base, np.zeros((1, 32, 32)), lower, upper, tv.dim_names(["a", "b"], 2), n_steps=3)
+    grid = tv.traversal_grid(model, base, np.zeros((1, 32, 32)), lower, upper, dim_names(["a", "b"], 2), n_steps=3)
     assert grid.names == ("a", "b", "z_u0", "z_u1")
     assert grid.values.tolist() == [[-1.0, 0.0, 1.0]] * 4
     assert grid.frames.shape == (4, 3, 1, 32, 32)
@@ -168,7 +169,7 @@ def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_
         config_text=dump_config(tiny_config),
         progress=False,
     )
-    run = tv.load_run(tmp_path / "run", session)
+    run = load_run(tmp_path / "run", session)
     train = run.split == 0
     assert train.sum() == len(frames["train"])
     n_labels = session.n_labels
@@ -195,7 +196,7 @@ def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_
     assert latents["session"].dtype == np.int16 and not latents["session"].any()
     np.savez(tmp_path / "run" / "latents.npz", **{k: v for k, v in latents.items() if k != "session"})
     assert load_latents(tmp_path / "run")["session"].tolist() == [0] * session.n_frames
-    np.testing.assert_array_equal(tv.load_run(tmp_path / "run", session).mu, run.mu)
+    np.testing.assert_array_equal(load_run(tmp_path / "run", session).mu, run.mu)
     # data whose frames belong to other sessions than the run's are refused
     halves = dataclasses.replace(
         session,
@@ -204,7 +205,7 @@ def test_a_trained_run_gives_ranges_from_its_training_frames_and_writes_png_and_
         trial_sessions=np.repeat([0, 1], session.n_trials // 2),
     )
     with pytest.raises(ConfigError, match="holds latents of other sessions than .*tiny.h5, .*other.h5"):
-        tv.load_run(tmp_path / "run", halves)
+        load_run(tmp_path / "run", halves)
 
 
 def test_an_unfinished_run_is_refused_in_one_line(tiny_config: Config, tmp_path: Path):
@@ -215,8 +216,8 @@ def test_an_unfinished_run_is_refused_in_one_line(tiny_config: Config, tmp_path:
     run_dir.mkdir()
     (run_dir / "config.toml").write_text(dump_config(tiny_config))
     with pytest.raises(DataError, match="no best.pt; the run has not finished an epoch"):
-        tv.load_run(run_dir, session)
+        load_run(run_dir, session)
     model = PSVAE(session.frame_shape, session.n_labels, tiny_config.model.n_unsup, channels=tiny_config.model.channels)
     torch.save({"model": model.state_dict(), "epoch": 0}, run_dir / "best.pt")
     with pytest.raises(DataError, match="no latents.npz; the run has not finished"):
-        tv.load_run(run_dir, session)
+        load_run(run_dir, session)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from psvae_opt.errors import StorageError
 
 # The names that only this module uses; those that messages below name, or that a launcher
-# sets for its workers, live with them (storage.ENV_VAR, devices.GPU_LOCKS_ENV, ...) and are
+# sets for its workers, live with them (storage.ENV_VAR, gpu_slots.GPU_LOCKS_ENV, ...) and are
 # imported where they are read, so that `train` does not import Optuna to read its environment.
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
@@ -74,7 +74,7 @@ def db_patience(environ: Mapping[str, str] | None = None) -> float:
 
 def gpu_locks(environ: Mapping[str, str] | None = None) -> str | None:
     """The lock folder of ``--gpu auto`` (``$PSVAE_OPT_GPU_LOCKS``); None: the private default."""
-    from psvae_opt.training.devices import GPU_LOCKS_ENV
+    from psvae_opt.service.gpu_slots import GPU_LOCKS_ENV
 
     return _environ(environ).get(GPU_LOCKS_ENV) or None
 

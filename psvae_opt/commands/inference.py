@@ -29,12 +29,14 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from psvae_opt.inference.bundle import check_bundle_out
     from psvae_opt.inference.card import export_model
+    from psvae_opt.reports.traversals import write_traversal_movie, write_traversal_png
     from psvae_opt.search.study import load_stage
 
     cfg = load_config_from(args)
     check_bundle_out(args.out)
     study = load_stage(open_database_from(args), cfg, args.stage)
-    out = export_model(study, args.trial, args.out)
+    render = {"traversal.png": write_traversal_png, "traversal.mp4": write_traversal_movie}
+    out = export_model(study, args.trial, args.out, render=render)
     print(f"model bundle {out} (study {study.study_name}, trial {_trial_of(out)})")
     return 0
 

@@ -22,6 +22,7 @@ from psvae_opt.reports.export import prepare_folder
 from psvae_opt.reports.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
 from psvae_opt.search import space
 from psvae_opt.training.run_folder import SPLIT_CODES
+from psvae_opt.training.trained import load_run
 
 DEFAULT_OUT = "psvae-opt-out"
 
@@ -146,7 +147,7 @@ def _write_report(kind: str, args: argparse.Namespace, study: optuna.Study, out:
         prepare_folder(out)
         print(write_labels(run_dir, session, Path(f"{stem}_labels.html"), args.trials, labels, args.split))
         return 0
-    run_ = traversals.load_run(run_dir, session, resolve_device("auto"))  # wherever the report runs
+    run_ = load_run(run_dir, session, resolve_device("auto"))  # wherever the report runs
     code = SPLIT_CODES[args.split]
     prepare_folder(out)
     if kind == "traversal":

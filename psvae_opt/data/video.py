@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from psvae_opt.errors import DataError
 
@@ -77,8 +76,8 @@ def unscale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, s
     return (xy + 0.5) * (hw[..., ::-1] / size) - 0.5
 
 
-def _open(path: Path):
-    import av
+def _open(path: Path):  # -> av.container.InputContainer
+    import av  # here, not at the top: sessions and training import this package without PyAV
 
     if not path.is_file():
         raise DataError(f"{path}: video not found; check --video")
@@ -171,6 +170,8 @@ def read_video(path: str | Path, size: int) -> Clip:
     Frames are converted by FFmpeg ("gray": the luma plane, expanded from TV range), then
     resized in chunks of ``CHUNK`` (:func:`iter_video`), so a video never sits in memory at full size.
     """
+    from tqdm import tqdm  # here, not at the top: training and the GPU check import this package without it
+
     info = probe_video(path)
     bar = tqdm(
         total=info.declared_frames or None, desc=f"decoding {info.path.name}", unit="frame", disable=None, leave=False

@@ -10,7 +10,8 @@ writers' registry, NWB), ``tables`` (npz, CSV and the DeepLabCut-style keypoints
 ``movie`` (a side-by-side movie of frames and reconstructions),
 ``behavenet`` (BehaveNet's latents pickle and ``meta_tags.pkl``, readable by numpy 1.17 to 2.x)
 and ``provenance`` (what every output records about its bundle, source and options).
-May import: every layer above (``errors`` to ``reports``): the network and checkpoint loading
-of ``training``, the recommendation and seed table of ``search``, traversals of ``reports``.
+May import: every layer above except ``reports`` (``errors`` to ``search``): the network and
+checkpoint loading of ``training.trained``, the recommendation and seed table of ``search``; the
+card's traversal image and movie writers are handed in by the command.
 pynwb only inside ``formats``' NWB writer. No database is needed to load a bundle or encode.
 """

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ from psvae_opt.config import Config, dump_config, load_config_text
 from psvae_opt.data import Session, load_session
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.inference import bundle
-from psvae_opt.reports import traversals
 from psvae_opt.search.recommendation import describe_stage2, seed_summary
 from psvae_opt.training.run_folder import read_summary
+from psvae_opt.training.trained import RunTraversals, load_run
 
 HEALTH = ("zu_std", "zu_kl", "collapsed", "collapsed_dims")
 LEAKAGE = ("zu_label_corr", "max_label_leak", "zu_factor_corr", "factor_names", "mig")
@@ -168,24 +169,39 @@ def bundle_info(
     return plain(info)
 
 
-def _media(run_dir: Path, run: Any, session: Session, folder: Path) -> list[str]:
-    """The trial's traversal image and movie, copied from its diagnostics (rendered when absent)."""
+# Writes a medium of MEDIA from a run: (run, session, path) -> path (the reports layer's
+# traversal image and movie, handed in by the command: inference does not import reports).
+Render = Callable[[RunTraversals, Session, Path], Any]
+
+
+def _media(
+    run_dir: Path, run: RunTraversals, session: Session, folder: Path, render: Mapping[str, Render]
+) -> list[str]:
+    """The trial's traversal image and movie, copied from its diagnostics (rendered by
+    ``render[name]`` when absent; left out when there is no renderer for it)."""
     names = []
     for name in MEDIA:
         source = run_dir / "diagnostics" / name
         if source.is_file():
             shutil.copy2(source, folder / name)
-        elif name.endswith(".png"):
-            traversals.write_traversal_png(run, session, folder / name)
+        elif name in render:
+            render[name](run, session, folder / name)
         else:
-            traversals.write_traversal_movie(run, session, folder / name)
+            continue
         names.append(name)
     return names
 
 
-def export_model(study: optuna.Study, number: int | None, out: str | Path, device: str = "cpu") -> Path:
+def export_model(
+    study: optuna.Study,
+    number: int | None,
+    out: str | Path,
+    device: str = "cpu",
+    render: Mapping[str, Render] | None = None,
+) -> Path:
     """Write the bundle of a trial (default: the recommended one) to ``out``; returns the folder.
 
+    ``render``: medium name -> its writer, for media the trial's diagnostics lack.
     Everything is read and checked (trial, run folder, data, checkpoint) before the bundle is
     written, through a staging folder: a refused export leaves nothing at ``out``.
     """
@@ -198,13 +214,13 @@ def export_model(study: optuna.Study, number: int | None, out: str | Path, devic
             "another machine); export where the run folders are"
         )
     session = load_session(config.data.path)
-    run = traversals.load_run(run_dir, session, device)  # checks best.pt and latents against the data
+    run = load_run(run_dir, session, device)  # checks best.pt and latents against the data
     info = bundle_info(study, trial, config, session, run)
 
     def fill(folder: Path) -> dict[str, Any]:
         bundle.save_weights(run.model, folder)
         (folder / bundle.CONFIG).write_text(dump_config(config))
-        info["media"] = _media(run_dir, run, session, folder)
+        info["media"] = _media(run_dir, run, session, folder, render or {})
         (folder / bundle.CARD).write_text(model_card(info))
         return info
 

@@ -25,7 +25,7 @@ from psvae_opt.config import Config
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.inference.bundle import load_network
 from psvae_opt.model.network import PSVAE
-from psvae_opt.reports.traversals import decode as decode_latents
+from psvae_opt.training.trained import decode as decode_latents
 
 BATCH = 256  # frames per forward pass: small enough for any GPU, large enough to keep it busy
 

@@ -29,6 +29,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from psvae_opt.model.network import ModelOutput
@@ -140,37 +141,86 @@ def psvae_loss(
     mask: Tensor,
     out: ModelOutput,
     *,
-    alpha: float,
-    beta: float,
-    epoch: float,
-    anneal_epochs: int,
+    weights: tuple[Tensor, Tensor],
     n_frames: int,
     estimator: str = "mss",
-    weights: tuple[Tensor, Tensor] | None = None,
 ) -> LossTerms:
-    """The PS-VAE objective of a minibatch.
+    """The PS-VAE objective of a minibatch: the terms of :func:`frame_nll`, :func:`label_nll`,
+    :func:`kl_standard_normal` and :func:`decompose_kl`, averaged over the minibatch, in few
+    kernels: eight sums, stacked, then the loss and the other terms as ``C @ sums + c``
+    (:func:`term_weights`), two matrix-vector products instead of a kernel per term and weight.
+    Only ``loss`` carries a gradient.
 
     Args:
         x: (B, C, H, W) frames in [0, 1].
         y: (B, L) z-scored labels, 0 where masked.
         mask: (B, L) 1 = valid label.
         out: the model's output for ``x`` (sampled latents).
+        weights: :func:`term_weights` of the loss's alpha and the epoch's annealed weights.
         n_frames: N, training frames (for the aggregate-posterior estimate).
-        epoch: the epoch the annealing weights are taken at.
-        weights: (kappa_e, beta_e) as 0-d tensors instead of ``epoch``'s: a compiled step takes
-            them as inputs, so that a new epoch's weights do not compile it again.
     """
     n_labels = y.shape[1]
-    x_hat, y_hat = out.x_hat.float(), out.y_hat.float()
     mu, logvar, z = out.mu.float(), out.logvar.float(), out.z.float()
-    kappa, beta_e = weights if weights is not None else anneal_weights(epoch, anneal_epochs, beta)
-    nll_x = frame_nll(x.float(), x_hat).mean()
-    nll_y = label_nll(y, y_hat, mask).mean()
-    kl_s = kl_standard_normal(mu[:, :n_labels], logvar[:, :n_labels]).mean()
+    mu_s, logvar_s = mu[:, :n_labels], logvar[:, :n_labels]
+    sums = [
+        F.mse_loss(out.x_hat.float(), x.float(), reduction="sum"),
+        ((y - out.y_hat.float()).square() * mask).sum(),
+        mask.sum(),
+        (mu_s.square() + logvar_s.exp() - logvar_s).sum(),
+    ]
     if mu.shape[1] > n_labels:
         u = slice(n_labels, None)
-        icmi, tc, dwkl = (t.mean() for t in decompose_kl(z[:, u], mu[:, u], logvar[:, u], n_frames, estimator))
+        sums += latent_sums(z[:, u], mu[:, u], logvar[:, u], n_frames, estimator)
     else:
-        icmi = tc = dwkl = torch.zeros((), device=mu.device)
-    loss = nll_x + alpha * nll_y + kl_s + kappa * icmi + beta_e * tc + kappa * dwkl
-    return LossTerms(loss, nll_x, nll_y, kl_s, icmi, tc, dwkl)
+        sums += [torch.zeros((), device=mu.device)] * 4
+    matrix, offset = weights
+    v = torch.stack(sums)
+    loss = torch.addmv(offset[:1], matrix[:1], v)[0]  # apart: its gradient does not pass the others
+    with torch.no_grad():
+        terms = torch.addmv(offset[1:], matrix[1:], v)
+    return LossTerms(loss, *terms.unbind())
+
+
+def latent_sums(z: Tensor, mu: Tensor, logvar: Tensor, n_frames: int, estimator: str = "mss") -> list[Tensor]:
+    """Batch sums of log q(z_i | x_i), log q(z_i), sum_d log q(z_id) and of z_i^2 (log p(z_i)
+    is -z_i^2 / 2), each log density without its -D/2 log(2 pi), which cancels in the
+    differences that make ICMI, TC and DWKL (:func:`decompose_kl` keeps it, term by term)."""
+    log_w = log_importance_weights(z.shape[0], n_frames, estimator, z.device)
+    diff = z[:, None, :] - mu[None, :, :]
+    pair = torch.addcmul(logvar * -0.5, diff.square(), torch.exp(-logvar), value=-0.5)  # (M, M, D)
+    return [
+        pair.diagonal(dim1=0, dim2=1).sum(),
+        torch.logsumexp(pair.sum(2) + log_w, dim=1).sum(),
+        torch.logsumexp(pair + log_w[:, :, None], dim=1).sum(),
+        z.square().sum(),
+    ]
+
+
+@functools.lru_cache(maxsize=16)
+def term_weights(
+    alpha: float, kappa: float, beta_e: float, batch: int, n_pixels: int, n_labels: int, device=None
+) -> tuple[Tensor, Tensor]:
+    """(C, c): the (7, 8) matrix and (7,) offset that turn the eight sums of :func:`psvae_loss`
+    into its terms, ``C @ sums + c`` in the order of :class:`LossTerms`, for a minibatch of
+    ``batch`` frames of ``n_pixels`` values and ``n_labels`` labels, label weight ``alpha`` and
+    the epoch's annealed weights ``kappa``, ``beta_e`` (:func:`anneal_weights`).
+
+    The same tensors for the same weights (cached): a compiled step takes them as inputs, so a
+    new epoch's weights do not compile it again. Do not modify them.
+    """
+    # sums: squared pixel error, masked squared label error, valid labels, sum over z_s of
+    # mu^2 + sigma^2 - log sigma^2, then log q(z_i | x_i), log q(z_i), sum_d log q(z_id), z_i^2
+    rows = [
+        [0.5, 0, 0, 0, 0, 0, 0, 0],  # frame_nll
+        [0, 0.5, 0.5 * LOG_2PI, 0, 0, 0, 0, 0],  # label_nll
+        [0, 0, 0, 0.5, 0, 0, 0, 0],  # kl_s
+        [0, 0, 0, 0, 1, -1, 0, 0],  # icmi
+        [0, 0, 0, 0, 0, 1, -1, 0],  # tc
+        [0, 0, 0, 0, 0, 0, 1, 0.5],  # dwkl: sum_d log q(z_id) - log p(z_i)
+    ]
+    offsets = [0.5 * n_pixels * LOG_2PI, 0.0, -0.5 * n_labels, 0.0, 0.0, 0.0]
+    scale = (1.0, alpha, 1.0, kappa, beta_e, kappa)
+    loss = [sum(w * row[k] for w, row in zip(scale, rows)) for k in range(8)]
+    matrix = torch.tensor([loss, *rows], dtype=torch.float32, device=device) / batch
+    offset = torch.tensor([sum(w * o for w, o in zip(scale, offsets)), *offsets], dtype=torch.float32, device=device)
+    return matrix, offset

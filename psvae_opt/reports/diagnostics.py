@@ -33,6 +33,7 @@ from psvae_opt.search.storage import error_line
 from psvae_opt.training.devices import resolve_device
 from psvae_opt.training.run_end import FitResult
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
+from psvae_opt.training.trained import load_run
 
 log = logging.getLogger(__name__)
 CURVES_SECONDS = 30.0  # the least time between refreshes of a running trial's curves artifact
@@ -103,7 +104,7 @@ def render_trial_diagnostics(run_dir: Path, session: Session, out_dir: Path, dev
     grid of 7 steps, a movie of 3 base frames with 30 steps per sweep.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = traversals.load_run(run_dir, session, device)
+    run = load_run(run_dir, session, device)
     return [
         write_curves(run_dir, out_dir / "curves.html", plotlyjs="cdn"),
         write_labels(run_dir, session, out_dir / "labels.html", plotlyjs="cdn"),

@@ -22,53 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from psvae_opt.config import load_config
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.network import PSVAE
-from psvae_opt.training.checkpoints import load_checkpoint
-from psvae_opt.training.run_folder import SPLIT_CODES, load_latents
+from psvae_opt.training.run_folder import SPLIT_CODES
+from psvae_opt.training.trained import RunTraversals, decode
 
-SUP_PERCENTILES = (5.0, 95.0)
-UNSUP_PERCENTILES = (15.0, 85.0)
 GRID_STEPS, MOVIE_STEPS, MOVIE_BASES, FPS = 7, 30, 3, 20  # defaults of the PNG grid and the MP4 movie
 TITLE_HEIGHT = 14  # pixels of a panel's title strip
 LABEL_WIDTH = 100  # pixels of the row labels of a traversal image
-
-
-def dim_names(label_names: Sequence[str], n_unsup: int) -> tuple[str, ...]:
-    """Names of the latent dims, supervised first: the label names, then ``z_u0``, ``z_u1`` ..."""
-    return tuple(label_names) + tuple(f"z_u{i}" for i in range(n_unsup))
-
-
-def traversal_ranges(
-    mu: np.ndarray, labels: np.ndarray, masks: np.ndarray, label_scale: np.ndarray, label_bias: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper ends of each dimension's sweep.
-
-    Args:
-        mu: (N, K) latent means of the training frames, ``[z_s | z_u]``.
-        labels, masks: (N, L) their labels and validity.
-        label_scale, label_bias: (L,) the model's label map y = d z + b.
-
-    Returns:
-        (lower, upper), each (K,): supervised dims from the label percentiles through the
-        inverse label map (the latent's own percentiles when d_k = 0 or no label is valid),
-        unsupervised dims the 15th/85th percentile of the latent.
-    """
-    n_labels = labels.shape[1]
-    lower, upper = np.percentile(mu, UNSUP_PERCENTILES, axis=0)
-    for k in range(n_labels):
-        valid = masks[:, k] > 0
-        if valid.any() and abs(label_scale[k]) > 1e-8:
-            y_lo, y_hi = np.percentile(labels[valid, k], SUP_PERCENTILES)
-            lower[k], upper[k] = (y_lo - label_bias[k]) / label_scale[k], (y_hi - label_bias[k]) / label_scale[k]
-        else:
-            lower[k], upper[k] = np.percentile(mu[:, k], SUP_PERCENTILES)
-    return lower, upper
 
 
 def sweep_latents(base: np.ndarray, lower: np.ndarray, upper: np.ndarray, phase: np.ndarray) -> np.ndarray:
@@ -81,15 +45,6 @@ def sweep_latents(base: np.ndarray, lower: np.ndarray, upper: np.ndarray, phase:
     for k in range(k_dims):
         z[k, :, k] = lower[k] + phase * (upper[k] - lower[k])
     return z
-
-
-@torch.no_grad()
-def decode(model: PSVAE, z: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """(..., K) latents -> (..., C, H, W) float32 frames in [0, 1]."""
-    device = next(model.parameters()).device
-    flat = torch.as_tensor(np.ascontiguousarray(z).reshape(-1, z.shape[-1]), dtype=torch.float32)
-    out = [model.decode(flat[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(flat), batch_size)]
-    return torch.cat(out).numpy().reshape(*z.shape[:-1], *model.frame_shape)
 
 
 @dataclass(frozen=True)
@@ -287,52 +242,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = FPS) -> Path:
     return path
 
 
-# -- from a run folder -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunTraversals:
-    """What traversals of one run need: its model, latent means and sweep ranges.
-
-    Attributes:
-        mu: (T, K) latent means of every session frame; split: (T,) split codes.
-        lower, upper: (K,) sweep ends (:func:`traversal_ranges`); names: (K,) dim names.
-    """
-
-    model: PSVAE
-    mu: np.ndarray
-    split: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    names: tuple[str, ...]
-
-
-def load_run(run_dir: str | Path, session: Session, device: str | torch.device = "cpu") -> RunTraversals:
-    """The best model of a run folder and the sweep ranges from its training frames."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.toml")
-    model = load_checkpoint(run_dir, cfg.model, session.frame_shape, session.n_labels, device)
-    latents = load_latents(run_dir)
-    mu, split = latents["mu"], latents["split"]
-    if len(mu) != session.n_frames:
-        raise ConfigError(
-            f"{run_dir} holds latents of {len(mu)} frames but {session.path} has {session.n_frames}; "
-            "give its own data file"
-        )
-    if not np.array_equal(latents["session"], session.frame_sessions):
-        raise ConfigError(
-            f"{run_dir} holds latents of other sessions than {', '.join(map(str, session.paths))} "
-            "(another order or other files); give the run's own data.path"
-        )
-    train = split == SPLIT_CODES["train"]
-    lower, upper = traversal_ranges(
-        mu[train],
-        session.labels[train],
-        session.masks[train],
-        model.label_scale.detach().cpu().numpy(),
-        model.label_bias.detach().cpu().numpy(),
-    )
-    return RunTraversals(model, mu, split, lower, upper, dim_names(session.label_names, model.n_unsup))
+# -- from a run folder (read by psvae_opt.training.trained.load_run) ------------------------------
 
 
 def default_base_frames(split: np.ndarray, count: int, code: int = SPLIT_CODES["val"]) -> list[int]:

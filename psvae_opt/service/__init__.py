@@ -3,9 +3,10 @@
 Owns: ``stages`` (a stage from request to recommendation: ``run``), ``readonly`` (what
 ``status`` and ``export`` read of a stage, changing nothing), ``launchers`` (starting and
 following workers locally), ``slurm`` (the sbatch script and SLURM commands), ``worker`` (a
-worker process from request to exit: ``run``), ``trial_loop`` (popping queued trials and
+worker process from request to exit: ``run``), ``gpu_slots`` (the GPU a worker takes, a
+lock-file slot), ``trial_loop`` (popping queued trials and
 training them until none is left) and ``mlflow_log`` (the mlflow extra: its check and the
 trial hook). The launcher side (``stages``, ``readonly``, ``launchers``, ``slurm``) imports nothing of the
-worker side (``worker``, ``trial_loop``); both use ``mlflow_log``.
+worker side (``worker``, ``gpu_slots``, ``trial_loop``); both use ``mlflow_log``.
 May import: every layer above (``errors`` to ``reports``). Processes, never threads, for trials.
 """

@@ -22,6 +22,7 @@ from psvae_opt.reports.diagnostics import TrialUploader
 from psvae_opt.search.objective import TrialContext, TrialHooks, run_dir_of
 from psvae_opt.search.storage import DEFAULT_HEARTBEAT, DEFAULT_PATIENCE, StudyDatabase, open_database
 from psvae_opt.search.study import load_stage
+from psvae_opt.service import gpu_slots
 from psvae_opt.service.mlflow_log import mlflow_hook
 from psvae_opt.service.slurm import GPU_FLAG
 from psvae_opt.service.trial_loop import StopFlag, run_worker
@@ -94,7 +95,7 @@ def worker_device(req: WorkerRequest, cfg: Config) -> tuple[Config, object]:
         # an exclusive-process GPU takes one worker (others get a one-line error), unless MPS shares it
         exclusive = any(m in gpus.EXCLUSIVE_MODES for m in gpus.compute_modes().values())
         shared = exclusive and not gpus.mps_running(req.mps_pipe)
-        index, lock = devices.claim_gpu(torch.cuda.device_count(), req.gpu_locks, slots=1 if shared else 16)
+        index, lock = gpu_slots.claim_gpu(torch.cuda.device_count(), req.gpu_locks, slots=1 if shared else 16)
         log.info("worker %d takes GPU %d", os.getpid(), index)
     elif index >= torch.cuda.device_count():
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Checkpoints of a run folder: ``last.pt`` (everything a resumed run needs, down to the batch
 of a stopped epoch), ``best.pt`` (the best model and its epoch) and reading them back, for a
-resumed run and for reports (:func:`load_checkpoint`). Both are loadable with
+resumed run (:func:`load_state`; a finished run's network: :mod:`psvae_opt.training.trained`). Both are loadable with
 ``torch.load(..., weights_only=True)``. They are written together (:func:`save`) at most every
 ``train.checkpoint_seconds`` (:func:`save_if_due`), at the end of training and on a stop."""
 
@@ -12,12 +12,9 @@ from pathlib import Path
 
 import torch
 
-from psvae_opt.config import ModelConfig
 from psvae_opt.errors import DataError, TrainingError, first_line
-from psvae_opt.model.network import PSVAE
 from psvae_opt.training.run_folder import remove_leftovers, save_atomic, truncate_rows
 from psvae_opt.training.run_state import RunState
-from psvae_opt.training.steps import build_model
 
 
 def training_state(t: RunState) -> dict:
@@ -97,23 +94,6 @@ def check_same_run(stored: str | None, fingerprint: str, run_dir: Path) -> None:
         f"{run_dir} holds a run of another configuration ({', '.join(differ)} differ); "
         "give a new --out folder, or remove that one to start again"
     )
-
-
-def load_checkpoint(run_dir: str | Path, model_cfg: ModelConfig, frame_shape, n_labels: int, device="cpu") -> PSVAE:
-    """The best model of a run folder, in eval mode."""
-    path = Path(run_dir) / "best.pt"
-    if not path.exists():
-        raise DataError(f"{run_dir}: no best.pt; the run has not finished an epoch (or the folder is wrong)")
-    model = build_model(model_cfg, frame_shape, n_labels, seed=0)
-    state = load_state(path, device)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise DataError(
-            f"{path} does not hold a model of this configuration ({first_line(exc)}); "
-            "report on the trial's own run folder"
-        ) from None
-    return model.to(device).eval()
 
 
 def load_state(path: Path, device: torch.device | str) -> dict:

@@ -28,9 +28,21 @@ def launch_tiny_kernel(device: torch.device) -> None:
     torch.full((1,), 1.0, device=device).add_(1.0).item()
 
 
+# The CUDA builds PyTorch publishes for the pinned torch (constraints.txt), from its release
+# compatibility matrix (RELEASE.md in the PyTorch repository: CUDA 12.6 and 13.0 for torch
+# 2.12-2.14, 13.2 experimental; no 12.8 build of 2.13). The one declared list: scripts/install.sh's
+# table, the Dockerfile, the README and the tests' wheel index may name only these
+# (tests/test_install.py checks it, and that the pin is the version below). When the pin
+# changes, update both from the matrix and https://download.pytorch.org/whl/cuXYZ/torch/.
+PUBLISHED_FOR = "2.13.0"
+PUBLISHED_CUDA_BUILDS = ("cu126", "cu130", "cu132")  # cu132: experimental, never chosen by install.sh
+
+
 def build_for_capability(capability: tuple[int, int]) -> str:
-    """The CUDA build of torch (a ``scripts/install.sh --torch`` value) with kernels for ``capability``."""
-    return "cu126" if capability < (7, 0) else "cu128"
+    """The CUDA build of torch (a ``scripts/install.sh --torch`` value) with kernels for
+    ``capability``: cu126 below 7.5 (a V100 is 7.0; CUDA 13 has no kernels for it), cu130 above
+    (it needs a driver >= 580)."""
+    return "cu126" if capability < (7, 5) else "cu130"
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import torch
 from psvae_opt.data import Session
 from psvae_opt.training import checkpoints
 from psvae_opt.training.run_folder import SESSION_DTYPE, SPLIT_CODES, write_atomic, write_text_atomic
-from psvae_opt.training.run_state import RunState
+from psvae_opt.training.run_state import RunState, evaluate_frames
 
 RECORDED = ("run_dir", "best_epoch", "epochs_run", "annealing_complete", "metrics", "resumed_from")
 
@@ -76,17 +76,19 @@ def finish_run(
             continue
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt(f"stopped during the end-of-run evaluation of {t.run_dir}; a rerun only evaluates")
-        summary_metrics[split], mu_s, y_s, lv_s = t.evaluate(idx, epoch=final_epoch)
+        summary_metrics[split], mu_s, y_s, lv_s = evaluate_frames(t, idx, epoch=final_epoch)
         where = idx.cpu().numpy()
         mu[where], y_hat[where], logvar[where], split_of[where] = mu_s, y_s, lv_s, code
         for s, name in enumerate(session.session_names if session.n_sessions > 1 else ()):
             mine = np.flatnonzero(frame_sessions[where] == s)
             if len(mine) >= 2:
                 own = idx[torch.from_numpy(mine).to(idx.device)]
-                per_session.setdefault(name, {})[split] = t.evaluate(own, epoch=final_epoch)[0]
+                per_session.setdefault(name, {})[split] = evaluate_frames(t, own, epoch=final_epoch)[0]
     rest = np.flatnonzero(split_of < 0)  # frames in no split (gap trials) still get latents
     if len(rest):
-        _, mu[rest], y_hat[rest], logvar[rest] = t.evaluate(torch.from_numpy(rest).to(t.device), epoch=final_epoch)
+        _, mu[rest], y_hat[rest], logvar[rest] = evaluate_frames(
+            t, torch.from_numpy(rest).to(t.device), epoch=final_epoch
+        )
     latents = {
         "mu": mu,
         "logvar": logvar,

@@ -1,12 +1,14 @@
-"""The state of one training run and what it does within an epoch: a pass over the training
-frames, the evaluation of a set of frames, the early-stopping bookkeeping at the epoch's end."""
+"""The state of one training run as plain data (:class:`RunState`), how it is set up
+(:func:`new_run`), and the small pieces of bookkeeping :func:`psvae_opt.training.loop.fit`
+calls between its steps: the evaluation of a set of frames and early stopping at an epoch's end.
+:mod:`psvae_opt.training.checkpoints` saves and restores it."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,151 +17,149 @@ from torch import Tensor
 
 from psvae_opt.config import LossConfig, ModelConfig, TrainConfig
 from psvae_opt.data import Session
-from psvae_opt.errors import ConfigError, TrainingError
-from psvae_opt.model.losses import first_full_weight_epoch
-from psvae_opt.training.devices import resolve_device, resolve_precision, to_device
+from psvae_opt.errors import ConfigError
+from psvae_opt.model.losses import LossTerms, first_full_weight_epoch
+from psvae_opt.model.network import PSVAE, ModelOutput
+from psvae_opt.training.bf16_weights import Bf16Weights
+from psvae_opt.training.devices import DeviceData, resolve_device, resolve_precision, to_device
 from psvae_opt.training.run_folder import OwnerCheck
-from psvae_opt.training.steps import build_model, build_optimizer, evaluate, make_forward_loss, train_step
+from psvae_opt.training.steps import build_model, build_training, evaluate, make_forward_loss
 
 TRAIN_ROW_FRAMES = 512  # per-epoch training rows: a fixed subset (the final summary uses every frame)
 
+ForwardLoss = Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms]
 
+
+@dataclass
 class RunState:
-    """The state of one run (model, optimiser, data on the device, early-stopping counters);
-    :func:`psvae_opt.training.loop.fit` drives it and :mod:`psvae_opt.training.checkpoints`
-    saves and restores it.
+    """Everything one run holds: its settings, model, optimiser, data on the device, where it
+    is (epoch, batch) and its early-stopping counters.
 
-    ``check`` is called before every write to the run folder: it raises when this attempt no
-    longer owns the folder (a worker's trial taken over while the worker was paused)."""
+    ``forward_loss(network, x, y, mask, epoch)`` is the forward pass and loss of a training
+    batch, the one route to the loss (compiled under ``train.compile``, the same function eager
+    otherwise). ``network`` is the model, or under eager bf16 the model on bf16 copies of its
+    weights, which the optimizer (:class:`~psvae_opt.training.bf16_weights.Bf16Weights`) keeps.
+    ``check`` is called before every write to the run folder: it raises when this
+    attempt no longer owns the folder (a worker's trial taken over while the worker was paused)."""
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        loss_cfg: LossConfig,
-        train_cfg: TrainConfig,
-        session: Session,
-        split_frames: dict[str, np.ndarray],
-        run_dir: str | Path,
-        check: OwnerCheck = lambda: None,
-    ) -> None:
-        self.loss_cfg, self.cfg, self.run_dir = loss_cfg, train_cfg, Path(run_dir)
-        self.check = check
-        self.device = resolve_device(train_cfg.device)
-        self.precision = resolve_precision(train_cfg.precision, self.device)
-        torch.backends.cudnn.deterministic = train_cfg.deterministic
-        torch.backends.cudnn.benchmark = train_cfg.autotune
-        self.data = to_device(session, split_frames, self.device)
-        self.model = build_model(model_cfg, session.frame_shape, session.n_labels, train_cfg.model_seed)
-        self.channels_last = train_cfg.channels_last
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=memory_format)
-        self.optimizer = build_optimizer(self.model, train_cfg.learning_rate, train_cfg.weight_decay)
-        self.batch_gen = torch.Generator().manual_seed(train_cfg.model_seed)
-        n_train = len(self.data.splits["train"])
-        if n_train < train_cfg.batch_size:
-            raise ConfigError(
-                f"train.batch_size = {train_cfg.batch_size} exceeds the {n_train} training frames; "
-                "lower train.batch_size"
-            )
-        self.forward = None  # eager: train_step's own code; compiled: model and loss together
-        if train_cfg.compile:
-            self.forward = make_forward_loss(loss_cfg, n_train, self.precision, train_cfg.compile_mode)
-        pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
-        self.train_rows_idx = self.data.splits["train"][torch.from_numpy(np.sort(pick)).to(self.device)]
-        self.epoch, self.best_loss, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
-        # mid-epoch position: the batch to start at, the batch generator before the epoch's
-        # permutation, the loss summed so far (saved on a stop, so that a resume is exact)
-        self.batch, self.epoch_gen, self.partial_loss = 0, self.batch_gen.get_state(), 0.0
-        self.pending_best: dict | None = None  # best.pt's contents, not yet written
-        self.saved_at, self.unsaved = time.monotonic(), False
-        self.fingerprint = json.dumps(
-            {
-                "model": asdict(model_cfg),
-                "loss": asdict(loss_cfg),
-                "train": {
-                    k: getattr(train_cfg, k) for k in ("batch_size", "learning_rate", "weight_decay", "model_seed")
-                },
-                "data": {
-                    "frames": len(self.data.frames),
-                    "frame_shape": list(session.frame_shape),
-                    "labels": list(session.label_names),
-                    **{k: len(v) for k, v in self.data.splits.items()},
-                },
-            },
-            sort_keys=True,
-        )
-        torch.manual_seed(train_cfg.model_seed)
-
-    def train_epoch(self, should_stop: Callable[[], bool] | None = None) -> float | None:
-        """One pass over the training frames in random minibatches; returns the mean loss.
-
-        ``should_stop`` is polled before every batch; when it says stop, the epoch's position
-        (batch, generator, loss so far) is kept for ``last.pt`` and None returned: the caller
-        saves, and a resume goes on from that batch.
-        """
-        self.model.train()
-        train_idx = self.data.splits["train"]
-        size = self.cfg.batch_size
-        self.epoch_gen = self.batch_gen.get_state()
-        perm = torch.randperm(len(train_idx), generator=self.batch_gen).to(self.device)
-        total = torch.full((), self.partial_loss, device=self.device)
-        n_batches = len(train_idx) // size  # drop the last partial batch: TC needs full ones
-        for b in range(self.batch, n_batches):
-            if should_stop is not None and should_stop():
-                self.batch, self.partial_loss = b, float(total)
-                return None
-            batch = self.data.batch(train_idx[perm[b * size : (b + 1) * size]], self.channels_last)
-            total += train_step(
-                self.model,
-                self.optimizer,
-                *batch,
-                self.loss_cfg,
-                epoch=self.epoch,
-                n_frames=len(train_idx),
-                precision=self.precision,
-                forward=self.forward,
-            )
-        self.batch, self.partial_loss, self.epoch_gen = 0, 0.0, self.batch_gen.get_state()
-        mean = float(total) / max(n_batches, 1)
-        if not np.isfinite(mean):
-            raise TrainingError(
-                f"the training loss became {mean} at epoch {self.epoch} (alpha={self.loss_cfg.alpha}, "
-                f"beta={self.loss_cfg.beta}, lr={self.cfg.learning_rate}); lower train.learning_rate "
-                "or check the labels for extreme values"
-            )
-        return mean
-
-    def evaluate(
-        self, idx: Tensor, epoch: float | None = None
-    ) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
-        return evaluate(
-            self.model,
-            self.data,
-            idx,
-            self.loss_cfg,
-            epoch=self.epoch if epoch is None else epoch,
-            batch_size=self.cfg.eval_batch_size,
-            channels_last=self.channels_last,
-            seed=self.cfg.model_seed,
-        )
+    loss_cfg: LossConfig
+    cfg: TrainConfig
+    run_dir: Path
+    check: OwnerCheck
+    device: torch.device
+    precision: str
+    data: DeviceData
+    model: PSVAE
+    optimizer: torch.optim.Optimizer | Bf16Weights
+    network: Callable[[Tensor], ModelOutput]  # the model as a training step calls it
+    forward_loss: ForwardLoss
+    train_rows_idx: Tensor  # the fixed training frames of the per-epoch training rows
+    fingerprint: str  # what a resumed run must match: model, loss, optimisation, data
+    batch_gen: torch.Generator = field(default_factory=torch.Generator)
+    epoch: int = 0
+    best_loss: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    # mid-epoch position: the batch to start at, the batch generator before the epoch's
+    # permutation, the loss summed so far (saved on a stop, so that a resume is exact)
+    batch: int = 0
+    epoch_gen: Tensor | None = None
+    partial_loss: float = 0.0
+    pending_best: dict | None = None  # best.pt's contents, not yet written
+    saved_at: float = field(default_factory=time.monotonic)
+    unsaved: bool = False
 
     def annealed(self, epoch: int) -> bool:
         return epoch >= first_full_weight_epoch(self.loss_cfg.anneal_epochs)
 
-    def end_epoch(self, val_loss: float) -> None:
-        """Count the finished epoch for early stopping and move to the next one; the best epoch
-        so far has its model copied, to become ``best.pt`` at the next save."""
-        improved = self.annealed(self.epoch) and val_loss < self.best_loss
-        if improved or (self.best_epoch < 0 and self.epoch == self.cfg.max_epochs - 1):
-            # Before annealing ends no epoch qualifies; the last one is kept as a fallback.
-            self.best_loss = val_loss if improved else self.best_loss
-            self.best_epoch, self.bad_epochs = self.epoch, 0
-            model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.pending_best = {"model": model, "epoch": self.epoch}
-        elif self.annealed(self.epoch):
-            self.bad_epochs += 1
-        self.epoch, self.unsaved = self.epoch + 1, True
-
     def patience_spent(self) -> bool:
         """Early stopping: ``patience`` annealed epochs in a row without a better validation loss."""
         return 0 < self.cfg.patience <= self.bad_epochs
+
+
+def new_run(
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    session: Session,
+    split_frames: dict[str, np.ndarray],
+    run_dir: str | Path,
+    check: OwnerCheck = lambda: None,
+) -> RunState:
+    """A fresh run: the device and precision resolved, the data copied there once, the model
+    and optimiser built. Process-wide settings (seed, cuDNN flags) are the caller's (``fit``)."""
+    device = resolve_device(train_cfg.device)
+    precision = resolve_precision(train_cfg.precision, device)
+    data = to_device(session, split_frames, device)
+    model = build_model(model_cfg, session.frame_shape, session.n_labels, train_cfg.model_seed)
+    memory_format = torch.channels_last if train_cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    n_train = len(data.splits["train"])
+    if n_train < train_cfg.batch_size:
+        raise ConfigError(
+            f"train.batch_size = {train_cfg.batch_size} exceeds the {n_train} training frames; lower train.batch_size"
+        )
+    mode = train_cfg.compile_mode if train_cfg.compile else None
+    optimizer, network = build_training(model, train_cfg.learning_rate, train_cfg.weight_decay, precision, mode)
+    pick = np.random.default_rng(train_cfg.model_seed).permutation(n_train)[:TRAIN_ROW_FRAMES]
+    fingerprint = {
+        "model": asdict(model_cfg),
+        "loss": asdict(loss_cfg),
+        "train": {k: getattr(train_cfg, k) for k in ("batch_size", "learning_rate", "weight_decay", "model_seed")},
+        "data": {
+            "frames": len(data.frames),
+            "frame_shape": list(session.frame_shape),
+            "labels": list(session.label_names),
+            **{k: len(v) for k, v in data.splits.items()},
+        },
+    }
+    batch_gen = torch.Generator().manual_seed(train_cfg.model_seed)
+    return RunState(
+        loss_cfg=loss_cfg,
+        cfg=train_cfg,
+        run_dir=Path(run_dir),
+        check=check,
+        device=device,
+        precision=precision,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        network=network,
+        forward_loss=make_forward_loss(loss_cfg, n_train, precision, mode),
+        train_rows_idx=data.splits["train"][torch.from_numpy(np.sort(pick)).to(device)],
+        fingerprint=json.dumps(fingerprint, sort_keys=True),
+        batch_gen=batch_gen,
+        epoch_gen=batch_gen.get_state(),
+    )
+
+
+def evaluate_frames(
+    t: RunState, idx: Tensor, epoch: float | None = None
+) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~psvae_opt.training.steps.evaluate` of the run's model on the frames ``idx``
+    (annealing weights of ``epoch``, default the current one)."""
+    return evaluate(
+        t.model,
+        t.data,
+        idx,
+        t.loss_cfg,
+        epoch=t.epoch if epoch is None else epoch,
+        batch_size=t.cfg.eval_batch_size,
+        channels_last=t.cfg.channels_last,
+        seed=t.cfg.model_seed,
+    )
+
+
+def end_epoch(t: RunState, val_loss: float) -> None:
+    """Count the finished epoch for early stopping and move to the next one; the best epoch
+    so far has its model copied, to become ``best.pt`` at the next save."""
+    improved = t.annealed(t.epoch) and val_loss < t.best_loss
+    if improved or (t.best_epoch < 0 and t.epoch == t.cfg.max_epochs - 1):
+        # Before annealing ends no epoch qualifies; the last one is kept as a fallback.
+        t.best_loss = val_loss if improved else t.best_loss
+        t.best_epoch, t.bad_epochs = t.epoch, 0
+        model = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+        t.pending_best = {"model": model, "epoch": t.epoch}
+    elif t.annealed(t.epoch):
+        t.bad_epochs += 1
+    t.epoch, t.unsaved = t.epoch + 1, True

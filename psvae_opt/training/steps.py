@@ -1,16 +1,17 @@
-"""One PS-VAE's pieces of training: building it, its optimiser, the loss of a batch, one
-optimizer step and the evaluation of a set of frames. :mod:`psvae_opt.training.loop` strings
-them together; the benchmarks time ``train_step`` alone.
+"""One PS-VAE's pieces of training: building it, its optimiser, the forward pass and loss of a
+training batch, one optimizer step and the evaluation of a set of frames.
+:mod:`psvae_opt.training.loop` strings them together; the benchmarks time ``train_step`` alone.
 
-Under ``train.compile`` the forward pass and the loss of a training step are one function
-compiled together (:func:`make_forward_loss`): one graph (fused kernels, and CUDA graphs with
-``compile_mode = "reduce-overhead"``) instead of the model compiled alone and the loss's many
-small kernels launched one by one from Python. Its backward pass is compiled too; the
-optimizer step stays outside (fused Adam is one kernel already).
+The forward pass and loss of a training step are one function (:func:`make_forward_loss`), the
+one route to the loss: eager as it is, or under ``train.compile`` compiled together: one graph
+(fused kernels, and CUDA graphs with ``compile_mode = "reduce-overhead"``) instead of the model
+compiled alone and the loss's many small kernels launched one by one from Python. Its backward
+pass is compiled too; the optimizer step stays outside (fused Adam is one kernel already).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -19,9 +20,12 @@ from torch import Tensor
 
 from psvae_opt.config import LossConfig, ModelConfig
 from psvae_opt.model import metrics
-from psvae_opt.model.losses import LossTerms, anneal_weights, psvae_loss
+from psvae_opt.model.losses import LossTerms, anneal_weights, psvae_loss, term_weights
 from psvae_opt.model.network import PSVAE, ModelOutput
+from psvae_opt.training.bf16_weights import Bf16Weights
 from psvae_opt.training.devices import DeviceData, autocast
+
+log = logging.getLogger(__name__)
 
 
 def build_model(model_cfg: ModelConfig, frame_shape, n_labels: int, seed: int) -> PSVAE:
@@ -44,6 +48,19 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     return torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True, fused=True)
 
 
+def build_training(
+    model: PSVAE, learning_rate: float, weight_decay: float, precision: str, mode: str | None
+) -> tuple[torch.optim.Optimizer | Bf16Weights, Callable[[Tensor], ModelOutput]]:
+    """(optimizer, network) of a training step: :func:`build_optimizer` and the model itself,
+    or for an eager bf16 step (``mode`` None) :class:`Bf16Weights` as both (compiled, the
+    casts it saves fuse into other kernels anyway)."""
+    optimizer = build_optimizer(model, learning_rate, weight_decay)
+    if precision == "bf16" and mode is None:
+        shadow = Bf16Weights(model, optimizer)
+        return shadow, shadow
+    return optimizer, model
+
+
 def _batches(n: int, size: int) -> list[tuple[int, int]]:
     """Near-equal consecutive batches covering n items, none larger than ``size``."""
     edges = np.linspace(0, n, -(-n // size) + 1).round().astype(int).tolist()
@@ -60,18 +77,15 @@ def loss_terms(
         x: (B, C, H, W) frames; y, mask: (B, L) labels and validity; out: the model's output on x.
         n_frames: frames N of the aggregate-posterior estimate (the training set, or the evaluated frames).
     """
-    return psvae_loss(
-        x,
-        y,
-        mask,
-        out,
-        alpha=loss_cfg.alpha,
-        beta=loss_cfg.beta,
-        epoch=epoch,
-        anneal_epochs=loss_cfg.anneal_epochs,
-        n_frames=n_frames,
-        estimator=loss_cfg.kl_estimator,
-    )
+    weights = epoch_weights(loss_cfg, epoch, x, y)
+    return psvae_loss(x, y, mask, out, weights=weights, n_frames=n_frames, estimator=loss_cfg.kl_estimator)
+
+
+def epoch_weights(loss_cfg: LossConfig, epoch: float, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`~psvae_opt.model.losses.term_weights` of ``epoch``'s annealed weights for batches
+    shaped as ``x`` (B, C, H, W) and ``y`` (B, L), on their device (cached there)."""
+    kappa, beta_e = anneal_weights(epoch, loss_cfg.anneal_epochs, loss_cfg.beta)
+    return term_weights(loss_cfg.alpha, kappa, beta_e, x.shape[0], x[0].numel(), y.shape[1], x.device)
 
 
 @torch.no_grad()
@@ -138,36 +152,23 @@ def evaluate(
 
 
 def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    network: Callable[[Tensor], ModelOutput],
+    optimizer: torch.optim.Optimizer | Bf16Weights,
     x: Tensor,
     y: Tensor,
     mask: Tensor,
-    loss_cfg: LossConfig,
-    *,
-    epoch: float,
-    n_frames: int,
-    precision: str = "fp32",
-    forward: Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms] | None = None,
+    forward_loss: Callable[[Callable[[Tensor], ModelOutput], Tensor, Tensor, Tensor, float], LossTerms],
+    epoch: float = 0,
 ) -> Tensor:
-    """One optimizer step on a minibatch; returns the (detached) loss.
+    """One optimizer step on a minibatch, the lines of ``fit``'s batch loop (for the benchmarks);
+    returns the detached loss (a CUDA graph's output: read it before the next step).
 
     Args:
         x: (B, C, H, W) frames in [0, 1]; y, mask: (B, L) labels and validity.
-        n_frames: training frames N of the aggregate-posterior estimate.
-        forward: the forward pass and loss as one (compiled) function,
-            :func:`make_forward_loss`; None: this eager code.
+        network, optimizer: :func:`build_training`'s.
+        forward_loss: the forward pass and loss (:func:`make_forward_loss`, eager or compiled).
     """
-    if forward is not None:
-        # a copy: a CUDA graph's output is overwritten by its next replay
-        return _step(optimizer, forward(model, x, y, mask, epoch).loss).clone()
-    with autocast(x.device, precision):
-        out = model(x)
-    terms = loss_terms(x, y, mask, out, loss_cfg, epoch=epoch, n_frames=n_frames)
-    return _step(optimizer, terms.loss)
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
+    loss = forward_loss(network, x, y, mask, epoch).loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -175,47 +176,61 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
 
 
 def forward_loss(
-    model: torch.nn.Module,
+    model: Callable[[Tensor], ModelOutput],
     x: Tensor,
     y: Tensor,
     mask: Tensor,
-    kappa: Tensor,
-    beta_e: Tensor,
+    matrix: Tensor,
+    offset: Tensor,
     *,
-    alpha: float,
     n_frames: int,
     estimator: str,
     precision: str,
 ) -> LossTerms:
     """The model's output for ``x`` (B, C, H, W) under ``precision``'s autocast and its loss
-    terms, with the annealing weights (``kappa``, ``beta_e``: 0-d tensors) as inputs."""
+    terms, with the epoch's weights (``matrix``, ``offset``: :func:`epoch_weights`) as inputs."""
     with autocast(x.device, precision):
         out = model(x)
-    return psvae_loss(
-        x, y, mask, out, alpha=alpha, beta=0.0, epoch=0, anneal_epochs=0, n_frames=n_frames,
-        estimator=estimator, weights=(kappa, beta_e),
-    )  # fmt: skip
+    return psvae_loss(x, y, mask, out, weights=(matrix, offset), n_frames=n_frames, estimator=estimator)
 
 
 def make_forward_loss(
     loss_cfg: LossConfig, n_frames: int, precision: str, mode: str | None
-) -> Callable[[torch.nn.Module, Tensor, Tensor, Tensor, float], LossTerms]:
-    """``f(model, x, y, mask, epoch) -> LossTerms``: :func:`forward_loss` compiled with
-    ``torch.compile(mode=mode)`` (``mode`` None: eager, the same code). Static shapes
-    (``dynamic=False``): every training batch has the same size (the last partial one is dropped).
+) -> Callable[[Callable[[Tensor], ModelOutput], Tensor, Tensor, Tensor, float], LossTerms]:
+    """``f(model, x, y, mask, epoch) -> LossTerms``: :func:`forward_loss`, eager (``mode``
+    None) or compiled with ``torch.compile(mode=mode)``. Static shapes (``dynamic=False``):
+    every training batch has the same size (the last partial one is dropped); the epoch's
+    weights are tensors made once per epoch (no host-to-device copy per step, no recompile).
+    A compilation that fails at the first step (no C compiler, no Triton for this GPU) is
+    logged and the step runs eager instead.
     """
-    fn = forward_loss if mode is None else torch.compile(forward_loss, mode=mode, dynamic=False)
-    weights: dict[tuple[float, torch.device], tuple[Tensor, Tensor]] = {}
+    fn = forward_loss if mode is None else _first_call_falls_back(torch.compile(forward_loss, mode=mode, dynamic=False))
 
-    def step(model: torch.nn.Module, x: Tensor, y: Tensor, mask: Tensor, epoch: float) -> LossTerms:
-        key = (epoch, x.device)
-        if key not in weights:  # tensors made once per epoch: no host-to-device copy per step
-            kappa, beta_e = anneal_weights(epoch, loss_cfg.anneal_epochs, loss_cfg.beta)
-            weights.clear()
-            weights[key] = (torch.tensor(kappa, device=x.device), torch.tensor(beta_e, device=x.device))
+    def step(model: Callable[[Tensor], ModelOutput], x: Tensor, y: Tensor, mask: Tensor, epoch: float) -> LossTerms:
+        matrix, offset = epoch_weights(loss_cfg, epoch, x, y)
         return fn(
-            model, x, y, mask, *weights[key], alpha=loss_cfg.alpha, n_frames=n_frames,
-            estimator=loss_cfg.kl_estimator, precision=precision,
+            model, x, y, mask, matrix, offset, n_frames=n_frames, estimator=loss_cfg.kl_estimator,
+            precision=precision,
         )  # fmt: skip
 
     return step
+
+
+def _first_call_falls_back(compiled: Callable[..., LossTerms]) -> Callable[..., LossTerms]:
+    """``compiled``, or :func:`forward_loss` eager from the first call on if compiling fails there."""
+    chosen: list[Callable[..., LossTerms]] = []
+
+    def call(*args, **kwargs) -> LossTerms:
+        if chosen:
+            return chosen[0](*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except Exception as exc:  # inductor and dynamo raise many kinds; the eager step is the same code
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            log.warning("train.compile: compiling the step failed (%s: %s); training eager", type(exc).__name__, first)
+            chosen.append(forward_loss)
+            return forward_loss(*args, **kwargs)
+        chosen.append(compiled)
+        return out
+
+    return call
