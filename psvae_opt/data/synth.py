@@ -68,6 +68,7 @@ class Scene:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # factor ranges that differ
     distractor: bool = False
     chest_shade: float | None = None  # a fixed intensity of the body (default: it brightens as the chest fills)
+    hind_scale: float = 1.0  # size of the hind paw and the width of its limb, times the demo's
 
     @property
     def factor_names(self) -> tuple[str, ...]:
@@ -88,7 +89,9 @@ class Scene:
 
 SCENES = {
     "demo": Scene("paws labelled; jaw and chest independent, the jaw 2-4x the chest's image effect"),
-    "three_unlabelled": Scene("the demo with the hind paw's height unlabelled", unlabelled=("paw_hind_y",)),
+    "three_unlabelled": Scene(  # a hind paw twice the demo's: at its size the models left its height out
+        "the demo with the hind paw's height unlabelled", unlabelled=("paw_hind_y",), hind_scale=2.0
+    ),
     "correlated": Scene("the demo with jaw and chest correlated (r about 0.5)", jaw_chest_r=0.55),
     "equal_effect": Scene(  # the body evenly shaded, its range narrowed: equal mean |pixel change| per SD
         "jaw and chest of equal image effect per SD", ranges={"chest": (0.15, 0.85)}, chest_shade=0.8
@@ -153,15 +156,19 @@ def _paint(image: np.ndarray, coverage: np.ndarray, intensity: float) -> np.ndar
     return image * (1.0 - coverage) + intensity * coverage
 
 
-def _body_shade(f: dict[str, np.ndarray], base: float, shade: float | None) -> np.ndarray | float:
-    return base + 0.24 * f["chest"] if shade is None else shade
+def _body_shade(f: dict[str, np.ndarray], base: float, sc: Scene) -> np.ndarray | float:
+    return base + 0.24 * f["chest"] if sc.chest_shade is None else sc.chest_shade
 
 
-def _side_view(f: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, px: float, shade: float | None) -> np.ndarray:
+def _limb_scale(limb: str, sc: Scene) -> float:
+    return sc.hind_scale if limb == "hind" else 1.0
+
+
+def _side_view(f: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, px: float, sc: Scene) -> np.ndarray:
     img = np.full(np.broadcast_shapes(x.shape, f["jaw"].shape), 0.08)
     img = _paint(img, (y > 0.87).astype(float), 0.25)  # the wheel under the animal
     chest, jaw = f["chest"], f["jaw"]
-    img = _paint(img, _ellipse(x, y, 0.56, 0.46, 0.26, 0.08 + 0.12 * chest, px), _body_shade(f, 0.36, shade))
+    img = _paint(img, _ellipse(x, y, 0.56, 0.46, 0.26, 0.08 + 0.12 * chest, px), _body_shade(f, 0.36, sc))
     img = _paint(img, _ellipse(x, y, 0.27, 0.40, 0.11, 0.09, px), 0.55)
     # the jaw changes the image two to four times as much as the chest per unit of its spread: two
     # factors of similar effect leave the VAE free to rotate its two unsupervised latents
@@ -169,20 +176,21 @@ def _side_view(f: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, px: float
     img = _paint(img, _ellipse(x, y, 0.25, 0.37, 0.016, 0.016, px), 0.05)  # the eye
     for limb, (sx, sy) in (("front", (0.42, 0.52)), ("hind", (0.70, 0.52))):
         paw_x, paw_y = f[f"paw_{limb}_x"], f[f"paw_{limb}_y"]
-        img = _paint(img, _capsule(x, y, sx, sy, paw_x, paw_y, 0.02, px), 0.62)
-        img = _paint(img, _ellipse(x, y, paw_x, paw_y, 0.035, 0.035, px), 0.95)
+        scale = _limb_scale(limb, sc)
+        img = _paint(img, _capsule(x, y, sx, sy, paw_x, paw_y, 0.02 * scale, px), 0.62)
+        img = _paint(img, _ellipse(x, y, paw_x, paw_y, 0.035 * scale, 0.035 * scale, px), 0.95)
     return img
 
 
-def _bottom_view(f: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, px: float, shade: float | None) -> np.ndarray:
+def _bottom_view(f: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, px: float, sc: Scene) -> np.ndarray:
     img = np.full(np.broadcast_shapes(x.shape, f["jaw"].shape), 0.08)
     chest, jaw = f["chest"], f["jaw"]
-    img = _paint(img, _ellipse(x, y, 0.56, 0.5, 0.26, 0.07 + 0.1 * chest, px), _body_shade(f, 0.32, shade))
+    img = _paint(img, _ellipse(x, y, 0.56, 0.5, 0.26, 0.07 + 0.1 * chest, px), _body_shade(f, 0.32, sc))
     img = _paint(img, _ellipse(x, y, 0.27, 0.5, 0.1, 0.08, px), 0.5)
     img = _paint(img, _ellipse(x, y, 0.2, 0.5, 0.04 + 0.06 * jaw, 0.03 + 0.05 * jaw, px), 0.95)
     for limb, side in (("front", 0.3), ("hind", 0.7)):
         height = (f[f"paw_{limb}_y"] - 0.62) / 0.2  # lower paws are nearer the camera
-        radius = 0.028 + 0.015 * height
+        radius = (0.028 + 0.015 * height) * _limb_scale(limb, sc)
         img = _paint(img, _ellipse(x, y, f[f"paw_{limb}_x"], side, radius, radius, px), 0.95)
     return img
 
@@ -216,7 +224,7 @@ def render_frames(
         f = {name: chunk[:, i, None, None] for i, name in enumerate(names)}
         renders = [_side_view, _bottom_view][:views]
         for v, render in enumerate(renders):
-            img = render(f, x, y, 1.0 / size, sc.chest_shade) * f.get(DISTRACTOR, 1.0)
+            img = render(f, x, y, 1.0 / size, sc) * f.get(DISTRACTOR, 1.0)
             img = img + noise * rng.standard_normal(img.shape)
             out[start : start + len(chunk), v] = np.clip(np.rint(img * 255), 0, 255)
     return out
