@@ -15,8 +15,8 @@ small CSVs to ``benchmarks/results/NAME`` so that anyone can score them again.
 
 Everything is resumable: datasets already written are kept, and a study that exists is
 resumed (only its missing trials run). The default size (4 betas x 5 seeds of the demo
-network per search) takes about half an hour of 2 CPU cores per search; ``--quick`` runs a
-tiny version (three scenes, one of them new) in minutes.
+network) takes about a quarter hour of 2 free CPU cores per search; ``--quick`` runs a tiny
+version (three scenes, one of them new) in minutes.
 
     python benchmarks/selection.py --out bench/selection --datasets 12           # two of each scene
     python benchmarks/selection.py --out /tmp/sel --quick                        # tiny, for the tests
