@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TZ", "UTC")
     commit = commit_name()
-    start = time.perf_counter()
+    start, before = time.perf_counter(), len(list((args.out / "runs").glob("*/*/trial_*")))
     searches = [
         run_search(i, variant, args.out.resolve(), size, args.alpha, args.workers)
         for i, variant in plan(args.first_dataset, size.datasets, size.variants)
@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"selection benchmark at commit {commit}: {size.datasets} searches x {len(size.betas)} betas x "
         f"{size.seeds} seeds{' (quick)' if args.quick else ''}, {minutes:.1f} min on {os.cpu_count()} CPUs "
-        f"({cpu_name()}); truth: MIG and SAP on held-out sessions of {EVAL_FRAMES} frames"
+        f"({cpu_name()}) training {len(list((args.out / 'runs').glob('*/*/trial_*'))) - before} models "
+        f"(the others resumed); truth: MIG and SAP on held-out sessions of {EVAL_FRAMES} frames"
     )
     print(header)
     write_trials(args.out / "trials.csv", searches, commit)
