@@ -161,6 +161,10 @@ def test_the_correlated_scene_moves_jaw_and_chest_together(scene_trajectories):
         assert low < r < high, (name, r)
     others = np.corrcoef(scene_trajectories["correlated"].T)[np.ix_([0, 1, 2, 3], [4, 5])]
     assert np.abs(others).max() < 0.2  # the paws stay independent of both
+    from psvae_opt.data.synth import smooth_trajectories
+
+    sessions = [smooth_trajectories(3000, np.random.default_rng(seed), "correlated")[:, 4:6] for seed in range(10)]
+    assert np.mean([np.corrcoef(s.T)[0, 1] for s in sessions]) == pytest.approx(0.5, abs=0.04)
 
 
 def test_the_equal_effect_scene_gives_jaw_and_chest_the_same_image_effect(scene_trajectories):

@@ -92,7 +92,7 @@ SCENES = {
     "three_unlabelled": Scene(  # a hind paw twice the demo's: at its size the models left its height out
         "the demo with the hind paw's height unlabelled", unlabelled=("paw_hind_y",), hind_scale=2.0
     ),
-    "correlated": Scene("the demo with jaw and chest correlated (r about 0.5)", jaw_chest_r=0.55),
+    "correlated": Scene("the demo with jaw and chest correlated (r about 0.5)", jaw_chest_r=0.53),
     "equal_effect": Scene(  # the body evenly shaded, its range narrowed: equal mean |pixel change| per SD
         "jaw and chest of equal image effect per SD", ranges={"chest": (0.15, 0.85)}, chest_shade=0.8
     ),
