@@ -191,6 +191,7 @@ def test_the_quick_benchmark_runs_stage_2_through_the_service_and_writes_its_tab
 ):
     out = tmp_path / "selection"
     monkeypatch.setattr(selection, "RESULTS", tmp_path / "results")
+    commit = selection.commit_name()  # the commit every file names (git rev-parse, "+changes" if the tree differs)
     assert selection.main(["--out", str(out), "--quick", "--keep", "q"]) == 0
     printed = capsys.readouterr().out
     assert "3 searches x 2 betas x 3 seeds (quick)" in printed and "| zu_corr |" in printed
@@ -216,7 +217,6 @@ def test_the_quick_benchmark_runs_stage_2_through_the_service_and_writes_its_tab
     baselines = {"lowest_beta", "lowest_beta+udr", "highest_beta", "lowest_pixel_mse", "guards_only", "random"}
     criteria_names = {"zu_corr", "zu_corr_val", "mutual_information", "hsic", "udr", "centrality", "label_leak"}
     assert criteria_names | baselines | {"service"} <= set(rows)
-    commit = selection.commit_name()
     assert {r["commit"] for r in table_rows} == {commit} and {r["commit"] for r in trials} == {commit}
     assert {r["scope"] for r in table_rows} == {"all", "demo", "equal_effect", "distractor"}
     # the table's figures are those of the trials' scores: floored (collapsed trials at -inf) and raw
