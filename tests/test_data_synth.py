@@ -10,6 +10,7 @@ import pytest
 from psvae_opt.data import load_session, synth_session
 from psvae_opt.data.synth import FACTOR_NAMES, LABEL_NAMES
 from psvae_opt.errors import ConfigError
+from tests.conftest import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,89 @@ def test_the_jaw_changes_the_image_more_than_the_chest():
     jaw, chest = change(4), change(5)
     assert chest.min() > 1.0  # the chest does change the image
     assert (jaw / chest).min() > 2.0
+
+
+@pytest.fixture(scope="module")
+def scene_trajectories() -> dict[str, np.ndarray]:
+    from psvae_opt.data.synth import SCENES, smooth_trajectories
+
+    return {name: smooth_trajectories(3000, np.random.default_rng(11), name) for name in SCENES}
+
+
+def test_every_scene_keeps_the_demo_draws_and_is_deterministic_per_seed(scene_trajectories):
+    from psvae_opt.data.synth import SCENES, smooth_trajectories
+
+    demo = scene_trajectories["demo"]
+    for name in SCENES:
+        again = smooth_trajectories(3000, np.random.default_rng(11), name)
+        np.testing.assert_array_equal(again, scene_trajectories[name])
+        assert not np.array_equal(smooth_trajectories(3000, np.random.default_rng(12), name), again)
+    # the paws are the demo's in every scene; the jaw too, where its range is the demo's
+    for name in ("three_unlabelled", "correlated", "equal_effect", "distractor"):
+        np.testing.assert_array_equal(scene_trajectories[name][:, :5], demo[:, :5])
+    np.testing.assert_array_equal(scene_trajectories["three_unlabelled"], demo)
+
+
+def test_the_correlated_scene_moves_jaw_and_chest_together(scene_trajectories):
+    for name, low, high in (("demo", -0.15, 0.15), ("correlated", 0.42, 0.58)):
+        r = np.corrcoef(scene_trajectories[name][:, 4:6].T)[0, 1]
+        assert low < r < high, (name, r)
+    others = np.corrcoef(scene_trajectories["correlated"].T)[np.ix_([0, 1, 2, 3], [4, 5])]
+    assert np.abs(others).max() < 0.2  # the paws stay independent of both
+    from psvae_opt.data.synth import smooth_trajectories
+
+    sessions = [smooth_trajectories(3000, np.random.default_rng(seed), "correlated")[:, 4:6] for seed in range(10)]
+    assert np.mean([np.corrcoef(s.T)[0, 1] for s in sessions]) == pytest.approx(0.5, abs=0.04)
+
+
+def test_the_equal_effect_scene_gives_jaw_and_chest_the_same_image_effect(scene_trajectories):
+    from psvae_opt.data.synth import image_effect
+
+    def ratio(name: str) -> float:
+        poses = scene_trajectories[name][::3]  # 1,000 poses
+        return image_effect(poses, 4, scene=name) / image_effect(poses, 5, scene=name)
+
+    assert 0.85 < ratio("equal_effect") < 1.15  # mean |pixel change| per SD of each factor
+    assert ratio("demo") < 0.8  # by this measure the demo's chest moves more pixels (by a little each)
+
+
+def test_the_distractor_drifts_slowly_and_is_uncorrelated_with_every_factor(scene_trajectories):
+    from psvae_opt.data.synth import SCENES, image_effect
+
+    light = scene_trajectories["distractor"][:, 6]
+    assert light.min() == pytest.approx(0.7) and light.max() == pytest.approx(1.1)
+    r = np.corrcoef(scene_trajectories["distractor"].T)[6, :6]
+    assert np.abs(r).max() < 1e-9  # orthogonal to the labels and the behaviour over the session
+    lag1 = np.corrcoef(light[:-1], light[1:])[0, 1]
+    assert lag1 > 0.99  # a drift, not a flicker
+    assert image_effect(scene_trajectories["distractor"][:200], 6, scene="distractor") > 0.01
+    assert SCENES["distractor"].behaviour == ("jaw", "chest")
+    assert SCENES["three_unlabelled"].behaviour == ("paw_hind_y", "jaw", "chest")
+
+
+def test_a_scene_session_names_its_factors_and_labels(tmp_path: Path):
+    s = load_session(synth_session(tmp_path / "d.h5", size=32, trials=2, frames=20, seed=1, scene="distractor"))
+    assert s.factor_names == (*FACTOR_NAMES, "light") and s.factor_labeled == (True,) * 4 + (False,) * 3
+    assert s.attrs["scene"] == "distractor" and s.images.shape == (40, 1, 32, 32)
+    t = load_session(synth_session(tmp_path / "t.h5", size=32, trials=2, frames=20, seed=1, scene="three_unlabelled"))
+    assert t.label_names == ("paw_front_x", "paw_hind_x", "paw_front_y") and t.factor_labeled.count(False) == 3
+    np.testing.assert_allclose(t.labels_sc, t.factors[:, [0, 1, 2]] * 32 - 0.5, rtol=1e-5)
+
+
+def test_an_unknown_scene_is_refused_in_one_line_listing_the_scenes(tmp_path: Path, cli):
+    with pytest.raises(ConfigError, match="--scene moon: no such scene; choose one of demo, three_unlabelled"):
+        synth_session(tmp_path / "x.h5", scene="moon")
+    line = one_line_error(cli("data", "synth", tmp_path / "x.h5", "--scene", "moon"))
+    assert line.endswith("choose one of demo, three_unlabelled, correlated, equal_effect, distractor")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_the_three_unlabelled_scene_draws_a_hind_paw_large_enough_to_be_learned(scene_trajectories):
+    # at the demo's size its height changed the image by half as much as the jaw, and the models left it out
+    from psvae_opt.data.synth import image_effect
+
+    def ratio(name: str) -> float:
+        poses = scene_trajectories[name][::6]
+        return image_effect(poses, 3, scene=name) / image_effect(poses, 4, scene=name)
+
+    assert ratio("demo") < 0.6 and 0.8 < ratio("three_unlabelled") < 1.1

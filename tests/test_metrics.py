@@ -102,3 +102,23 @@ def test_correlations_use_each_label_on_its_valid_rows_only():
     np.testing.assert_allclose(metrics.correlations(t, labels, mask), [[1.0, -1.0]])
     mask[1:, 0] = 0  # one valid row: no correlation can be measured
     np.testing.assert_allclose(metrics.correlations(t, labels, mask)[0, 0], 0.0)
+
+
+def test_sap_is_one_for_identical_latents_and_about_zero_for_independent_or_mixed_ones():
+    sap = metrics.separated_attribute_predictability
+    rng = np.random.default_rng(0)
+    factors = rng.standard_normal((20_000, 2))
+    assert sap(factors, factors) == pytest.approx(1.0, abs=1e-3)  # the second latent's R^2 is ~1e-5
+    assert sap(factors[:, ::-1] * [3.0, -0.5] + 2.0, factors) == pytest.approx(1.0, abs=1e-3)  # any order, scale, sign
+    assert sap(rng.standard_normal((20_000, 3)), factors) < 0.002  # independent: R^2 about 1/N each
+    rotated = factors @ np.array([[1.0, 1.0], [1.0, -1.0]]) / np.sqrt(2)  # each latent mixes both equally
+    assert sap(rotated, factors) < 0.02  # not exactly 0: the two sample variances differ a little
+    # latent 1 = 0.6 f0 + 0.8 g (g independent): factor 0's gap is 1 - 0.36; factor 1 is predicted by no latent
+    g = rng.standard_normal(20_000)
+    partial = np.stack([factors[:, 0], 0.6 * factors[:, 0] + 0.8 * g], 1)
+    assert sap(partial, factors) == pytest.approx((0.64 + 0.0) / 2, abs=0.01)
+    assert sap(factors[:, :1], factors[:, :1]) == pytest.approx(1.0)  # one latent: its R^2
+    # a collapsed latent predicts nothing; a constant factor is left out
+    assert sap(np.stack([factors[:, 0], np.ones(20_000)], 1), factors[:, :1]) == pytest.approx(1.0)
+    assert sap(factors, np.stack([factors[:, 0], np.zeros(20_000)], 1)) == pytest.approx(1.0, abs=1e-3)
+    assert np.isnan(sap(factors, np.zeros((20_000, 1))))

@@ -98,6 +98,11 @@ def _add_data_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=100, help="frames per trial")
     p.add_argument("--views", type=int, default=1, help="1 (side) or 2 (side + bottom, as channels)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--scene",
+        default="demo",
+        help="demo, three_unlabelled, correlated, equal_effect or distractor (README, 'Data'; default demo)",
+    )
     p.add_argument("--if-missing", action="store_true", help="do nothing when OUT already exists")
 
 
@@ -108,9 +113,18 @@ def _run_data_synth(args: argparse.Namespace) -> int:
         print(f"{args.out} exists; kept")
         return 0
     path = synth_session(
-        args.out, size=args.size, trials=args.trials, frames=args.frames, views=args.views, seed=args.seed
+        args.out,
+        size=args.size,
+        trials=args.trials,
+        frames=args.frames,
+        views=args.views,
+        seed=args.seed,
+        scene=args.scene,
     )
-    print(f"wrote {path}: {args.trials} trials x {args.frames} frames, {args.views}x{args.size}x{args.size}")
+    print(
+        f"wrote {path}: scene {args.scene}, {args.trials} trials x {args.frames} frames, "
+        f"{args.views}x{args.size}x{args.size}"
+    )
     return 0
 
 

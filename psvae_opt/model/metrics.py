@@ -133,3 +133,26 @@ def correlations(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -
         denom = np.sqrt((x**2).sum(0) * (y**2).sum())
         out[:, f] = np.where(denom > 0, (x * y[:, None]).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
     return out
+
+
+def separated_attribute_predictability(latents: np.ndarray, factors: np.ndarray) -> float:
+    """SAP (Kumar et al. 2018) for continuous factors: per factor, the gap between the two
+    latents that predict it best by a linear fit of one latent (R^2, the squared Pearson r),
+    averaged over the factors that vary.
+
+    Args:
+        latents: (N, D) latent means.
+        factors: (N, F) ground-truth factors.
+
+    Returns:
+        in [0, 1]: 1 when each factor is a linear function of one latent that no other latent
+        predicts, about 0 for latents independent of the factors or each mixing several (a
+        45-degree rotation of two factors gives 0). With one latent the gap is its R^2. NaN
+        when no factor varies.
+    """
+    varies = factors.std(0) > 0
+    if not varies.any():
+        return float("nan")
+    r2 = np.sort(correlations(latents, factors[:, varies]) ** 2, axis=0)[::-1]  # (D, F), best latent first
+    gaps = r2[0] - (r2[1] if len(r2) > 1 else 0.0)
+    return float(gaps.mean())
