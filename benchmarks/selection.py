@@ -47,7 +47,7 @@ from psvae_opt.model import metrics
 from psvae_opt.search import criteria
 from psvae_opt.search.storage import open_database
 from psvae_opt.service import stages
-from psvae_opt.training.checkpoints import load_checkpoint
+from psvae_opt.training.trained import load_checkpoint
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents, unsupervised_latents
 
 REPO = Path(__file__).resolve().parents[1]
