@@ -5,6 +5,7 @@ the packages that own them."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -209,3 +210,18 @@ MAX_LINES = 400  # a module longer than this holds more than one concern (docs/d
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_over_400_lines(path: Path):
     assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it by concern"
+
+
+HEAVY = ("torch", "optuna", "plotly", "sqlalchemy", "numpy", "h5py", "av")
+
+
+def test_the_command_line_starts_without_heavy_libraries():
+    """`psvae-opt --help` imports the CLI and builds every parser: none of the heavy libraries
+    loads until a command runs (benchmarks/cli_startup.py times it)."""
+    code = (
+        "import sys, psvae_opt.cli\n"
+        "psvae_opt.cli.build_parser()\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from psvae_opt.commands import (
     Command,
@@ -23,8 +21,13 @@ from psvae_opt.commands import (
 )
 from psvae_opt.config import CRITERIA, SAMPLER_NAMES
 from psvae_opt.errors import ConfigError
-from psvae_opt.search import recommendation, space, trial_queue
-from psvae_opt.service import readonly, stages, worker
+from psvae_opt.search import space
+from psvae_opt.service.launcher import LAUNCHERS
+
+if TYPE_CHECKING:  # what runs a command is imported when it runs: the command line starts at once
+    import optuna
+
+    from psvae_opt.service import stages
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def _add_stage(stage: int):
         p.add_argument(
             "--workers-per-gpu", type=int, default=1, metavar="K", help="workers sharing each GPU (default 1)"
         )
-        p.add_argument("--launcher", choices=stages.LAUNCHERS, default="local", help="local (default) or slurm")
+        p.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local (default) or slurm")
         p.add_argument(
             "--wait", action="store_true", help="with --workers 0: wait until other workers finish the stage"
         )
@@ -85,6 +88,8 @@ def _add_stage(stage: int):
 
 def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
     """The stage's request: its options, and the environment (read here, at the edge)."""
+    from psvae_opt.service import stages
+
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
     if args.gpus is not None and not (gpus == ("all",) or (gpus and all(g.isdigit() for g in gpus))):
         raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1, or all")
@@ -118,6 +123,8 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
 
 def _run_stage(stage: int):
     def run(args: argparse.Namespace) -> int:
+        from psvae_opt.service import stages
+
         cfg = load_config_from(args)
         outcome = stages.run(_request(stage, args), cfg)
         if outcome.study is None:  # --dry-run
@@ -169,6 +176,8 @@ def _interval(row: dict, key: str) -> str:
 
 
 def _print_stage2(outcome: stages.StageOutcome) -> None:
+    from psvae_opt.search import recommendation
+
     rec = outcome.recommendation
     p_best = dict(zip(rec["betas"], rec["p_best"]))
     print(f"\n{'beta':>6} {'seeds':>6} {'collapsed':>9} {'zu_corr(train) [95% t]':>26} {'pixel_mse':>10} "
@@ -224,6 +233,8 @@ def _print_unfinished(trials: list) -> None:
 def _print_gave_up(trials: list) -> None:
     if not trials:
         return
+    from psvae_opt.search import trial_queue
+
     print(f"\nERROR: {len(trials)} grid point(s) gave up after spending their crash budget:")
     for t in trials:
         print(f"  trial {t.number} {t.params or trial_queue.fixed_point(t)}: {t.user_attrs.get('error')}")
@@ -244,6 +255,8 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from psvae_opt.service import worker
+
     cfg = load_config_from(args)
     req = worker.WorkerRequest(
         stages=tuple(args.stage),
@@ -271,6 +284,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from psvae_opt.service import readonly
+
     cfg = load_config_from(args)
     for path in readonly.export(cfg, open_database_from(args, read_only=True), args.stage, args.out):
         print(path)
@@ -283,6 +298,9 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    from psvae_opt.search import recommendation
+    from psvae_opt.service import readonly
+
     cfg = load_config_from(args)
     db = open_database_from(args, read_only=True)
     print(f"storage {db.shown}")

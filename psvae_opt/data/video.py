@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from psvae_opt.errors import DataError
+
+if TYPE_CHECKING:  # PyAV and torch: imported where frames are decoded or resized
+    import av
 
 CHUNK = 64  # frames resized at once: bounds memory for long videos, keeps torch efficient
 
@@ -56,6 +56,9 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """
     if frames.shape[1:] == (size, size):
         return frames.copy()
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).unsqueeze(1)  # (N, 1, H, W), a copy
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return y.squeeze(1).round_().clamp_(0, 255).to(torch.uint8).numpy()
@@ -78,6 +81,8 @@ def unscale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, s
 
 
 def _open(path: Path) -> av.container.InputContainer:
+    import av
+
     if not path.is_file():
         raise DataError(f"{path}: video not found; check --video")
     try:
@@ -98,6 +103,9 @@ def read_video(path: str | Path, size: int) -> Clip:
     Frames are converted by FFmpeg ("gray": the luma plane, expanded from TV range), then
     resized in chunks of ``CHUNK`` so that a long video never sits in memory at full size.
     """
+    import av
+    from tqdm import tqdm
+
     path = Path(path)
     container = _open(path)
     stream = container.streams.video[0]

@@ -22,7 +22,6 @@ from psvae_opt.errors import DataError
 from psvae_opt.search import criteria, rules, trial_queue
 from psvae_opt.search.rules import GROUPS, GUIDE, Pick, TrialRow, group_summary
 from psvae_opt.search.study import UNFINISHED, enqueue_points
-from psvae_opt.training.run_folder import load_latents, unsupervised_latents
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,8 @@ def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, fl
     latents cannot be read is left out (it counts as a failure), with a warning."""
     if criterion == GUIDE:
         return rules.guide_scores(trials)
+    from psvae_opt.training.run_folder import load_latents, unsupervised_latents
+
     views, numbers = [], []
     for t in trials:
         try:

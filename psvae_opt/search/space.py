@@ -9,21 +9,41 @@ parallel and a crash costs one model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from psvae_opt.config import Config, replace
+
+if TYPE_CHECKING:  # optuna is imported where a sampler is made: the command line starts without it
+    import optuna
 
 STAGES = (1, 2)
 OBJECTIVES = {1: ("pixel_mse", "label_mse"), 2: ("zu_corr", "pixel_mse")}
 DIRECTIONS = {1: ("minimize", "minimize"), 2: ("minimize", "minimize")}
 
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+
+def _grid_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import RandomSampler
+
     # every parameter of a grid trial is fixed when it is enqueued; the sampler never draws
-    "grid": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+    return RandomSampler(seed=seed)
+
+
+def _tpe_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import TPESampler
+
+    return TPESampler(seed=seed, multivariate=True)
+
+
+def _nsga2_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    from optuna.samplers import NSGAIISampler
+
+    return NSGAIISampler(seed=seed, population_size=8)
+
+
+SAMPLERS: dict[str, Callable[[int | None], optuna.samplers.BaseSampler]] = {
+    "grid": _grid_sampler,
+    "tpe": _tpe_sampler,
+    "nsga2": _nsga2_sampler,
 }
 
 

@@ -1,6 +1,7 @@
 """The search as a running service: stages, launchers, worker processes and their trial loop.
 
-Owns: ``stages`` (a stage from request to recommendation: ``run``), ``readonly`` (what
+Owns: ``stages`` (a stage from request to recommendation: ``run``), ``launcher`` (the launchers'
+names), ``readonly`` (what
 ``status`` and ``export`` read of a stage, changing nothing), ``launchers`` (starting and
 following workers locally), ``slurm`` (the sbatch script and SLURM commands), ``worker`` (a
 worker process from request to exit: ``run``), ``trial_loop`` (popping queued trials and

@@ -14,9 +14,7 @@ from optuna.trial import FrozenTrial
 
 from psvae_opt.config import Config
 from psvae_opt.errors import StorageError
-from psvae_opt.reports.export import export_stage
 from psvae_opt.search import space, trial_queue
-from psvae_opt.search.recommendation import recommend_stage1, recommend_stage2
 from psvae_opt.search.storage import DEFAULT_HEARTBEAT, GRACE_BEATS, StudyDatabase
 from psvae_opt.search.study import NoStudy, counts, given_up, incomplete, load_stage
 
@@ -68,6 +66,9 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
     Export only reads the database: the recommendation is computed, not stored, and it is left
     out (None) while the stage is incomplete (trials waiting or running, points that gave up).
     """
+    from psvae_opt.reports.export import export_stage  # plotly: only where files are written
+    from psvae_opt.search.recommendation import recommend_stage1, recommend_stage2
+
     study = load_stage(db, cfg, stage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     unfinished, gave_up = incomplete(study)

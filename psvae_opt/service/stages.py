@@ -61,7 +61,6 @@ from psvae_opt.training import devices, gpus
 from psvae_opt.training.run_folder import check_runs_dir
 
 log = logging.getLogger(__name__)
-LAUNCHERS = ("local", "slurm")
 NEEDS_ALPHA = "stage 2 needs alpha: give --alpha A, or run `psvae-opt stage1` first so its recommendation is used"
 
 
