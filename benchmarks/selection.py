@@ -39,7 +39,7 @@ from psvae_opt.data.synth import FACTOR_NAMES, FRAME_RATE, LABEL_NAMES, render_f
 from psvae_opt.model import metrics
 from psvae_opt.search import criteria
 from psvae_opt.search.storage import open_database
-from psvae_opt.service import stages
+from psvae_opt.service import stage_run as stages
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents, unsupervised_latents
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torch
 
 from psvae_opt.config import Config
 from psvae_opt.errors import ConfigError
-from psvae_opt.service import stages
+from psvae_opt.service import stage_run as stages
 from psvae_opt.service.worker import WorkerRequest, worker_device
 from psvae_opt.training import devices, gpus
 

@@ -1,6 +1,6 @@
 """`psvae-opt stage1|stage2|worker|export|status`: the two-stage search service.
 
-Arguments in, text out; what runs is :mod:`psvae_opt.service.stages`.
+Arguments in, text out; what runs is :mod:`psvae_opt.service.stage_run`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from psvae_opt.service.launcher import LAUNCHERS
 if TYPE_CHECKING:  # what runs a command is imported when it runs: the command line starts at once
     import optuna
 
-    from psvae_opt.service import stages
+    from psvae_opt.service import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,15 @@ def _add_stage(stage: int):
     return add
 
 
-def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
+def _request(stage: int, args: argparse.Namespace) -> stage_run.StageRequest:
     """The stage's request: its options, and the environment (read here, at the edge)."""
-    from psvae_opt.service import stages
+    from psvae_opt.service import stage_run
 
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
     if args.gpus is not None and not (gpus == ("all",) or (gpus and all(g.isdigit() for g in gpus))):
         raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1, or all")
     environment.heartbeat_interval()  # its workers would each die of a bad value: refused here
-    return stages.StageRequest(
+    return stage_run.StageRequest(
         stage=stage,
         config_path=args.config,
         overrides=tuple(args.overrides),
@@ -123,10 +123,10 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
 
 def _run_stage(stage: int):
     def run(args: argparse.Namespace) -> int:
-        from psvae_opt.service import stages
+        from psvae_opt.service import stage_run
 
         cfg = load_config_from(args)
-        outcome = stages.run(_request(stage, args), cfg)
+        outcome = stage_run.run(_request(stage, args), cfg)
         if outcome.study is None:  # --dry-run
             print(f"# {outcome.script_path} (not written; nothing submitted)\n{outcome.script}", end="")
             return 0
@@ -175,7 +175,7 @@ def _interval(row: dict, key: str) -> str:
     return f"{mean:>8.3f} [{low:>6.3f}, {high:>6.3f}]".rjust(26)
 
 
-def _print_stage2(outcome: stages.StageOutcome) -> None:
+def _print_stage2(outcome: stage_run.StageOutcome) -> None:
     from psvae_opt.search import recommendation
 
     rec = outcome.recommendation
@@ -196,7 +196,7 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
         print(line)
 
 
-def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
+def _print_outcome(stage: int, outcome: stage_run.StageOutcome) -> int:
     study, rec = outcome.study, outcome.recommendation
     _print_front(study, outcome.front, stage)
     if outcome.unfinished or outcome.gave_up:
