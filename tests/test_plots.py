@@ -15,10 +15,10 @@ from optuna.trial import TrialState, create_trial
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.model import metrics
 from psvae_opt.reports import run_charts, study_charts
-from psvae_opt.search.recommendation import seed_summary
+from psvae_opt.search.stages import STAGES, seed_summary
 from psvae_opt.training.run_folder import CSV_COLUMNS
 
-STAGE2_ATTRS = study_charts.SUMMARY_PANELS[2]
+STAGE2_ATTRS = STAGES[2].summary_panels
 
 
 def stage2_study(values: dict[tuple[float, int], dict[str, float]]) -> optuna.Study:

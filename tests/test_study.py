@@ -16,10 +16,10 @@ from psvae_opt.search.recommendation import (
     plan_more_seeds,
     recommend_stage1,
     recommend_stage2,
-    seed_summary,
     withdraw_recommendation,
 )
 from psvae_opt.search.rules import knee_index
+from psvae_opt.search.stages import seed_summary
 from psvae_opt.search.storage import open_database
 from psvae_opt.search.study import counts, create_stage, enqueue_points, given_up, incomplete
 

@@ -37,7 +37,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port}: give a port between 1 and 65535")
     db = open_database_from(args)
     studies = []
-    for stage in space.STAGES:
+    for stage in space.STAGE_NUMBERS:
         try:
             studies.append(load_stage(db, cfg, stage))
         except NoStudy:

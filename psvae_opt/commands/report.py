@@ -37,7 +37,7 @@ def _int_list(text: str) -> list[int]:
 def _add_summary(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
+    p.add_argument("--stage", type=int, choices=space.STAGE_NUMBERS, required=True)
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/STUDY)")
 
 

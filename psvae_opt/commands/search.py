@@ -55,35 +55,40 @@ def _add_stage(stage: int):
         p.add_argument(
             "--workers-per-gpu", type=int, default=1, metavar="K", help="workers sharing each GPU (default 1)"
         )
-        p.add_argument("--launcher", choices=LAUNCHERS, default="local", help="local (default) or slurm")
+        p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local", help="local (default) or slurm")
         p.add_argument(
             "--wait", action="store_true", help="with --workers 0: wait until other workers finish the stage"
         )
         p.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
         p.add_argument("--dry-run", action="store_true", help="slurm: print the batch script, submit nothing")
-        if stage == 1:
-            p.add_argument("--sampler", choices=SAMPLER_NAMES, help="grid (default, from the study file), tpe or nsga2")
-            p.add_argument(
-                "--n-trials", type=int, metavar="K", help="trial budget of tpe/nsga2 (default stage1.n_trials)"
-            )
-            p.add_argument("--seeds", type=int, metavar="S", help="model seeds per alpha (default stage1.seeds)")
-        else:
-            p.add_argument(
-                "--seeds", type=_seeds, metavar="S|auto", help="model seeds per beta, or auto (default stage2.seeds)"
-            )
-            p.add_argument(
-                "--initial-seeds", type=int, metavar="S", help="--seeds auto: seeds to start with (default 3)"
-            )
-            p.add_argument("--max-seeds", type=int, metavar="S", help="--seeds auto: most seeds per beta (default 10)")
-            p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
-            p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
-            p.add_argument(
-                "--criterion", choices=CRITERIA, metavar="NAME",
-                help="what chooses beta and the model (default stage2.criterion, udr: >= 3 seeds per beta; "
-                "zu_corr is the guide's rule)",
-            )  # fmt: skip
+        STAGE_OPTIONS[stage](p)
 
     return add
+
+
+def _add_alpha_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="grid (default, from the study file), tpe or nsga2")
+    p.add_argument("--n-trials", type=int, metavar="K", help="trial budget of tpe/nsga2 (default stage1.n_trials)")
+    p.add_argument("--seeds", type=int, metavar="S", help="model seeds per alpha (default stage1.seeds)")
+
+
+def _add_beta_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seeds", type=_seeds, metavar="S|auto", help="model seeds per beta, or auto (default stage2.seeds)"
+    )
+    p.add_argument("--initial-seeds", type=int, metavar="S", help="--seeds auto: seeds to start with (default 3)")
+    p.add_argument("--max-seeds", type=int, metavar="S", help="--seeds auto: most seeds per beta (default 10)")
+    p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
+    p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
+    p.add_argument(
+        "--criterion", choices=CRITERIA, metavar="NAME",
+        help="what chooses beta and the model (default stage2.criterion, udr: >= 3 seeds per beta; "
+        "zu_corr is the guide's rule)",
+    )  # fmt: skip
+
+
+# each stage's own options (its record: psvae_opt.search.stages)
+STAGE_OPTIONS = {1: _add_alpha_options, 2: _add_beta_options}
 
 
 def _request(stage: int, args: argparse.Namespace) -> stage_run.StageRequest:
@@ -151,8 +156,9 @@ def _fmt(value: Any, width: int = 9, spec: str = ".4f") -> str:
 
 
 def _print_front(study: optuna.Study, front: list[optuna.trial.FrozenTrial], stage: int) -> None:
-    names = space.OBJECTIVES[stage]
-    params = ("alpha", "n_unsup", "seed") if stage == 1 else ("beta", "seed")
+    from psvae_opt.search.stages import STAGES
+
+    names, params = STAGES[stage].objectives, STAGES[stage].params
     print(f"\nPareto front of {study.study_name} ({names[0]} vs {names[1]}, both minimised):")
     head = "".join(f"{p:>9}" for p in params) + "".join(f"{n:>12}" for n in names)
     print(f"  trial{head}{'label_r2':>10}{'mig':>8}  collapsed")
@@ -173,6 +179,13 @@ def _interval(row: dict, key: str) -> str:
     if low is None or high is None or abs(low) == float("inf"):
         return f"{mean:>8.3f} [  -inf,    inf]".rjust(26)
     return f"{mean:>8.3f} [{low:>6.3f}, {high:>6.3f}]".rjust(26)
+
+
+def _print_stage1(outcome: stage_run.StageOutcome) -> None:
+    rec = outcome.recommendation
+    seeds = f", means of {rec['n_seeds']} seeds" if rec["n_seeds"] > 1 else ""
+    print(f"\nrecommended alpha = {rec['alpha']:g} (n_unsup = {rec['n_unsup']}{seeds}): "
+          f"trial {rec['trial']}, the knee of the front")  # fmt: skip
 
 
 def _print_stage2(outcome: stage_run.StageOutcome) -> None:
@@ -207,18 +220,30 @@ def _print_outcome(stage: int, outcome: stage_run.StageOutcome) -> int:
     if rec is None:
         print(f"\nno trial completed ({outcome.counts}); see the worker logs")
         return 1
-    if stage == 1:
-        seeds = f", means of {rec['n_seeds']} seeds" if rec["n_seeds"] > 1 else ""
-        print(f"\nrecommended alpha = {rec['alpha']:g} (n_unsup = {rec['n_unsup']}{seeds}): "
-              f"trial {rec['trial']}, the knee of the front")  # fmt: skip
-    else:
-        _print_stage2(outcome)
+    CHOICE_PRINTERS[stage](outcome)
     print(f"run folder {rec['run_dir']}")
     print(f"(rests on {rec['n_points']} grid point(s), {rec['n_trials']} complete trial(s))")
     fails = outcome.counts.get("FAIL", 0)
     if fails:
         print(f"note: {fails} failed attempts ({outcome.counts}); each keeps its error as a user attribute")
     return 1 if outcome.worker_failures and not outcome.counts.get("COMPLETE") else 0
+
+
+def _stage1_status(rec: dict[str, Any]) -> list[str]:
+    return [
+        f"recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} (trial {rec['trial']}, {rec['run_dir']})"
+    ]
+
+
+def _stage2_status(rec: dict[str, Any]) -> list[str]:
+    from psvae_opt.search import recommendation
+
+    return recommendation.describe_stage2(rec, run_dirs=True)
+
+
+# what the stage command prints of each stage's recommendation, and what status prints of it
+CHOICE_PRINTERS = {1: _print_stage1, 2: _print_stage2}
+STATUS_LINES = {1: _stage1_status, 2: _stage2_status}
 
 
 def _print_unfinished(trials: list) -> None:
@@ -244,7 +269,9 @@ def _print_gave_up(trials: list) -> None:
 def _add_worker(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, nargs="+", choices=space.STAGES, required=True, help="stage(s), in order")
+    p.add_argument(
+        "--stage", type=int, nargs="+", choices=space.STAGE_NUMBERS, required=True, help="stage(s), in order"
+    )
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait this long for a stage's study")
     p.add_argument("--progress", action="store_true", help="show a progress bar per trial")
     p.add_argument(
@@ -279,7 +306,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 def _add_export(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
+    p.add_argument("--stage", type=int, choices=space.STAGE_NUMBERS, required=True)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
 
 
@@ -298,7 +325,6 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from psvae_opt.search import recommendation
     from psvae_opt.service import readonly
 
     cfg = load_config_from(args)
@@ -316,14 +342,8 @@ def _run_status(args: argparse.Namespace) -> int:
                 f"  {st.gone} of {st.running} running trial(s) have no live worker (no heartbeat for over "
                 f"{st.grace:.0f} s): a worker re-queues them, or run the stage again"
             )
-        if rec and st.stage == 1:
-            print(
-                f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} "
-                f"(trial {rec['trial']}, {rec['run_dir']})"
-            )
-        elif rec:
-            for line in recommendation.describe_stage2(rec, run_dirs=True):
-                print(f"  {line}")
+        for line in STATUS_LINES[st.stage](rec) if rec else ():
+            print(f"  {line}")
         _print_gave_up(st.gave_up)
     return 0
 

@@ -32,7 +32,8 @@ from psvae_opt.data import Session, load_session
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.inference import bundle
 from psvae_opt.reports import traversals
-from psvae_opt.search.recommendation import describe_stage2, seed_summary
+from psvae_opt.search.recommendation import describe_stage2
+from psvae_opt.search.stages import seed_summary
 from psvae_opt.training.run_folder import read_summary
 
 HEALTH = ("zu_std", "zu_kl", "collapsed", "collapsed_dims")

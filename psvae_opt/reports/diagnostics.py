@@ -29,6 +29,7 @@ from psvae_opt.config import Config
 from psvae_opt.data import Session
 from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
 from psvae_opt.search.recommendation import describe_stage2
+from psvae_opt.search.stages import STAGES
 from psvae_opt.search.storage import error_line
 from psvae_opt.training.devices import resolve_device
 from psvae_opt.training.run_end import FitResult
@@ -149,7 +150,8 @@ class TrialUploader:
     ) -> None:
         self.storage, self.study, self.session, self.config = storage, study, session, config
         self.folder = dashboard.artifact_dir([study], config, mounted_artifacts, writing=True)
-        self.stage = study.user_attrs.get("stage")
+        stage = study.user_attrs.get("stage")
+        self.rated = stage in STAGES and STAGES[stage].rated  # its traversals get a rating twin
         self.refresh_seconds = refresh_seconds
         self.retry = retry
         self.curves_ids: dict[int, str] = {}  # trial number -> the artifact id of its curves.html
@@ -190,7 +192,7 @@ class TrialUploader:
                 lambda: dashboard.upload_files(trial, store, [p for p in paths if p.name != "curves.html"]), what
             )
             rating = None
-            if self.stage == 2:
+            if self.rated:
                 rating = self._stored(lambda: self._add_twin(trial, paths, store), what)
             note = trial_note(trial, self.config.study.collapse_std, rating)
             if note:

@@ -39,15 +39,6 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def seed_summary(study: optuna.Study, stage: int | None = None) -> list[dict[str, Any]]:
-    """The stage's :func:`group_summary` (stage 2: by beta over healthy seeds; stage 1: by alpha, n_unsup).
-
-    ``stage`` defaults to the study's ``stage`` attribute.
-    """
-    stage = int(stage or study.user_attrs.get("stage", 2))
-    return group_summary(_complete(study), GROUPS[stage], skip_collapsed=stage == 2)
-
-
 def withdraw_recommendation(study: optuna.Study) -> None:
     """Clear a stored recommendation (one of an earlier, smaller grid) while the stage is incomplete."""
     if study.user_attrs.get("recommendation") is not None:

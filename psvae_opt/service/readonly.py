@@ -43,7 +43,7 @@ def status(cfg: Config, db: StudyDatabase, heartbeat: int = DEFAULT_HEARTBEAT) -
     worker, of both stages; ``heartbeat``: the workers' seconds between heartbeats."""
     out = []
     grace = GRACE_BEATS * heartbeat
-    for stage in space.STAGES:
+    for stage in space.STAGE_NUMBERS:
         try:
             study = load_stage(db, cfg, stage)
         except NoStudy:
@@ -67,7 +67,7 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
     out (None) while the stage is incomplete (trials waiting or running, points that gave up).
     """
     from psvae_opt.reports.export import export_stage  # plotly: only where files are written
-    from psvae_opt.search.recommendation import recommend_stage1, recommend_stage2
+    from psvae_opt.search.stages import STAGES
 
     study = load_stage(db, cfg, stage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -76,7 +76,7 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
         raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
     rec = None
     if complete and not unfinished and not gave_up:  # (a stage whose only trials gave up still exports its failures)
-        rec = (recommend_stage1 if stage == 1 else recommend_stage2)(study, store=False)
+        rec = STAGES[stage].recommend(study, store=False)
     if unfinished:
         log.warning("study %s is incomplete (%s): exported without a recommendation", study.study_name, counts(study))
     return export_stage(db.storage, study, stage, out, recommendation=rec)

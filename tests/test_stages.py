@@ -1,0 +1,74 @@
+"""The stage registry (psvae_opt.search.stages) and the launcher registry (psvae_opt.service.launcher):
+the rest of the package consults them instead of testing a stage's number or a launcher's name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from psvae_opt.commands import search as search_commands
+from psvae_opt.config import Config
+from psvae_opt.search import rules, space
+from psvae_opt.search.stages import STAGES
+from psvae_opt.service import stage_run
+
+PACKAGE = Path(__file__).resolve().parents[1] / "psvae_opt"
+# the registries themselves, where a stage's number or a launcher's name may be spelled out
+REGISTRIES = {"search/stages.py", "service/launcher.py", "service/local_launcher.py", "service/slurm_launcher.py"}
+STAGE_TEST = re.compile(r"\bstage\s*[!=]=\s*[12]\b|\b[12]\s*[!=]=\s*\w*stage\b")
+LAUNCHER_TEST = re.compile(r"\blauncher\s*[!=]=\s*[\"']")
+
+
+def _code_lines() -> list[tuple[str, int, str]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(PACKAGE))
+        if name in REGISTRIES:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            out.append((name, number, line))
+    return out
+
+
+def test_no_module_tests_a_stage_number_or_a_launcher_name():
+    found = [f"{name}:{number}: {line.strip()}" for name, number, line in _code_lines() if STAGE_TEST.search(line)]
+    found += [f"{name}:{number}: {line.strip()}" for name, number, line in _code_lines() if LAUNCHER_TEST.search(line)]
+    assert found == []
+
+
+def test_the_greps_catch_what_they_look_for():
+    assert STAGE_TEST.search("if stage == 1:") and STAGE_TEST.search("x if req.stage != 2 else y")
+    assert STAGE_TEST.search("skip_collapsed=stage == 2") and not STAGE_TEST.search("stages == 12")
+    assert LAUNCHER_TEST.search('if req.launcher == "slurm":') and not LAUNCHER_TEST.search("launcher = 'local'")
+
+
+def test_every_stage_has_a_record_and_an_entry_in_every_per_stage_table():
+    assert tuple(STAGES) == space.STAGE_NUMBERS
+    for table in (
+        search_commands.STAGE_OPTIONS,
+        search_commands.CHOICE_PRINTERS,
+        search_commands.STATUS_LINES,
+        stage_run.STARTS,
+        space.OBJECTIVES,
+        space.DIRECTIONS,
+        rules.GROUPS,
+    ):
+        assert sorted(table) == sorted(STAGES)
+    for number, stage in STAGES.items():
+        assert stage.number == number and stage.command == f"stage{number}"
+        assert stage.group_by == rules.GROUPS[number] and stage.group_by[0] == stage.weight
+
+
+@pytest.mark.parametrize("number", sorted(STAGES))
+def test_a_stage_grid_and_configuration_fill_its_parameters(number: int):
+    stage = STAGES[number]
+    cfg = Config()
+    grid = stage.grid(cfg, 2)
+    assert grid and all(set(point) == set(stage.params) for point in grid)
+    assert min(point["seed"] for point in grid) == stage.first_seed(cfg)
+    fixed = {"alpha": 7.0, "n_unsup": 3}
+    trial_cfg = stage.configure(cfg, grid[-1], fixed)
+    assert trial_cfg.train.model_seed == grid[-1]["seed"]
+    assert getattr(trial_cfg.loss, stage.weight) == grid[-1][stage.weight]
