@@ -131,7 +131,7 @@ def test_a_worker_waits_no_longer_than_asked_for_a_missing_study(db):
 
 
 def test_a_queued_stage_and_its_status_without_training(tiny_h5: Path, tmp_path: Path, cli, monkeypatch):
-    """`stage1 --workers 0` goes through stages.run (queue only); `status` through readonly.status.
+    """`stage1 --workers 0` goes through stage_run.run (queue only); `status` through stage_status.status.
     The storage URL comes from the environment, as the command edge reads it."""
     from tests.test_search import study_file
 

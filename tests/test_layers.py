@@ -197,9 +197,10 @@ def test_metrics_and_intervals_are_pure():
 
 
 def test_the_launcher_side_imports_nothing_of_the_worker_side():
-    """stage_run, readonly, the launchers and slurm start and follow workers; what a worker does inside is its own."""
+    """stage_run, stage_status, the launchers and slurm start and follow workers; what a worker does
+    inside is its own."""
     worker_side = {("service", "worker"), ("service", "trial_loop")}
-    launcher_side = ("stage_run", "readonly", "request", "launcher", "follow", "local_launcher", "slurm_launcher")
+    launcher_side = ("stage_run", "stage_status", "request", "launcher", "follow", "local_launcher", "slurm_launcher")
     for module in (*launcher_side, "slurm"):
         targets = {_target(n) for n in imported_modules(PACKAGE / "service" / f"{module}.py")}
         assert not targets & worker_side, f"service/{module}.py imports {sorted(t[1] for t in targets & worker_side)}"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from psvae_opt.commands import search as search_commands
-from psvae_opt.config import Config
+from psvae_opt.commands import service as service_commands
+from psvae_opt.config import SAMPLER_NAMES, Config
 from psvae_opt.search import rules, space
 from psvae_opt.search.stages import STAGES
 from psvae_opt.service import stage_run
@@ -47,9 +47,9 @@ def test_the_greps_catch_what_they_look_for():
 def test_every_stage_has_a_record_and_an_entry_in_every_per_stage_table():
     assert tuple(STAGES) == space.STAGE_NUMBERS
     for table in (
-        search_commands.STAGE_OPTIONS,
-        search_commands.CHOICE_PRINTERS,
-        search_commands.STATUS_LINES,
+        service_commands.STAGE_OPTIONS,
+        service_commands.CHOICE_PRINTERS,
+        service_commands.STATUS_LINES,
         stage_run.STARTS,
         space.OBJECTIVES,
         space.DIRECTIONS,
@@ -72,3 +72,9 @@ def test_a_stage_grid_and_configuration_fill_its_parameters(number: int):
     trial_cfg = stage.configure(cfg, grid[-1], fixed)
     assert trial_cfg.train.model_seed == grid[-1]["seed"]
     assert getattr(trial_cfg.loss, stage.weight) == grid[-1][stage.weight]
+
+
+def test_each_choice_list_is_kept_once():
+    """The config layer lists the samplers for its checks (it may not import search): they are the
+    samplers search.space makes."""
+    assert SAMPLER_NAMES == tuple(space.SAMPLERS)

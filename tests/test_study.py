@@ -182,7 +182,7 @@ def test_every_trial_collapsed_still_chooses_with_a_warning_per_beta():
 
 
 def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(capsys):
-    from psvae_opt.commands.search import _print_stage2
+    from psvae_opt.commands.service import _print_stage2
     from psvae_opt.service.stage_run import StageOutcome
 
     study = stage2_study(

@@ -126,7 +126,7 @@ def _write_report(kind: str, args: argparse.Namespace, study: optuna.Study, out:
     from psvae_opt.inference.card import chosen_trial
     from psvae_opt.reports import run_charts, traversals
     from psvae_opt.reports.diagnostics import write_curves, write_labels, write_summary
-    from psvae_opt.reports.export import prepare_folder
+    from psvae_opt.reports.stage_files import prepare_folder
     from psvae_opt.training.devices import resolve_device
     from psvae_opt.training.run_folder import SPLIT_CODES
 

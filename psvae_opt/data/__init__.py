@@ -3,7 +3,8 @@
 Owns: ``layout`` (the HDF5 layout and its checks), ``sessions`` (one or several files loaded
 as one session), ``splits`` (trial splits), ``synth`` (the demo dataset with ground truth),
 ``writer`` (writing the layout), ``video`` (decoding and resizing frames), ``importer`` (video
-and pose files into the layout), ``poses``, ``keypoints``, ``views``, ``pandas_h5``, ``sleap``
+and pose files into the layout), ``pose_files`` (a pose file of any format read), ``poses`` (the
+:class:`Poses` every reader returns), ``views``, ``pandas_h5``, ``sleap``
 and ``nwb`` (the pose formats).
 May import: ``errors``, ``config``. h5py is imported only inside this package; the optional pose
 libraries (sleap-io, pynwb, ndx-pose, hdf5plugin) only inside the readers that need them.
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from psvae_opt.data.importer import ImportSummary, import_labeled, import_video
-    from psvae_opt.data.keypoints import Poses
-    from psvae_opt.data.poses import POSE_FORMATS, read_poses
+    from psvae_opt.data.pose_files import POSE_FORMATS, read_poses
+    from psvae_opt.data.poses import Poses
     from psvae_opt.data.sessions import Session, load_session, resolve_paths, session_bytes
     from psvae_opt.data.splits import SPLITS, frame_indices, split_frames, split_trials
     from psvae_opt.data.synth import synth_session
@@ -29,9 +30,9 @@ _HOMES = {
     "ImportSummary": "importer",
     "import_labeled": "importer",
     "import_video": "importer",
-    "Poses": "keypoints",
-    "POSE_FORMATS": "poses",
-    "read_poses": "poses",
+    "Poses": "poses",
+    "POSE_FORMATS": "pose_files",
+    "read_poses": "pose_files",
     "Session": "sessions",
     "load_session": "sessions",
     "resolve_paths": "sessions",

@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5, needs_extra
+from psvae_opt.data.poses import PoseOptions, Poses, is_hdf5, needs_extra
 from psvae_opt.errors import DataError
 
 PIXEL_UNITS = ("pixels", "pixel", "px")

@@ -5,7 +5,7 @@ A :class:`Stage` says what its trials search (grid, suggestion, the study file t
 with), what its study minimises, how its seeds are grouped, how it recommends, and what its
 files and printouts add. :data:`STAGES` holds them by number; a new stage is a new record here
 (with its grid and suggestion in :mod:`psvae_opt.search.space` and its rule in
-:mod:`psvae_opt.search.rules`), its command-line options in ``commands/service.py`` and its
+:mod:`psvae_opt.search.rules`), its command-line options and printouts in ``commands/service.py`` and its
 study start in ``service/stage_run.py``.
 
 :data:`psvae_opt.search.space.STAGE_NUMBERS` is the light list of the numbers (the command

@@ -1,4 +1,4 @@
-"""`psvae-opt stage1|stage2|worker|export|status`: the two-stage search service.
+"""`psvae-opt stage1|stage2|worker|export|status`: the commands of the two-stage search service.
 
 Arguments in, text out; what runs is :mod:`psvae_opt.service.stage_run`.
 """
@@ -311,10 +311,10 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from psvae_opt.service import readonly
+    from psvae_opt.service import stage_status
 
     cfg = load_config_from(args)
-    for path in readonly.export(cfg, open_database_from(args, read_only=True), args.stage, args.out):
+    for path in stage_status.export(cfg, open_database_from(args, read_only=True), args.stage, args.out):
         print(path)
     return 0
 
@@ -325,12 +325,12 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from psvae_opt.service import readonly
+    from psvae_opt.service import stage_status
 
     cfg = load_config_from(args)
     db = open_database_from(args, read_only=True)
     print(f"storage {db.shown}")
-    for st in readonly.status(cfg, db, environment.heartbeat_interval()):
+    for st in stage_status.status(cfg, db, environment.heartbeat_interval()):
         if st.study is None:
             print(f"stage {st.stage}: not started ({st.name})")
             continue

@@ -1,4 +1,5 @@
-"""Exports of a stage: the Pareto front (CSV, JSON, HTML plot), the per-group summary over
+"""The files of `psvae-opt export` (not `psvae-opt model export`, which writes a model bundle:
+:mod:`psvae_opt.inference.bundle`): the Pareto front (CSV, JSON, HTML plot), the per-group summary over
 seeds, the trials that gave up and, for stage 2, the human ratings.
 
 Files (docs/design.md, "Exports"): ``pareto.csv`` / ``pareto.json`` (the front, with every

@@ -66,7 +66,7 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
     Export only reads the database: the recommendation is computed, not stored, and it is left
     out (None) while the stage is incomplete (trials waiting or running, points that gave up).
     """
-    from psvae_opt.reports.export import export_stage  # plotly: only where files are written
+    from psvae_opt.reports.stage_files import export_stage  # plotly: only where files are written
     from psvae_opt.search.stages import STAGES
 
     study = load_stage(db, cfg, stage)
