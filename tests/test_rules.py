@@ -88,17 +88,17 @@ def test_a_criterion_that_sees_rotation_overrules_the_guide_and_both_are_shown(t
     study = _rotated_study(tmp_path)
     study.set_user_attr("criterion", criterion)
     rec = recommend_stage2(study)
-    assert (rec["criterion"], rec["beta"], rec["mig"]) == (criterion, 5.0, 0.9)
-    assert rec["guide"]["beta"] == 1.0 and rec["guide"]["mig"] == 0.1 and rec["differs"] is True
+    assert (rec.criterion, rec.beta, rec.mig) == (criterion, 5.0, 0.9)
+    assert rec.guide.beta == 1.0 and rec.guide.mig == 0.1 and rec.differs is True
     lines = describe_stage2(rec)
     assert lines[0].startswith(f"recommended beta = 5 by {criterion}: P(best) ")
     assert any(line.startswith("the guide's rule (zu_corr) chooses otherwise: beta 1, trial ") for line in lines)
     note = choice_note(study, rec)
     sid = study._study_id
-    assert f"(/dashboard/studies/{sid}/trials?numbers={rec['trial']})" in note
-    assert f"(/dashboard/studies/{sid}/trials?numbers={rec['guide']['trial']})" in note
+    assert f"(/dashboard/studies/{sid}/trials?numbers={rec.trial})" in note
+    assert f"(/dashboard/studies/{sid}/trials?numbers={rec.guide.trial})" in note
     guide_only = recommend_stage2(study, store=False, criterion="zu_corr")
-    assert guide_only["beta"] == 1.0 and guide_only["guide"] is None
+    assert guide_only.beta == 1.0 and guide_only.guide is None
 
 
 def test_a_trial_without_latents_counts_as_a_failure_under_a_latent_criterion(tmp_path: Path):
@@ -106,7 +106,7 @@ def test_a_trial_without_latents_counts_as_a_failure_under_a_latent_criterion(tm
     for folder in tmp_path.glob("b5s*"):
         (folder / "latents.npz").unlink()
     rec = recommend_stage2(study, store=False, criterion="hsic")
-    assert rec["beta"] == 1.0 and rec["n_collapsed"] == [0, 3]
+    assert rec.beta == 1.0 and rec.n_collapsed == (0, 3)
 
 
 def test_a_cross_seed_criterion_with_too_few_seeds_is_refused_before_anything_is_created(

@@ -422,8 +422,8 @@ def test_a_launcher_that_ends_during_an_outage_still_recommends(postgres, tiny_h
     assert "database unreachable while summarising the stage" in caplog.text
     numbers = sorted(t.number for t in load(url, "t-stage1").get_trials(states=(TrialState.COMPLETE,)))
     assert numbers == [0, 1]
-    assert outcome.recommendation["trial"] in numbers
-    assert load(url, "t-stage1").user_attrs["recommendation"]["trial"] == outcome.recommendation["trial"]
+    assert outcome.recommendation.trial in numbers
+    assert load(url, "t-stage1").user_attrs["recommendation"]["trial"] == outcome.recommendation.trial
     assert outcome.counts == {"COMPLETE": 2}
     assert 1 <= len(outcome.front) <= 2 and {t.number for t in outcome.front} <= set(numbers)
 

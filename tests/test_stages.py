@@ -78,3 +78,34 @@ def test_each_choice_list_is_kept_once():
     """The config layer lists the samplers for its checks (it may not import search): they are the
     samplers search.space makes."""
     assert SAMPLER_NAMES == tuple(space.SAMPLERS)
+
+
+def test_a_stored_recommendation_is_parsed_once_and_written_back_the_same():
+    from psvae_opt.search.records import VERSION, Stage1Recommendation, Stage2Recommendation, parse_recommendation
+
+    one = {"alpha": 100.0, "n_unsup": 2, "n_seeds": 3, "trial": 4, "run_dir": "r", "pixel_mse": 0.1,
+           "label_mse": 0.2, "n_points": 4, "n_trials": 12, "version": VERSION}  # fmt: skip
+    pick = {"criterion": "udr", "beta": 5.0, "trial": 7, "seed": 1, "run_dir": "s", "score": 0.5, "zu_corr": 0.1,
+            "mig": None, "collapsed": False, "betas": [1.0, 5.0], "p_best": [0.2, 0.8], "means": [0.1, 0.3],
+            "n_collapsed": [0, 1], "n_seeds": 3, "resolved": False}  # fmt: skip
+    two = {**pick, "guide": {**pick, "criterion": "zu_corr", "beta": 1.0, "trial": 2}, "differs": True,
+           "warnings": ["w"], "n_points": 2, "n_trials": 6, "n_healthy": 2, "zu_corr_mean": 0.1,
+           "zu_corr_low": 0.0, "zu_corr_high": 0.2, "version": VERSION}  # fmt: skip
+    first, second = parse_recommendation(one), parse_recommendation(two)
+    assert isinstance(first, Stage1Recommendation) and first.stored() == one
+    assert isinstance(second, Stage2Recommendation) and second.stored() == two
+    assert (second.guide.beta, second.p_best_of(5.0), second.warnings) == (1.0, 0.8, ("w",))
+    # stored by an earlier psvae-opt: no version (1), no P(best), no criterion (the guide's)
+    old = parse_recommendation({"beta": 5.0, "trial": 7, "seed": 1})
+    assert (old.version, old.p_best, old.criterion, old.betas) == (1, None, "zu_corr", ())
+    assert parse_recommendation(None) is None and parse_recommendation({}) is None
+
+
+def test_no_module_reads_a_stored_recommendation_by_key_outside_its_parser():
+    pattern = re.compile(r"\b(rec|pick|guide)(\[|\.get\()")
+    found = [
+        f"{name}:{number}: {line.strip()}"
+        for name, number, line in _code_lines()
+        if pattern.search(line) and name not in ("search/records.py", "search/rules.py")
+    ]
+    assert found == []

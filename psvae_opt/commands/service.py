@@ -27,6 +27,7 @@ from psvae_opt.service.launcher import LAUNCHERS
 if TYPE_CHECKING:  # what runs a command is imported when it runs: the command line starts at once
     import optuna
 
+    from psvae_opt.search.records import Stage1Recommendation, Stage2Recommendation
     from psvae_opt.service import stage_run
 
 log = logging.getLogger(__name__)
@@ -183,16 +184,16 @@ def _interval(row: dict, key: str) -> str:
 
 def _print_stage1(outcome: stage_run.StageOutcome) -> None:
     rec = outcome.recommendation
-    seeds = f", means of {rec['n_seeds']} seeds" if rec["n_seeds"] > 1 else ""
-    print(f"\nrecommended alpha = {rec['alpha']:g} (n_unsup = {rec['n_unsup']}{seeds}): "
-          f"trial {rec['trial']}, the knee of the front")  # fmt: skip
+    seeds = f", means of {rec.n_seeds} seeds" if rec.n_seeds > 1 else ""
+    print(f"\nrecommended alpha = {rec.alpha:g} (n_unsup = {rec.n_unsup}{seeds}): "
+          f"trial {rec.trial}, the knee of the front")  # fmt: skip
 
 
 def _print_stage2(outcome: stage_run.StageOutcome) -> None:
     from psvae_opt.search import recommendation
 
     rec = outcome.recommendation
-    p_best = dict(zip(rec["betas"], rec["p_best"]))
+    p_best = dict(zip(rec.betas, rec.p_best or ()))
     print(f"\n{'beta':>6} {'seeds':>6} {'collapsed':>9} {'zu_corr(train) [95% t]':>26} {'pixel_mse':>10} "
           f"{'label_mse':>10} {'leak':>6} {'mig':>6} {'P(best)':>8}")  # fmt: skip
     for row in outcome.summary:
@@ -202,8 +203,8 @@ def _print_stage2(outcome: stage_run.StageOutcome) -> None:
             f"{_fmt(row['max_label_leak_mean'], 6, '.2f')} {_fmt(row['mig_mean'], 6, '.2f')} "
             f"{_fmt(p_best.get(row['beta']), 8, '.3f')}"
         )
-    if rec["warnings"]:
-        print("\n" + "\n".join(f"warning: {warning}" for warning in rec["warnings"]))
+    if rec.warnings:
+        print("\n" + "\n".join(f"warning: {warning}" for warning in rec.warnings))
     print()
     for line in recommendation.describe_stage2(rec):
         print(line)
@@ -221,21 +222,19 @@ def _print_outcome(stage: int, outcome: stage_run.StageOutcome) -> int:
         print(f"\nno trial completed ({outcome.counts}); see the worker logs")
         return 1
     CHOICE_PRINTERS[stage](outcome)
-    print(f"run folder {rec['run_dir']}")
-    print(f"(rests on {rec['n_points']} grid point(s), {rec['n_trials']} complete trial(s))")
+    print(f"run folder {rec.run_dir}")
+    print(f"(rests on {rec.n_points} grid point(s), {rec.n_trials} complete trial(s))")
     fails = outcome.counts.get("FAIL", 0)
     if fails:
         print(f"note: {fails} failed attempts ({outcome.counts}); each keeps its error as a user attribute")
     return 1 if outcome.worker_failures and not outcome.counts.get("COMPLETE") else 0
 
 
-def _stage1_status(rec: dict[str, Any]) -> list[str]:
-    return [
-        f"recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} (trial {rec['trial']}, {rec['run_dir']})"
-    ]
+def _stage1_status(rec: Stage1Recommendation) -> list[str]:
+    return [f"recommended alpha = {rec.alpha:g}, n_unsup = {rec.n_unsup} (trial {rec.trial}, {rec.run_dir})"]
 
 
-def _stage2_status(rec: dict[str, Any]) -> list[str]:
+def _stage2_status(rec: Stage2Recommendation) -> list[str]:
     from psvae_opt.search import recommendation
 
     return recommendation.describe_stage2(rec, run_dirs=True)

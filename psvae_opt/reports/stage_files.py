@@ -107,7 +107,7 @@ def export_stage(
         "study": study.study_name,
         "stage": stage,
         "objectives": list(record.objectives),
-        "recommendation": recommendation,
+        "recommendation": None if recommendation is None else recommendation.stored(),
         "pareto_front": rows,
         "gave_up": failures,
     }

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
+from psvae_opt.search.records import stored_recommendation
 from psvae_opt.search.rules import FACTOR_PREFIX, group_summary, summary_metrics
 from psvae_opt.search.stages import STAGES
 
@@ -152,12 +153,12 @@ def pareto_data(study: optuna.Study, stage: int) -> ParetoData:
     """The data of :func:`pareto_figure`."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = {t.number for t in study.best_trials}
-    rec = study.user_attrs.get("recommendation")
+    rec = stored_recommendation(study.user_attrs)
     recommended = None
     if rec and STAGES[stage].marks_means:
-        recommended = np.array([rec["pixel_mse"], rec["label_mse"]], float)
+        recommended = np.array([rec.pixel_mse, rec.label_mse], float)
     elif rec:
-        recommended = next((np.array(t.values, float) for t in trials if t.number == rec["trial"]), None)
+        recommended = next((np.array(t.values, float) for t in trials if t.number == rec.trial), None)
     return ParetoData(
         names=STAGES[stage].objectives,
         numbers=tuple(t.number for t in trials),

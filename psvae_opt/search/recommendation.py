@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from psvae_opt.errors import DataError
 from psvae_opt.search import criteria, rules, trial_queue
+from psvae_opt.search.records import Stage1Recommendation, Stage2Recommendation, StoredPick
 from psvae_opt.search.rules import GROUPS, GUIDE, Pick, TrialRow, group_summary
 from psvae_opt.search.study import UNFINISHED, enqueue_points
 
@@ -45,16 +46,16 @@ def withdraw_recommendation(study: optuna.Study) -> None:
         study.set_user_attr("recommendation", None)
 
 
-def recommend_stage1(study: optuna.Study, store: bool = True) -> dict[str, Any] | None:
+def recommend_stage1(study: optuna.Study, store: bool = True) -> Stage1Recommendation | None:
     """The knee of the front of seed means of (pixel MSE, label MSE); stored on the study
     unless ``store`` is False (read-only commands)."""
     choice, summary = rules.choose_stage1(rows_of(_complete(study)))
     if choice is None:
         return None
-    rec = asdict(choice)
+    rec = Stage1Recommendation(**asdict(choice))
     if store:
         study.set_user_attr("seed_summary", summary)
-        study.set_user_attr("recommendation", rec)
+        study.set_user_attr("recommendation", rec.stored())
     return rec
 
 
@@ -97,21 +98,20 @@ def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, fl
     return dict(zip(numbers, (float(v) for v in criteria.score(criterion, views)))) if views else {}
 
 
-def _pick_dict(pick: Pick) -> dict[str, Any]:
-    out = asdict(pick)
-    out.update(betas=list(pick.betas), p_best=list(pick.p_best), means=list(pick.means))
-    out["n_collapsed"] = list(pick.n_collapsed)
-    return out
+def _stored_pick(pick: Pick) -> StoredPick:
+    return StoredPick(**{f.name: getattr(pick, f.name) for f in fields(StoredPick)})
 
 
-def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | None = None) -> dict[str, Any] | None:
+def recommend_stage2(
+    study: optuna.Study, store: bool = True, criterion: str | None = None
+) -> Stage2Recommendation | None:
     """Stage 2's choice under the study's criterion (or ``criterion``), the guide's beside it,
     and the seed summary; stored on the study unless ``store`` is False.
 
-    The returned dict is the service's :class:`~psvae_opt.search.rules.Pick` (lists for tuples)
-    plus ``guide`` (the guide's Pick, or None when the criterion is the guide's), ``differs``
-    (the two choose different trials), ``warnings``, ``n_points``, ``n_trials``, and the chosen
-    beta's seed means of ``zu_corr`` (``zu_corr_mean``, ``_low``, ``_high``) and ``n_healthy``.
+    The record holds the service's :class:`~psvae_opt.search.rules.Pick` plus ``guide`` (the
+    guide's Pick, or None when the criterion is the guide's), ``differs`` (the two choose
+    different trials), ``warnings``, ``n_points``, ``n_trials``, and the chosen beta's seed
+    means of ``zu_corr`` (``zu_corr_mean``, ``_low``, ``_high``) and ``n_healthy``.
     """
     rows = rows_of(_complete(study))
     criterion = criterion or study_criterion(study)
@@ -121,11 +121,11 @@ def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | N
     guide = pick if criterion == GUIDE else rules.choose_stage2(rows, rules.guide_scores(rows), GUIDE)
     summary = group_summary(rows, GROUPS[2], skip_collapsed=True)
     chosen = next(r for r in summary if r["beta"] == pick.beta)
-    rec = _pick_dict(pick)
-    rec.update(
-        guide=None if guide is pick else _pick_dict(guide),
+    rec = Stage2Recommendation(
+        **{f.name: getattr(pick, f.name) for f in fields(StoredPick)},
+        guide=None if guide is pick else _stored_pick(guide),
         differs=guide is not None and guide.trial != pick.trial,
-        warnings=rules.collapse_warnings(summary),
+        warnings=tuple(rules.collapse_warnings(summary)),
         n_points=len(summary),
         n_trials=len(rows),
         n_healthy=chosen["n_seeds"] - chosen["n_collapsed"],
@@ -135,7 +135,7 @@ def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | N
     )
     if store:
         study.set_user_attr("seed_summary", summary)
-        study.set_user_attr("recommendation", rec)
+        study.set_user_attr("recommendation", rec.stored())
     return rec
 
 
@@ -166,41 +166,39 @@ def top_up(study: optuna.Study, max_seeds: int | None) -> int:
     return enqueue_points(study, plan_more_seeds(study, max_seeds))
 
 
-def describe_stage2(rec: dict[str, Any], run_dirs: bool = False) -> list[str]:
-    """Stage 2's stored recommendation in words: the service's choice, how sure it is, and the
+def describe_stage2(rec: Stage2Recommendation, run_dirs: bool = False) -> list[str]:
+    """Stage 2's recommendation in words: the service's choice, how sure it is, and the
     guide's beside it whenever the two differ (the printout, ``status``, the model card and the
     dashboard note all say it so)."""
-    where = (lambda pick: f", {pick.get('run_dir')}") if run_dirs else (lambda pick: "")
-    lines = [f"recommended beta = {rec['beta']:g} by {rec.get('criterion', GUIDE)}: {_certainty(rec)}"]
+    where = (lambda pick: f", {pick.run_dir}") if run_dirs else (lambda pick: "")
+    lines = [f"recommended beta = {rec.beta:g} by {rec.criterion}: {_certainty(rec)}"]
     lines.append(f"recommended model: {_model(rec)}{where(rec)}")
-    if len(rec.get("betas") or []) > 1 and not rec.get("resolved"):
+    if len(rec.betas) > 1 and not rec.resolved:
         lines.append("  more seeds would settle beta: run stage 2 again with --seeds auto (or more --seeds)")
-    guide = rec.get("guide")
-    if guide and rec.get("differs"):
+    guide = rec.guide
+    if guide and rec.differs:
         model = f"{_model(guide)}{where(guide)}"
-        lines.append(f"the guide's rule (zu_corr) chooses otherwise: beta {guide['beta']:g}, {model}")
+        lines.append(f"the guide's rule (zu_corr) chooses otherwise: beta {guide.beta:g}, {model}")
     elif guide:
         lines.append("the guide's rule (zu_corr) chooses the same model")
     return lines
 
 
-def _certainty(pick: dict[str, Any]) -> str:
-    if "p_best" not in pick:
+def _certainty(pick: StoredPick) -> str:
+    if pick.p_best is None:
         return "recorded by an earlier psvae-opt (no P(best)): run stage 2 again to update it"
-    if len(pick["betas"]) == 1:
+    if len(pick.betas) == 1:
         return "the only beta"
-    p = pick["p_best"][pick["betas"].index(pick["beta"])]
-    verdict = "resolved" if pick["resolved"] else "NOT resolved (another beta may be better)"
-    return f"P(best) {p:.2f} over {pick['n_seeds']} paired seed(s), {verdict}"
+    verdict = "resolved" if pick.resolved else "NOT resolved (another beta may be better)"
+    return f"P(best) {pick.p_best_of(pick.beta):.2f} over {pick.n_seeds} paired seed(s), {verdict}"
 
 
-def _model(pick: dict[str, Any]) -> str:
-    criterion = pick.get("criterion", GUIDE)
-    parts = [f"{criterion} score {pick['score']:.3f}"] if criterion != GUIDE else []
-    if pick.get("zu_corr") is not None:
-        parts.append(f"zu_corr {pick['zu_corr']:.3f}")
-    if pick.get("mig") is not None:
-        parts.append(f"MIG {pick['mig']:.3f}")
-    if pick.get("collapsed"):
+def _model(pick: StoredPick) -> str:
+    parts = [f"{pick.criterion} score {pick.score:.3f}"] if pick.criterion != GUIDE else []
+    if pick.zu_corr is not None:
+        parts.append(f"zu_corr {pick.zu_corr:.3f}")
+    if pick.mig is not None:
+        parts.append(f"MIG {pick.mig:.3f}")
+    if pick.collapsed:
         parts.append("a collapsed dimension")
-    return f"trial {pick['trial']}, seed {pick['seed']} ({', '.join(parts)})"
+    return f"trial {pick.trial}, seed {pick.seed} ({', '.join(parts)})"

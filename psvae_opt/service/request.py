@@ -11,6 +11,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial
 
+from psvae_opt.search.records import Recommendation
 from psvae_opt.search.storage import DEFAULT_PATIENCE
 
 
@@ -56,7 +57,7 @@ class StageOutcome:
     script: str | None = None
     script_path: Path | None = None
     job_id: str | None = None
-    recommendation: dict[str, Any] | None = None
+    recommendation: Recommendation | None = None
     summary: list[dict[str, Any]] = field(default_factory=list)
     gave_up: list[FrozenTrial] = field(default_factory=list)
     unfinished: list[FrozenTrial] = field(default_factory=list)  # waiting or running when the launcher ended

@@ -29,6 +29,7 @@ from psvae_opt.reports.dashboard import record_artifact_dir
 from psvae_opt.reports.diagnostics import save_choice_note, save_search_summary
 from psvae_opt.search import criteria
 from psvae_opt.search.recommendation import pareto_front, top_up, withdraw_recommendation
+from psvae_opt.search.records import stored_recommendation
 from psvae_opt.search.stages import STAGES, seed_summary
 from psvae_opt.search.storage import (
     StudyDatabase,
@@ -130,17 +131,17 @@ def _stage2_settings(req: StageRequest, cfg: Config, db: StudyDatabase) -> dict[
     rec = None
     if req.alpha is None or req.n_unsup is None:
         try:
-            rec = load_stage(db, cfg, 1).user_attrs.get("recommendation")
+            rec = stored_recommendation(load_stage(db, cfg, 1).user_attrs)
         except NoStudy:
             rec = None
     if req.alpha is None and rec is None:
         raise ConfigError(NEEDS_ALPHA)
-    n_unsup = req.n_unsup if req.n_unsup is not None else (rec["n_unsup"] if rec else cfg.model.n_unsup)
+    n_unsup = req.n_unsup if req.n_unsup is not None else (rec.n_unsup if rec else cfg.model.n_unsup)
     if n_unsup < 2:
         raise _too_few_unsup(n_unsup)
     seeds = req.seeds if req.seeds is not None else cfg.stage2.seeds
     settings = {
-        "alpha": float(req.alpha if req.alpha is not None else rec["alpha"]),
+        "alpha": float(req.alpha if req.alpha is not None else rec.alpha),
         "n_unsup": int(n_unsup),
         "criterion": req.criterion or cfg.stage2.criterion,  # not an identity: a rerun may choose another
     }

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -15,6 +14,7 @@ from optuna.trial import FrozenTrial
 from psvae_opt.config import Config
 from psvae_opt.errors import StorageError
 from psvae_opt.search import space, trial_queue
+from psvae_opt.search.records import Recommendation, stored_recommendation
 from psvae_opt.search.storage import DEFAULT_HEARTBEAT, GRACE_BEATS, StudyDatabase
 from psvae_opt.search.study import NoStudy, counts, given_up, incomplete, load_stage
 
@@ -31,7 +31,7 @@ class StageStatus:
     name: str
     study: optuna.Study | None = None
     counts: dict[str, int] = field(default_factory=dict)
-    recommendation: dict[str, Any] | None = None
+    recommendation: Recommendation | None = None
     gave_up: list[FrozenTrial] = field(default_factory=list)
     running: int = 0
     gone: int = 0
@@ -49,7 +49,7 @@ def status(cfg: Config, db: StudyDatabase, heartbeat: int = DEFAULT_HEARTBEAT) -
         except NoStudy:
             out.append(StageStatus(stage, space.study_name(cfg, stage)))
             continue
-        rec = study.user_attrs.get("recommendation")
+        rec = stored_recommendation(study.user_attrs)
         ages = db.retry(lambda s=study: trial_queue.heartbeat_ages(s), what="reading heartbeats")
         gone = sum(age is None or age > grace for age in ages.values())
         out.append(
