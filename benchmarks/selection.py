@@ -45,10 +45,11 @@ from psvae_opt.data import Session, load_session, synth_session
 from psvae_opt.data.synth import SCENES
 from psvae_opt.model import metrics
 from psvae_opt.search import criteria
+from psvae_opt.search.records import stored_recommendation
 from psvae_opt.search.storage import open_database
-from psvae_opt.service import stages
-from psvae_opt.training.trained import load_checkpoint
+from psvae_opt.service import stage_run as stages
 from psvae_opt.training.run_folder import SPLIT_CODES, load_latents, unsupervised_latents
+from psvae_opt.training.trained import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -198,7 +199,7 @@ def score_search(
                 informative=criteria.informative_dims(z_train, collapse_std),
             )
         )
-    rec = study.user_attrs.get("recommendation") or {}
+    rec = stored_recommendation(study.user_attrs)
     numbers = [t.number for t in trials]
     return SearchTrials(
         name=name,
@@ -207,7 +208,7 @@ def score_search(
         mig=np.array(mig),
         collapsed=np.array([bool(t.user_attrs.get("collapsed")) for t in trials]),
         scores=criteria.score_trials(views),
-        service_choice=numbers.index(rec["trial"]) if rec.get("trial") in numbers else None,
+        service_choice=numbers.index(rec.trial) if rec is not None and rec.trial in numbers else None,
         scene=variant,
         sap=np.array(sap),
         pixel_mse=np.array([v.pixel_mse for v in views]),

@@ -17,14 +17,14 @@ from psvae_opt.commands import dashboard as dashboard_commands
 from psvae_opt.commands import data as data_commands
 from psvae_opt.commands import inference as inference_commands
 from psvae_opt.commands import report as report_commands
-from psvae_opt.commands import search as search_commands
+from psvae_opt.commands import service as service_commands
 from psvae_opt.commands import train as train_commands
 from psvae_opt.errors import PsvaeError
 
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     **data_commands.COMMANDS,
     **train_commands.COMMANDS,
-    **search_commands.COMMANDS,
+    **service_commands.COMMANDS,
     **report_commands.COMMANDS,
     **dashboard_commands.COMMANDS,
     **inference_commands.COMMANDS,

@@ -18,7 +18,7 @@ import torch
 from psvae_opt.cli import main
 from psvae_opt.data import synth_session, write_session
 from tests.conftest import TINY_MODEL, CliResult, one_line_error, run_cli_unprivileged
-from tests.test_data_poses import write_dlc_csv
+from tests.test_data_pose_files import write_dlc_csv
 from tests.test_data_video import moving_frames, write_video
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from PIL import Image
 from psvae_opt.config import dump_config, load_config
 from psvae_opt.reports import dashboard, ratings
 from psvae_opt.reports.diagnostics import TrialUploader, save_search_summary, trial_note
-from psvae_opt.reports.export import export_stage
+from psvae_opt.reports.stage_files import export_stage
 from psvae_opt.search import trial_queue
 from psvae_opt.search.storage import open_database
 from tests.conftest import one_line_error

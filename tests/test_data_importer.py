@@ -15,10 +15,10 @@ import pytest
 from psvae_opt.cli import main
 from psvae_opt.data import load_session
 from psvae_opt.data.importer import label_arrays
-from psvae_opt.data.poses import read_poses
+from psvae_opt.data.pose_files import read_poses
 from psvae_opt.data.video import read_image, resize_frames, scale_points, unscale_points
 from tests.conftest import one_line_error, run_cli_unprivileged
-from tests.test_data_poses import write_dlc_csv, write_pose_nwb, write_slp
+from tests.test_data_pose_files import write_dlc_csv, write_pose_nwb, write_slp
 from tests.test_data_video import moving_frames, write_video
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from psvae_opt.data.pandas_h5 import read_frame
-from psvae_opt.data.poses import read_poses
+from psvae_opt.data.pose_files import read_poses
 from psvae_opt.errors import DataError
 
 DLC_NAMES = ("scorer", "bodyparts", "coords")

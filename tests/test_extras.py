@@ -18,7 +18,7 @@ import pytest
 
 from psvae_opt.errors import EXTRAS, MissingExtraError, missing_modules, require_extra
 from tests.conftest import one_line_error
-from tests.test_data_poses import write_pose_nwb, write_slp
+from tests.test_data_pose_files import write_pose_nwb, write_slp
 from tests.test_inference import make_bundle
 from tests.test_search import study_file
 

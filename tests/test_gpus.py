@@ -13,7 +13,8 @@ import torch
 
 from psvae_opt.config import Config
 from psvae_opt.errors import ConfigError
-from psvae_opt.service import stages
+from psvae_opt.service import local_launcher
+from psvae_opt.service.request import StageRequest
 from psvae_opt.service.worker import WorkerRequest, worker_device
 from psvae_opt.training import devices, gpus
 
@@ -123,10 +124,10 @@ def test_native_bf16_is_asked_of_the_training_device(gpu_machine, capability: tu
 
 def test_gpus_all_takes_every_visible_gpu(gpu_machine, monkeypatch: pytest.MonkeyPatch, cli):
     gpu_machine(count=3)
-    assert stages.local_devices(stages.StageRequest(stage=1, config_path="x", gpus=("all",))) == ["0", "1", "2"]
+    assert local_launcher.local_devices(StageRequest(stage=1, config_path="x", gpus=("all",))) == ["0", "1", "2"]
     gpu_machine(count=2)  # CUDA_VISIBLE_DEVICES=4,6, as the command edge reads it
-    visible = stages.StageRequest(stage=1, config_path="x", gpus=("all",), cuda_visible="4,6")
-    assert stages.local_devices(visible) == ["4", "6"]
+    visible = StageRequest(stage=1, config_path="x", gpus=("all",), cuda_visible="4,6")
+    assert local_launcher.local_devices(visible) == ["4", "6"]
 
 
 def test_gpus_all_is_accepted_on_the_command_line(tmp_path: Path, cli):
@@ -142,26 +143,26 @@ def test_gpus_all_is_accepted_on_the_command_line(tmp_path: Path, cli):
 
 def test_workers_sharing_an_exclusive_gpu_are_refused_unless_mps_runs(gpu_machine, tmp_path: Path):
     gpu_machine(count=2, modes=("Default", "Exclusive_Process"))
-    one_each = stages.StageRequest(stage=1, config_path="x", gpus=("0", "1"))
-    assert stages.local_devices(one_each) == ["0", "1"]  # one worker per GPU: fine
+    one_each = StageRequest(stage=1, config_path="x", gpus=("0", "1"))
+    assert local_launcher.local_devices(one_each) == ["0", "1"]  # one worker per GPU: fine
     mps = tmp_path / "no-mps"  # the pipe folder the fixture names ($CUDA_MPS_PIPE_DIRECTORY)
-    two_each = stages.StageRequest(stage=1, config_path="x", gpus=("0", "1"), workers_per_gpu=2, mps_pipe=str(mps))
+    two_each = StageRequest(stage=1, config_path="x", gpus=("0", "1"), workers_per_gpu=2, mps_pipe=str(mps))
     with pytest.raises(ConfigError) as err:
-        stages.local_devices(two_each)
+        local_launcher.local_devices(two_each)
     assert str(err.value).startswith(
         "--gpus 0,1 with 4 workers: GPU 1 is in compute mode Exclusive_Process: one process at a time, so 2 workers "
         "on it would fail with 'busy or unavailable'; run one worker per GPU, or start NVIDIA MPS"
     )
-    assert stages.local_devices(stages.StageRequest(stage=1, config_path="x", gpus=("0",), workers_per_gpu=2))
+    assert local_launcher.local_devices(StageRequest(stage=1, config_path="x", gpus=("0",), workers_per_gpu=2))
     mps.mkdir()  # an MPS daemon now answers there
     (mps / "control").write_text("")
-    assert stages.local_devices(two_each) == ["0", "1"]
+    assert local_launcher.local_devices(two_each) == ["0", "1"]
 
 
 def test_a_prohibited_gpu_is_refused(gpu_machine):
     gpu_machine(count=1, modes=("Prohibited",))
     with pytest.raises(ConfigError, match="GPU 0 is in compute mode Prohibited"):
-        stages.local_devices(stages.StageRequest(stage=1, config_path="x", gpus=("0",)))
+        local_launcher.local_devices(StageRequest(stage=1, config_path="x", gpus=("0",)))
 
 
 def test_auto_workers_take_one_slot_of_an_exclusive_gpu(gpu_machine):

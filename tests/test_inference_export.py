@@ -71,7 +71,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     study.add_trial(
         create_trial(params={"beta": 5.0, "seed": 0}, distributions=dists, values=[2.0, 1.0], user_attrs=other)
     )
-    assert recommend_stage2(study)["trial"] == 0
+    assert recommend_stage2(study).trial == 0
     return folder
 
 

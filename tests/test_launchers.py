@@ -14,7 +14,7 @@ import pytest
 from psvae_opt.config import load_config
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.search.storage import open_database
-from psvae_opt.service import launchers, worker
+from psvae_opt.service import follow, local_launcher, worker
 
 # A stand-in worker: prints its command line and device environment, exits with argv[1].
 STAND_IN = (
@@ -30,7 +30,7 @@ def db(tmp_path: Path):
 
 def test_a_worker_command_line_has_absolute_paths_and_no_storage_url(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = launchers.worker_argv("study.toml", ["train.max_epochs=2", "loss.beta=1"], [1, 2], ["--wait", "600"])
+    argv = follow.worker_argv("study.toml", ["train.max_epochs=2", "loss.beta=1"], [1, 2], ["--wait", "600"])
     assert argv[:4] == [sys.executable, "-m", "psvae_opt.cli", "worker"]
     assert argv[4:] == [
         "--config", str(tmp_path / "study.toml"), "--set", "train.max_epochs=2", "--set", "loss.beta=1",
@@ -39,7 +39,7 @@ def test_a_worker_command_line_has_absolute_paths_and_no_storage_url(tmp_path: P
 
 
 def test_a_worker_environment_carries_the_url_in_utc(db):
-    env = launchers.worker_env(db, {"EXTRA": "1"})
+    env = follow.worker_env(db, {"EXTRA": "1"})
     assert env["PSVAE_OPT_STORAGE"] == db.url and env["TZ"] == "UTC" and env["PYTHONUNBUFFERED"] == "1"
     assert env["EXTRA"] == "1" and env["PATH"]  # the launcher's own environment passes on
 
@@ -51,7 +51,7 @@ def logs(folder: Path) -> dict[str, list[str]]:
 def test_local_workers_each_get_one_device_and_the_gpu_flag(db, tmp_path: Path):
     study = optuna.create_study(study_name="s", storage=db.storage)
     argv = [sys.executable, "-c", STAND_IN, "0"]
-    failures = launchers.launch_local(argv, {"TZ": "UTC"}, ["3", "GPU-abc"], 2, study, db, tmp_path / "logs")
+    failures = local_launcher.launch_local(argv, {"TZ": "UTC"}, ["3", "GPU-abc"], 2, study, db, tmp_path / "logs")
     assert failures == 0
     threads = max(1, (os.cpu_count() or 1) // 2)  # each of the 2 workers gets half the cores
     assert logs(tmp_path / "logs") == {
@@ -64,7 +64,7 @@ def test_cpu_workers_see_no_gpu_and_share_the_cores(db, tmp_path: Path):
     import os
 
     study = optuna.create_study(study_name="s", storage=db.storage)
-    launchers.launch_local([sys.executable, "-c", STAND_IN, "0"], {}, [], 2, study, db, tmp_path / "logs")
+    local_launcher.launch_local([sys.executable, "-c", STAND_IN, "0"], {}, [], 2, study, db, tmp_path / "logs")
     threads = str(max(1, (os.cpu_count() or 1) // 2))
     assert logs(tmp_path / "logs")["worker-0.log"] == [f"['0'] '' {threads} None"]
 
@@ -72,14 +72,16 @@ def test_cpu_workers_see_no_gpu_and_share_the_cores(db, tmp_path: Path):
 def test_a_dead_worker_is_replaced_while_trials_remain(db, tmp_path: Path):
     study = optuna.create_study(study_name="s", storage=db.storage)
     study.enqueue_trial({"x": 1.0})  # a trial waits, so a failed worker is started again (twice for one worker)
-    failures = launchers.launch_local([sys.executable, "-c", STAND_IN, "3"], {}, [], 1, study, db, tmp_path / "logs")
+    failures = local_launcher.launch_local(
+        [sys.executable, "-c", STAND_IN, "3"], {}, [], 1, study, db, tmp_path / "logs"
+    )
     assert failures == 3 and len(logs(tmp_path / "logs")["worker-0.log"]) == 3
     done = optuna.create_study(study_name="done", storage=db.storage)  # nothing left: not replaced
-    assert launchers.launch_local([sys.executable, "-c", STAND_IN, "3"], {}, [], 1, done, db, tmp_path / "l2") == 1
+    assert local_launcher.launch_local([sys.executable, "-c", STAND_IN, "3"], {}, [], 1, done, db, tmp_path / "l2") == 1
 
 
 def test_waiting_for_a_finished_stage_returns_at_once(db):
-    launchers.wait_until_done(optuna.create_study(study_name="s", storage=db.storage), db, poll=60)
+    follow.wait_until_done(optuna.create_study(study_name="s", storage=db.storage), db, poll=60)
 
 
 @pytest.mark.parametrize("gpu", ["first", "-1", "1.5", ""])
@@ -129,7 +131,7 @@ def test_a_worker_waits_no_longer_than_asked_for_a_missing_study(db):
 
 
 def test_a_queued_stage_and_its_status_without_training(tiny_h5: Path, tmp_path: Path, cli, monkeypatch):
-    """`stage1 --workers 0` goes through stages.run (queue only); `status` through readonly.status.
+    """`stage1 --workers 0` goes through stage_run.run (queue only); `status` through stage_status.status.
     The storage URL comes from the environment, as the command edge reads it."""
     from tests.test_search import study_file
 

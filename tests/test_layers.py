@@ -5,6 +5,7 @@ the packages that own them."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -201,9 +202,11 @@ def test_metrics_and_intervals_are_pure():
 
 
 def test_the_launcher_side_imports_nothing_of_the_worker_side():
-    """stages, readonly, launchers and slurm start and follow workers; what a worker does inside is its own."""
+    """stage_run, stage_status, the launchers and slurm start and follow workers; what a worker does
+    inside is its own."""
     worker_side = {("service", "worker"), ("service", "gpu_slots"), ("service", "trial_loop")}
-    for module in ("stages", "readonly", "launchers", "slurm"):
+    launcher_side = ("stage_run", "stage_status", "request", "launcher", "follow", "local_launcher", "slurm_launcher")
+    for module in (*launcher_side, "slurm"):
         targets = {_target(n) for n in imported_modules(PACKAGE / "service" / f"{module}.py")}
         assert not targets & worker_side, f"service/{module}.py imports {sorted(t[1] for t in targets & worker_side)}"
 
@@ -214,3 +217,18 @@ MAX_LINES = 400  # a module longer than this holds more than one concern (docs/d
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_over_400_lines(path: Path):
     assert len(path.read_text().splitlines()) <= MAX_LINES, f"{path.name}: split it by concern"
+
+
+HEAVY = ("torch", "optuna", "plotly", "sqlalchemy", "numpy", "h5py", "av")
+
+
+def test_the_command_line_starts_without_heavy_libraries():
+    """`psvae-opt --help` imports the CLI and builds every parser: none of the heavy libraries
+    loads until a command runs (benchmarks/cli_startup.py times it)."""
+    code = (
+        "import sys, psvae_opt.cli\n"
+        "psvae_opt.cli.build_parser()\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

@@ -15,10 +15,10 @@ from optuna.trial import TrialState, create_trial
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.model import metrics
 from psvae_opt.reports import run_charts, study_charts
-from psvae_opt.search.recommendation import seed_summary
+from psvae_opt.search.stages import STAGES, seed_summary
 from psvae_opt.training.run_folder import CSV_COLUMNS
 
-STAGE2_ATTRS = study_charts.SUMMARY_PANELS[2]
+STAGE2_ATTRS = STAGES[2].summary_panels
 
 
 def stage2_study(values: dict[tuple[float, int], dict[str, float]]) -> optuna.Study:
@@ -130,7 +130,7 @@ def test_pareto_data_marks_the_front_and_the_recommendation():
     points = [(1.0, 0, 0.9, 0.01), (5.0, 0, 0.5, 0.02), (10.0, 0, 0.2, 0.03), (10.0, 1, 0.6, 0.05)]
     for beta, seed, zu, pixel in points:
         study.add_trial(create_trial(params={"beta": beta, "seed": seed}, distributions=dists, values=[zu, pixel]))
-    study.set_user_attr("recommendation", {"trial": 2})
+    study.set_user_attr("recommendation", {"beta": 10.0, "trial": 2})
     data = study_charts.pareto_data(study, 2)
     assert data.names == ("zu_corr", "pixel_mse") and data.numbers == (0, 1, 2, 3)
     assert data.on_front.tolist() == [True, True, True, False]  # trial 3 is dominated by trial 1
@@ -140,7 +140,8 @@ def test_pareto_data_marks_the_front_and_the_recommendation():
     assert list(front.x) == [0.2, 0.5, 0.9] and list(front.y) == [0.03, 0.02, 0.01]  # ordered along x
     assert next(t for t in fig.data if t.name == "recommended").x == (0.2,)
     stage1 = optuna.create_study(directions=["minimize", "minimize"])
-    stage1.set_user_attr("recommendation", {"trial": 0, "pixel_mse": 0.02, "label_mse": 0.3})
+    rec = {"alpha": 100.0, "n_unsup": 2, "trial": 0, "pixel_mse": 0.02, "label_mse": 0.3}
+    stage1.set_user_attr("recommendation", rec)
     assert study_charts.pareto_data(stage1, 1).recommended.tolist() == [0.02, 0.3]  # the seed means
 
 

@@ -97,17 +97,17 @@ def test_a_criterion_that_sees_rotation_overrules_the_guide_and_both_are_shown(t
     study = _rotated_study(tmp_path)
     study.set_user_attr("criterion", criterion)
     rec = recommend_stage2(study)
-    assert (rec["criterion"], rec["beta"], rec["mig"]) == (criterion, 5.0, 0.9)
-    assert rec["guide"]["beta"] == 1.0 and rec["guide"]["mig"] == 0.1 and rec["differs"] is True
+    assert (rec.criterion, rec.beta, rec.mig) == (criterion, 5.0, 0.9)
+    assert rec.guide.beta == 1.0 and rec.guide.mig == 0.1 and rec.differs is True
     lines = describe_stage2(rec)
     assert lines[0].startswith(f"recommended beta = 5 by {criterion}: P(best) ")
     assert any(line.startswith("the guide's rule (zu_corr) chooses otherwise: beta 1, trial ") for line in lines)
     note = choice_note(study, rec)
     sid = study._study_id
-    assert f"(/dashboard/studies/{sid}/trials?numbers={rec['trial']})" in note
-    assert f"(/dashboard/studies/{sid}/trials?numbers={rec['guide']['trial']})" in note
+    assert f"(/dashboard/studies/{sid}/trials?numbers={rec.trial})" in note
+    assert f"(/dashboard/studies/{sid}/trials?numbers={rec.guide.trial})" in note
     guide_only = recommend_stage2(study, store=False, criterion="zu_corr")
-    assert guide_only["beta"] == 1.0 and guide_only["guide"] is None
+    assert guide_only.beta == 1.0 and guide_only.guide is None
 
 
 def test_a_trial_without_latents_counts_as_a_failure_under_a_latent_criterion(tmp_path: Path):
@@ -115,7 +115,7 @@ def test_a_trial_without_latents_counts_as_a_failure_under_a_latent_criterion(tm
     for folder in tmp_path.glob("b5s*"):
         (folder / "latents.npz").unlink()
     rec = recommend_stage2(study, store=False, criterion="hsic")
-    assert rec["beta"] == 1.0 and rec["n_collapsed"] == [0, 3]
+    assert rec.beta == 1.0 and rec.n_collapsed == (0, 3)
 
 
 def test_a_criterion_that_scores_too_few_trials_chooses_nothing_and_the_guide_falls_in_by_name(tmp_path: Path):
@@ -126,14 +126,14 @@ def test_a_criterion_that_scores_too_few_trials_chooses_nothing_and_the_guide_fa
     assert rules.unscored(rows, {}, "udr") == "udr scored 0 of 6 trials (fewer than 50%): it chooses nothing"
     assert rules.unscored(rows, {0: 0.1, 1: 0.2, 2: 0.3}, "udr") is None  # half is enough
     rec = recommend_stage2(study, store=False, criterion="udr")
-    assert (rec["criterion"], rec["beta"], rec["guide"], rec["differs"]) == ("zu_corr", 1.0, None, False)
+    assert (rec.criterion, rec.beta, rec.guide, rec.differs) == ("zu_corr", 1.0, None, False)
     assert (
-        rec["fallback"]
+        rec.fallback
         == "udr scored 0 of 6 trials (fewer than 50%): it chooses nothing; the guide's rule (zu_corr) chooses instead"
     )
     lines = describe_stage2(rec)
     assert lines[0].startswith("recommended beta = 1 by zu_corr: ")
-    assert lines[1] == f"  not by the study's criterion: {rec['fallback']}"
+    assert lines[1] == f"  not by the study's criterion: {rec.fallback}"
     # the printout names the frames of each figure of the model
     assert "zu_corr (training frames) 0.010" in lines[2] and "MIG (training frames) 0.100" in lines[2]
 
@@ -152,11 +152,9 @@ def test_nothing_is_recommended_when_no_criterion_scores_enough_trials(tmp_path:
 def test_the_description_names_the_frames_of_the_criterion_score(tmp_path: Path):
     study = _rotated_study(tmp_path)
     rec = recommend_stage2(study, store=False, criterion="udr")
-    assert rec["frames"] == {"score": "validation", "zu_corr": "training", "mig": "training"}
+    assert rec.frames == {"score": "validation", "zu_corr": "training", "mig": "training"}
     model = describe_stage2(rec)[1]
-    assert model.startswith(
-        f"recommended model: trial {rec['trial']}, seed {rec['seed']} (udr score (validation frames) "
-    )
+    assert model.startswith(f"recommended model: trial {rec.trial}, seed {rec.seed} (udr score (validation frames) ")
     # P(best) and the test: 2 betas x 3 seeds cannot resolve (p about 1/4), and the line says so
     assert (
         ", lead p = 0.2" in describe_stage2(rec)[0] and "(resolves at <= 0.05), NOT resolved" in describe_stage2(rec)[0]

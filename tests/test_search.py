@@ -404,7 +404,7 @@ def test_a_launcher_that_ends_during_an_outage_still_recommends(postgres, tiny_h
     just as its workers finish (CI once failed here: the workers rode it out, the launcher did not)."""
     import threading
 
-    from psvae_opt.service import stages
+    from psvae_opt.service import stage_run as stages
 
     url = _database(postgres, "late_outage_test")
     config = study_file(tmp_path, tiny_h5, epochs=2, alphas=(50.0, 1000.0), n_unsup=(2,))
@@ -422,8 +422,8 @@ def test_a_launcher_that_ends_during_an_outage_still_recommends(postgres, tiny_h
     assert "database unreachable while summarising the stage" in caplog.text
     numbers = sorted(t.number for t in load(url, "t-stage1").get_trials(states=(TrialState.COMPLETE,)))
     assert numbers == [0, 1]
-    assert outcome.recommendation["trial"] in numbers
-    assert load(url, "t-stage1").user_attrs["recommendation"]["trial"] == outcome.recommendation["trial"]
+    assert outcome.recommendation.trial in numbers
+    assert load(url, "t-stage1").user_attrs["recommendation"]["trial"] == outcome.recommendation.trial
     assert outcome.counts == {"COMPLETE": 2}
     assert 1 <= len(outcome.front) <= 2 and {t.number for t in outcome.front} <= set(numbers)
 

@@ -226,7 +226,8 @@ def test_cpus_and_memory_are_sized_per_worker_from_the_dataset():
 
 def test_the_stage_sizes_memory_from_its_own_dataset(tiny_config):
     from psvae_opt.data import load_session, session_bytes
-    from psvae_opt.service.stages import StageRequest, slurm_script
+    from psvae_opt.service.request import StageRequest
+    from psvae_opt.service.slurm_launcher import slurm_script
 
     session = load_session(tiny_config.data.path)
     assert session_bytes(tiny_config.data.path) == session.images.nbytes + session.labels.nbytes + session.masks.nbytes

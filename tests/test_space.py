@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from psvae_opt.config import load_config
-from psvae_opt.search.space import stage1_grid, stage2_grid, study_name, trial_config
+from psvae_opt.search.space import configure_stage1, configure_stage2, stage1_grid, stage2_grid, study_name
 
 
 def test_grids_follow_the_study_file():
@@ -18,8 +18,8 @@ def test_grids_follow_the_study_file():
 
 def test_trial_configs_fill_in_the_hyperparameters():
     cfg = load_config(None, ["stage1.beta=2.0", "stage1.model_seed=7"])
-    one = trial_config(cfg, 1, {"alpha": 500.0, "n_unsup": 4, "seed": 8}, {})
+    one = configure_stage1(cfg, {"alpha": 500.0, "n_unsup": 4, "seed": 8}, {})
     assert (one.loss.alpha, one.loss.beta, one.model.n_unsup, one.train.model_seed) == (500.0, 2.0, 4, 8)
-    two = trial_config(cfg, 2, {"beta": 10.0, "seed": 3}, {"alpha": 100.0, "n_unsup": 2})
+    two = configure_stage2(cfg, {"beta": 10.0, "seed": 3}, {"alpha": 100.0, "n_unsup": 2})
     assert (two.loss.alpha, two.loss.beta, two.model.n_unsup, two.train.model_seed) == (100.0, 10.0, 2, 3)
     assert two.model.channels == cfg.model.channels  # everything else from the study file

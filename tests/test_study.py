@@ -16,10 +16,10 @@ from psvae_opt.search.recommendation import (
     plan_more_seeds,
     recommend_stage1,
     recommend_stage2,
-    seed_summary,
     withdraw_recommendation,
 )
 from psvae_opt.search.rules import knee_index
+from psvae_opt.search.stages import seed_summary
 from psvae_opt.search.storage import open_database
 from psvae_opt.search.study import counts, create_stage, enqueue_points, given_up, incomplete
 
@@ -56,9 +56,9 @@ def stage1_study(rows: list[tuple[float, int, float, float]]) -> optuna.Study:
 def test_stage1_recommendation_is_the_knee_and_is_stored():
     study = stage1_study([(50, 0, 0.010, 0.30), (100, 0, 0.011, 0.05), (500, 0, 0.014, 0.03), (1000, 0, 0.030, 0.02)])
     rec = recommend_stage1(study)
-    assert (rec["alpha"], rec["n_unsup"], rec["trial"], rec["n_seeds"]) == (100.0, 2, 1, 1)
-    assert rec["run_dir"] == "/runs/100/0"
-    assert study.user_attrs["recommendation"] == rec
+    assert (rec.alpha, rec.n_unsup, rec.trial, rec.n_seeds) == (100.0, 2, 1, 1)
+    assert rec.run_dir == "/runs/100/0"
+    assert study.user_attrs["recommendation"] == rec.stored()
 
 
 def test_stage1_knee_is_computed_on_the_seed_means():
@@ -68,21 +68,22 @@ def test_stage1_knee_is_computed_on_the_seed_means():
     rows += [(500, 0, 0.014, 0.06), (500, 1, 0.013, 0.04), (500, 2, 0.015, 0.05)]
     study = stage1_study(rows)
     rec = recommend_stage1(study)
-    assert (rec["alpha"], rec["n_seeds"]) == (500.0, 3)
-    assert rec["pixel_mse"] == pytest.approx(0.014) and rec["label_mse"] == pytest.approx(0.05)
-    assert rec["trial"] == 9  # the recommended alpha's first seed
-    assert (rec["n_points"], rec["n_trials"]) == (4, 12)  # what it rests on
+    assert (rec.alpha, rec.n_seeds) == (500.0, 3)
+    assert rec.pixel_mse == pytest.approx(0.014) and rec.label_mse == pytest.approx(0.05)
+    assert rec.trial == 9  # the recommended alpha's first seed
+    assert (rec.n_points, rec.n_trials) == (4, 12)  # what it rests on
     (row,) = [r for r in study.user_attrs["seed_summary"] if r["alpha"] == 100.0]
     assert row["val_label_mse_mean"] == pytest.approx(0.47 / 3)
     seed0 = stage1_study([r for r in rows if r[1] == 0])
-    assert recommend_stage1(seed0)["alpha"] == 100.0
+    assert recommend_stage1(seed0).alpha == 100.0
 
 
 def test_a_recommendation_is_computed_without_storing_and_withdrawn_while_incomplete():
     study = stage1_study([(50, 0, 0.010, 0.30), (100, 0, 0.011, 0.05)])
     unstored = recommend_stage1(study, store=False)
-    assert unstored["n_points"] == 2 and "recommendation" not in study.user_attrs
-    assert recommend_stage1(study) == unstored == study.user_attrs["recommendation"]
+    assert unstored.n_points == 2 and "recommendation" not in study.user_attrs
+    assert recommend_stage1(study) == unstored
+    assert study.user_attrs["recommendation"] == unstored.stored()
     study.enqueue_trial({"alpha": 500.0, "n_unsup": 2, "seed": 0})
     unfinished, gave_up = incomplete(study)
     assert [t.state for t in unfinished] == [TrialState.WAITING] and gave_up == []
@@ -138,14 +139,14 @@ def test_seed_summary_intervals_and_the_stage2_recommendation():
     assert summary[1]["val_pixel_mse_std"] == pytest.approx(np.std([0.02, 0.019], ddof=1))
     assert summary[0]["val_loss_mean"] is None  # an attribute no trial has
     rec = recommend_stage2(study)
-    assert (rec["beta"], rec["seed"], rec["trial"], rec["criterion"]) == (5.0, 1, 4, "zu_corr")
-    assert rec["zu_corr_mean"] == pytest.approx(0.15) and rec["mig"] == pytest.approx(0.4)
+    assert (rec.beta, rec.seed, rec.trial, rec.criterion) == (5.0, 1, 4, "zu_corr")
+    assert rec.zu_corr_mean == pytest.approx(0.15) and rec.mig == pytest.approx(0.4)
     # paired seeds 0 and 1: beta 5 is ahead by 0.25 with one residual degree of freedom, sigma about
     # 0.05: P(t_1 < 5) = 0.94 (Monte Carlo), short of the 0.97 that resolves
-    assert rec["n_seeds"] == 2 and rec["betas"] == [1.0, 5.0] and sum(rec["p_best"]) == pytest.approx(1.0)
-    assert 0.9 < rec["p_best"][1] < 0.97 and rec["resolved"] is False
-    assert rec["guide"] is None and rec["differs"] is False  # the criterion is the guide's own
-    assert study.user_attrs["seed_summary"] == summary and study.user_attrs["recommendation"] == rec
+    assert rec.n_seeds == 2 and rec.betas == (1.0, 5.0) and sum(rec.p_best) == pytest.approx(1.0)
+    assert 0.9 < rec.p_best[1] < 0.97 and rec.resolved is False
+    assert rec.guide is None and rec.differs is False  # the criterion is the guide's own
+    assert study.user_attrs["seed_summary"] == summary and study.user_attrs["recommendation"] == rec.stored()
 
 
 CLEAR = [(b, s, 0.80 + 0.01 * s + 0.01 * b, 0.01) for b in (1.0, 5.0, 20.0) for s in range(5)]
@@ -154,13 +155,13 @@ CLEAR += [(10.0, s, 0.10 + 0.01 * s, 0.01) for s in range(5)]  # beta 10 far ahe
 
 def test_a_clear_winner_is_resolved():
     rec = recommend_stage2(stage2_study(CLEAR))
-    assert (rec["beta"], rec["resolved"], rec["p_best"], rec["n_seeds"]) == (10.0, True, [0.0, 0.0, 1.0, 0.0], 5)
+    assert (rec.beta, rec.resolved, rec.p_best, rec.n_seeds) == (10.0, True, (0.0, 0.0, 1.0, 0.0), 5)
     # the randomisation test: a permutation matches the lead when it keeps the 5 best trials in one
     # beta, (1/4)^4 of them (the others are too close together to matter)
-    assert rec["p_value"] == pytest.approx(1 / 256, abs=0.003) and rec["alpha"] == 0.05
+    assert rec.p_value == pytest.approx(1 / 256, abs=0.003) and rec.alpha == 0.05
     # with 3 seeds the same lead has p = (1/4)^2: no exact test resolves it at 0.05
     three = recommend_stage2(stage2_study([r for r in CLEAR if r[1] < 3]), store=False)
-    assert three["p_value"] == pytest.approx(1 / 16, abs=0.015) and not three["resolved"]
+    assert three.p_value == pytest.approx(1 / 16, abs=0.015) and not three.resolved
 
 
 def test_collapsed_trials_count_as_failures_not_as_absent():
@@ -170,11 +171,11 @@ def test_collapsed_trials_count_as_failures_not_as_absent():
     rows += [(20.0, s, 0.02, 0.01, 0.1, True) for s in range(3)]
     study = stage2_study(rows)
     rec = recommend_stage2(study)
-    assert (rec["beta"], rec["trial"], rec["seed"], rec["collapsed"]) == (1.0, 0, 0, False)
-    assert rec["n_collapsed"] == [0, 2, 3] and (rec["n_seeds"], rec["n_healthy"]) == (3, 3)
+    assert (rec.beta, rec.trial, rec.seed, rec.collapsed) == (1.0, 0, 0, False)
+    assert rec.n_collapsed == (0, 2, 3) and (rec.n_seeds, rec.n_healthy) == (3, 3)
     # the floor is the lowest healthy score less the healthy range: -0.44 - (0.44 - 0.05) = -0.83
-    assert rec["means"] == pytest.approx([-0.42, (-0.83 - 0.83 - 0.05) / 3, -0.83])
-    assert rec["warnings"] == ["beta 20: every one of its 3 trial(s) has a collapsed unsupervised dimension"]
+    assert list(rec.means) == pytest.approx([-0.42, (-0.83 - 0.83 - 0.05) / 3, -0.83])
+    assert rec.warnings == ("beta 20: every one of its 3 trial(s) has a collapsed unsupervised dimension",)
     by_beta = {r["beta"]: r for r in seed_summary(study)}
     assert by_beta[10.0]["trials"] == [5] and by_beta[20.0]["all_collapsed"] and by_beta[20.0]["n_collapsed"] == 3
 
@@ -184,15 +185,15 @@ def test_every_trial_collapsed_still_chooses_with_a_warning_per_beta():
         [(1.0, 0, 0.3, 0.01, 0.1, True), (5.0, 0, 0.1, 0.01, 0.1, True), (5.0, 1, 0.2, 0.01, 0.1, True)]
     )
     rec = recommend_stage2(study)
-    assert rec["collapsed"] and rec["resolved"] is False and rec["p_best"] == [0.5, 0.5]  # one paired seed
+    assert rec.collapsed and rec.resolved is False and rec.p_best == (0.5, 0.5)  # one paired seed
     # compared as they are: beta 5 has the higher mean score on the paired seed 0, trial 1 its best
-    assert (rec["beta"], rec["trial"], rec["means"]) == (5.0, 1, pytest.approx([-0.3, -0.1]))
-    assert [w.split(":")[0] for w in rec["warnings"]] == ["beta 1", "beta 5", "every trial of every beta collapsed"]
+    assert (rec.beta, rec.trial, rec.means) == (5.0, 1, pytest.approx((-0.3, -0.1)))
+    assert [w.split(":")[0] for w in rec.warnings] == ["beta 1", "beta 5", "every trial of every beta collapsed"]
 
 
 def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(capsys):
-    from psvae_opt.commands.search import _print_stage2
-    from psvae_opt.service.stages import StageOutcome
+    from psvae_opt.commands.service import _print_stage2
+    from psvae_opt.service.stage_run import StageOutcome
 
     study = stage2_study(
         [(1.0, 0, 0.3, 0.01, 0.1, True), (5.0, 0, 0.1, 0.01, 0.1, True), (5.0, 1, 0.2, 0.01, 0.1, True)]
@@ -203,12 +204,12 @@ def test_the_printout_says_when_the_recommendation_rests_on_collapsed_trials(cap
     warning = next(i for i, line in enumerate(lines) if line.startswith("warning: beta 5: every one"))
     chosen = next(i for i, line in enumerate(lines) if line.startswith("recommended beta = "))
     assert warning < chosen  # the warning comes before the recommendation it qualifies
-    beta = f"{rec['beta']:g}"
+    beta = f"{rec.beta:g}"
     assert lines[chosen] == (
         f"recommended beta = {beta} by zu_corr: P(best) 0.50 over 1 paired seed(s), NOT resolved (another beta "
         "may be better)"
     )
-    assert lines[chosen + 1].startswith(f"recommended model: trial {rec['trial']}, seed {rec['seed']} (zu_corr ")
+    assert lines[chosen + 1].startswith(f"recommended model: trial {rec.trial}, seed {rec.seed} (zu_corr ")
     assert lines[chosen + 1].endswith(", a collapsed dimension)")
     assert "P(best)" in lines[1] and lines[2].split()[-1] == "0.500"  # the table's P(best) column
 
@@ -223,7 +224,7 @@ def test_auto_seeds_add_the_next_seed_to_every_beta_until_resolved_or_the_budget
     rows += [(5.0, 0, 0.10, 0.01), (5.0, 1, 0.60, 0.01), (5.0, 2, 0.30, 0.01)]  # the seed decides
     rows += [(10.0, 0, 0.20, 0.01), (10.0, 1, 0.25, 0.01), (10.0, 2, 0.30, 0.01)]
     study = stage2_study(rows)
-    assert not recommend_stage2(study, store=False)["resolved"]
+    assert not recommend_stage2(study, store=False).resolved
     # paired blocks stay complete: every beta gets seed 3, the clearly worst one too
     assert plan_more_seeds(study, max_seeds=10) == [{"beta": b, "seed": 3} for b in (1.0, 5.0, 10.0)]
     assert plan_more_seeds(study, max_seeds=3) == []  # the budget is spent
@@ -238,7 +239,7 @@ def test_auto_seeds_stop_once_resolved_at_the_level_of_one_look():
     study.set_user_attr("initial_seeds", 3)
     study.set_user_attr("max_seeds", 10)  # 8 looks: each at 0.05 / 8
     rec = recommend_stage2(study, store=False)
-    assert rec["alpha"] == pytest.approx(0.05 / 8) and rec["resolved"]
+    assert rec.alpha == pytest.approx(0.05 / 8) and rec.resolved
     assert plan_more_seeds(study, max_seeds=10) == []
 
 

@@ -88,7 +88,7 @@ def test_the_stop_flag_names_the_signal():
 
 def test_every_local_worker_gets_its_share_of_the_cores():
     """GPU workers too: without OMP_NUM_THREADS each of N processes starts a thread per core."""
-    from psvae_opt.service.launchers import local_worker_env
+    from psvae_opt.service.local_launcher import local_worker_env
 
     assert local_worker_env(3, ["0", "1"], 4, cpus=16) == {"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "4"}
     assert local_worker_env(0, [], 2, cpus=16) == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "8"}

@@ -1,6 +1,7 @@
 """Command handlers of the CLI, one module per concern; ``psvae_opt.cli`` assembles them.
 
-Owns: ``search`` (stage1, stage2, worker, export, status), ``train``, ``data``, ``report``,
+Owns: ``service`` (stage1, stage2, worker, export, status: the commands of the search
+service, :mod:`psvae_opt.service`), ``train``, ``data``, ``report``,
 ``dashboard`` and ``inference`` (model export, encode): argument parsing, building a request,
 printing. Each module exposes ``COMMANDS``: name -> :class:`Command` (or a dict of subcommands).
 ``environment``: the only module of psvae-opt that reads environment variables; commands pass

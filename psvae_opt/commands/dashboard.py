@@ -15,9 +15,6 @@ from psvae_opt.commands import (
     open_database_from,
 )
 from psvae_opt.errors import ConfigError
-from psvae_opt.reports import dashboard
-from psvae_opt.search import space
-from psvae_opt.search.study import NoStudy, load_stage
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +28,16 @@ def _add_dashboard(p: argparse.ArgumentParser) -> None:
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
+    from psvae_opt.reports import dashboard
+    from psvae_opt.search import space
+    from psvae_opt.search.study import NoStudy, load_stage
+
     cfg = load_config_from(args)
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: give a port between 1 and 65535")
     db = open_database_from(args)
     studies = []
-    for stage in space.STAGES:
+    for stage in space.STAGE_NUMBERS:
         try:
             studies.append(load_stage(db, cfg, stage))
         except NoStudy:

@@ -16,12 +16,15 @@ from psvae_opt.commands import (
     open_database_from,
 )
 from psvae_opt.errors import ConfigError
+from psvae_opt.search.space import STAGE_NUMBERS
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, choices=(1, 2), default=2, help="the stage whose trial to export (default 2)")
+    p.add_argument(
+        "--stage", type=int, choices=STAGE_NUMBERS, default=2, help="the stage whose trial to export (default 2)"
+    )
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write (an earlier bundle is replaced)")
 

@@ -11,18 +11,15 @@ import argparse
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import optuna
+from typing import TYPE_CHECKING
 
 from psvae_opt.commands import Command, add_config_arguments, add_storage_argument, load_config_from, open_database_from
 from psvae_opt.errors import ConfigError
-from psvae_opt.reports import run_charts, traversals
-from psvae_opt.reports.diagnostics import write_curves, write_labels, write_summary
-from psvae_opt.reports.export import prepare_folder
-from psvae_opt.reports.traversals import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
+from psvae_opt.reports.choices import CURVE_SPLITS, FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
 from psvae_opt.search import space
-from psvae_opt.training.run_folder import SPLIT_CODES
-from psvae_opt.training.trained import load_run
+
+if TYPE_CHECKING:  # the writers are imported when a report runs: the command line starts at once
+    import optuna
 
 DEFAULT_OUT = "psvae-opt-out"
 
@@ -40,7 +37,7 @@ def _int_list(text: str) -> list[int]:
 def _add_summary(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
+    p.add_argument("--stage", type=int, choices=space.STAGE_NUMBERS, required=True)
     p.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/STUDY)")
 
 
@@ -49,7 +46,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the stage's recommended trial)")
     p.add_argument(
         "--split",
-        choices=run_charts.CURVE_SPLITS,
+        choices=CURVE_SPLITS,
         default="val",
         help="split of the curves, of the default label trials and base frames (default val)",
     )
@@ -127,7 +124,12 @@ def _write_report(kind: str, args: argparse.Namespace, study: optuna.Study, out:
     """Write one report into ``out``; a refused option raises before anything is written."""
     from psvae_opt.data import load_session
     from psvae_opt.inference.card import chosen_trial
+    from psvae_opt.reports import run_charts, traversals
+    from psvae_opt.reports.diagnostics import write_curves, write_labels, write_summary
+    from psvae_opt.reports.stage_files import prepare_folder
     from psvae_opt.training.devices import resolve_device
+    from psvae_opt.training.run_folder import SPLIT_CODES
+    from psvae_opt.training.trained import load_run
 
     if kind == "summary":
         prepare_folder(out)

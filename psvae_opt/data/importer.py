@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from psvae_opt.data.keypoints import Poses
-from psvae_opt.data.poses import read_poses
+from psvae_opt.data.pose_files import read_poses
+from psvae_opt.data.poses import Poses
 from psvae_opt.data.video import Clip, read_image, read_video, scale_points
 from psvae_opt.data.views import combine, fit_lengths, read_labels, view_names_for
 from psvae_opt.data.writer import check_writable, write_session

@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5
+from psvae_opt.data.poses import PoseOptions, Poses, is_hdf5
 from psvae_opt.errors import DataError, require_extra
 
 PIXEL_UNITS = ("pixels", "pixel", "px")

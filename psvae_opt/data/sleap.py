@@ -24,7 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from psvae_opt.data.keypoints import PoseOptions, Poses, is_hdf5, pick_index
+from psvae_opt.data.poses import PoseOptions, Poses, is_hdf5, pick_index
 from psvae_opt.errors import DataError, require_extra
 
 SLEAP_DIMS = ("track", "xy", "node", "frame")  # the order SLEAP's MATLAB-style export stores

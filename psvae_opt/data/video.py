@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from psvae_opt.errors import DataError
+
+if TYPE_CHECKING:  # PyAV and torch: imported where frames are decoded or resized
+    import av
 
 CHUNK = 64  # frames resized at once: bounds memory for long videos, keeps torch efficient
 
@@ -55,6 +57,9 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """
     if frames.shape[1:] == (size, size):
         return frames.copy()
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).unsqueeze(1)  # (N, 1, H, W), a copy
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return y.squeeze(1).round_().clamp_(0, 255).to(torch.uint8).numpy()
@@ -76,8 +81,8 @@ def unscale_points(xy: np.ndarray, source_shape: tuple[int, int] | np.ndarray, s
     return (xy + 0.5) * (hw[..., ::-1] / size) - 0.5
 
 
-def _open(path: Path):  # -> av.container.InputContainer
-    import av  # here, not at the top: sessions and training import this package without PyAV
+def _open(path: Path) -> av.container.InputContainer:
+    import av
 
     if not path.is_file():
         raise DataError(f"{path}: video not found; check --video")

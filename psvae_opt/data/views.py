@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from psvae_opt.data.keypoints import Poses
-from psvae_opt.data.poses import check_readable, read_poses
+from psvae_opt.data.pose_files import check_readable, read_poses
+from psvae_opt.data.poses import Poses
 from psvae_opt.data.video import Clip
 from psvae_opt.errors import ConfigError, DataError
 

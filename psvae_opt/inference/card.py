@@ -32,7 +32,9 @@ from psvae_opt.config import Config, dump_config, load_config_text
 from psvae_opt.data import Session, load_session
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.inference import bundle
-from psvae_opt.search.recommendation import describe_stage2, seed_summary
+from psvae_opt.search.recommendation import describe_stage2
+from psvae_opt.search.records import Stage2Recommendation, parse_recommendation, stored_recommendation
+from psvae_opt.search.stages import seed_summary
 from psvae_opt.training.run_folder import read_summary
 from psvae_opt.training.trained import RunTraversals, load_run
 
@@ -63,10 +65,10 @@ def chosen_trial(
     ``finished``: the trial must be complete (a model bundle); else any trial with a run folder
     (a report may be asked of a failed or running trial)."""
     if number is None:
-        rec = study.user_attrs.get("recommendation")
+        rec = stored_recommendation(study.user_attrs)
         if not rec:
             raise ConfigError(f"study {study.study_name!r} has no recommendation yet; give --trial N")
-        number = int(rec["trial"])
+        number = rec.trial
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if finished:
         usable, what = trial is not None and trial.state == optuna.trial.TrialState.COMPLETE, "finished trial"
@@ -250,7 +252,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 def model_card(info: dict[str, Any]) -> str:
     """The bundle's model card (Markdown): what it takes, how it was chosen, how good it is."""
     c, h, w = info["frame_shape"]
-    rec = info.get("recommendation") or {}
+    rec = parse_recommendation(info.get("recommendation"))
     lines = [
         f"# PS-VAE model card: {info['study']}, trial {info['trial']}",
         "",
@@ -264,16 +266,16 @@ def model_card(info: dict[str, Any]) -> str:
         "## How it was chosen",
         "",
     ]
-    if rec.get("trial") == info["trial"] and "beta" in rec:
+    if isinstance(rec, Stage2Recommendation) and rec.trial == info["trial"]:
         lines.append(
             f"The recommended model of stage {info['stage']}: beta by the posterior probability that it is "
-            f"best over paired seeds, then the best model of that beta, both by {rec.get('criterion', 'zu_corr')}."
+            f"best over paired seeds, then the best model of that beta, both by {rec.criterion}."
         )
         lines += ["", *(f"- {line.strip()}" for line in describe_stage2(rec))]
-        lines += [f"- warning: {w}" for w in rec.get("warnings") or []]
-    elif rec.get("trial") == info["trial"]:
+        lines += [f"- warning: {w}" for w in rec.warnings]
+    elif rec is not None and rec.trial == info["trial"]:
         lines.append(
-            f"The recommended model of stage 1: alpha {rec.get('alpha'):g} with n_unsup {rec.get('n_unsup')} is the "
+            f"The recommended model of stage 1: alpha {rec.alpha:g} with n_unsup {rec.n_unsup} is the "
             "knee of the front of validation pixel MSE vs label MSE (seed means); this trial is its lowest seed."
         )
     else:

@@ -29,6 +29,8 @@ from psvae_opt.config import Config
 from psvae_opt.data import Session
 from psvae_opt.reports import dashboard, ratings, run_charts, study_charts, traversals
 from psvae_opt.search.recommendation import describe_stage2
+from psvae_opt.search.records import Stage2Recommendation
+from psvae_opt.search.stages import STAGES
 from psvae_opt.search.storage import error_line
 from psvae_opt.training.devices import resolve_device
 from psvae_opt.training.run_end import FitResult
@@ -150,7 +152,8 @@ class TrialUploader:
     ) -> None:
         self.storage, self.study, self.session, self.config = storage, study, session, config
         self.folder = dashboard.artifact_dir([study], config, mounted_artifacts, writing=True)
-        self.stage = study.user_attrs.get("stage")
+        stage = study.user_attrs.get("stage")
+        self.rated = stage in STAGES and STAGES[stage].rated  # its traversals get a rating twin
         self.refresh_seconds = refresh_seconds
         self.retry = retry
         self.curves_ids: dict[int, str] = {}  # trial number -> the artifact id of its curves.html
@@ -191,7 +194,7 @@ class TrialUploader:
                 lambda: dashboard.upload_files(trial, store, [p for p in paths if p.name != "curves.html"]), what
             )
             rating = None
-            if self.stage == 2:
+            if self.rated:
                 rating = self._stored(lambda: self._add_twin(trial, paths, store), what)
             note = trial_note(trial, self.config.study.collapse_std, rating)
             if note:
@@ -220,20 +223,20 @@ def save_search_summary(study: optuna.Study, stage: int) -> None:
         log.warning("search summary not saved on %s (%s: %s)", study.study_name, type(exc).__name__, exc)
 
 
-def choice_note(study: optuna.Study, rec: dict[str, Any]) -> str:
+def choice_note(study: optuna.Study, rec: Stage2Recommendation) -> str:
     """The study note of stage 2's recommendation: the service's choice and the guide's, side by
     side, each a link to its trial page (traversal movies and plots one click away)."""
     lines = ["## Recommended model", "", *(f"- {line.strip()}" for line in describe_stage2(rec)), ""]
-    service = dashboard.trial_link(study, rec["trial"], f"trial {rec['trial']}")
-    lines.append(f"- chosen by {rec.get('criterion', 'zu_corr')}: {service}")
-    guide = rec.get("guide")
-    if guide and rec.get("differs"):
-        link = dashboard.trial_link(study, guide["trial"], f"trial {guide['trial']}")
+    service = dashboard.trial_link(study, rec.trial, f"trial {rec.trial}")
+    lines.append(f"- chosen by {rec.criterion}: {service}")
+    guide = rec.guide
+    if guide and rec.differs:
+        link = dashboard.trial_link(study, guide.trial, f"trial {guide.trial}")
         lines.append(f"- chosen by the guide's zu_corr: {link}")
     return "\n".join(lines) + "\n"
 
 
-def save_choice_note(study: optuna.Study, rec: dict[str, Any] | None) -> None:
+def save_choice_note(study: optuna.Study, rec: Stage2Recommendation | None) -> None:
     """Save :func:`choice_note` on the study (nothing without a recommendation)."""
     if not rec:
         return

@@ -21,10 +21,10 @@ from plotly.subplots import make_subplots
 
 from psvae_opt.errors import ConfigError, DataError
 from psvae_opt.model import metrics
+from psvae_opt.reports.choices import CURVE_SPLITS
 from psvae_opt.training.run_folder import SPLIT_CODES, read_metrics
 
 CURVE_METRICS = ("loss", "pixel_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl")
-CURVE_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,9 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
+from psvae_opt.search.records import stored_recommendation
 from psvae_opt.search.rules import FACTOR_PREFIX, group_summary, summary_metrics
-from psvae_opt.search.space import OBJECTIVES
-
-SUMMARY_PANELS = {  # the metrics that get a panel; stage 2 adds each factor_r_* the trials have
-    1: ("val_pixel_mse", "val_label_mse"),
-    2: ("val_pixel_mse", "val_label_mse", "val_icmi", "val_tc", "val_dwkl", "train_zu_corr", "max_label_leak"),
-}
-SUMMARY_AXES = {1: ("alpha", "n_unsup"), 2: ("beta", None)}  # (x parameter, one line per value of)
+from psvae_opt.search.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -65,12 +60,13 @@ def search_summary_data(study: optuna.Study, stage: int) -> SearchSummary:
     latents did not collapse, as the recommendation); a trial without a metric (e.g.
     ``train_zu_corr`` undefined) is left out of that metric only.
     """
-    x_name, group_name = SUMMARY_AXES[stage]
+    record = STAGES[stage]
+    by = record.group_by  # the searched weight first, then (stage 1) one line per value of the other
+    x_name, group_name = by[0], (by[1] if len(by) > 1 else None)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    factors = tuple(m for m in summary_metrics(trials) if m.startswith(FACTOR_PREFIX)) if stage == 2 else ()
-    panels = SUMMARY_PANELS[stage] + factors
-    by = (x_name, group_name) if group_name else (x_name,)
-    rows = group_summary(trials, by, skip_collapsed=stage == 2)
+    factors = tuple(m for m in summary_metrics(trials) if m.startswith(FACTOR_PREFIX)) if record.factor_panels else ()
+    panels = record.summary_panels + factors
+    rows = group_summary(trials, by, skip_collapsed=record.skip_collapsed)
     groups = sorted({r[group_name] for r in rows}) if group_name else [None] if rows else []
     series = []
     for group in groups:
@@ -157,14 +153,14 @@ def pareto_data(study: optuna.Study, stage: int) -> ParetoData:
     """The data of :func:`pareto_figure`."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = {t.number for t in study.best_trials}
-    rec = study.user_attrs.get("recommendation")
+    rec = stored_recommendation(study.user_attrs)
     recommended = None
-    if rec and stage == 1:
-        recommended = np.array([rec["pixel_mse"], rec["label_mse"]], float)
+    if rec and STAGES[stage].marks_means:
+        recommended = np.array([rec.pixel_mse, rec.label_mse], float)
     elif rec:
-        recommended = next((np.array(t.values, float) for t in trials if t.number == rec["trial"]), None)
+        recommended = next((np.array(t.values, float) for t in trials if t.number == rec.trial), None)
     return ParetoData(
-        names=OBJECTIVES[stage],
+        names=STAGES[stage].objectives,
         numbers=tuple(t.number for t in trials),
         labels=tuple(", ".join(f"{k}={v:g}" for k, v in sorted(t.params.items())) for t in trials),
         values=np.array([t.values for t in trials], float).reshape(-1, 2),

@@ -27,10 +27,10 @@ from PIL import Image, ImageDraw
 from psvae_opt.data import Session
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.network import PSVAE
+from psvae_opt.reports.choices import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
 from psvae_opt.training.run_folder import SPLIT_CODES
 from psvae_opt.training.trained import RunTraversals, decode
 
-GRID_STEPS, MOVIE_STEPS, MOVIE_BASES, FPS = 7, 30, 3, 20  # defaults of the PNG grid and the MP4 movie
 TITLE_HEIGHT = 14  # pixels of a panel's title strip
 LABEL_WIDTH = 100  # pixels of the row labels of a traversal image
 

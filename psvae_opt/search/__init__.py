@@ -1,6 +1,8 @@
 """The search: spaces, the objective that turns a trial into a fit, and the studies in a database.
 
-Owns: ``space`` (grids, samplers, names of both stages), ``objective`` (where an Optuna trial
+Owns: ``stages`` (one record per stage, which the service, reports and commands consult),
+``records`` (the stored recommendation parsed once into frozen records, and written back),
+``space`` (grids, samplers, names of both stages), ``objective`` (where an Optuna trial
 meets training), ``storage`` (SQLite/PostgreSQL, outages), ``trial_queue`` (every use of
 Optuna beyond its public API), ``study`` (creating a stage's study, its queue and counts),
 ``rules`` (both stages' recommendation rules as pure functions: trial rows in, frozen choices

@@ -28,6 +28,7 @@ from psvae_opt.data import Session
 from psvae_opt.errors import StorageError
 from psvae_opt.model import metrics
 from psvae_opt.search import space
+from psvae_opt.search.stages import STAGES
 from psvae_opt.search.storage import error_line
 from psvae_opt.training.loop import fit
 from psvae_opt.training.run_end import FitResult
@@ -201,8 +202,9 @@ def objective(
         should_stop: polled during training; True stops it with KeyboardInterrupt.
         owner_check: called before every write to the run folder; raises when the trial was taken over.
     """
-    params = space.suggest(trial, ctx.config, ctx.stage, ctx.sampler, ctx.seed_upper)
-    config = space.trial_config(ctx.config, ctx.stage, params, dict(ctx.fixed))
+    stage = STAGES[ctx.stage]
+    params = stage.suggest(trial, ctx.config, ctx.sampler, ctx.seed_upper)
+    config = stage.configure(ctx.config, params, dict(ctx.fixed))
     run_dir = run_dir_of(ctx.config, ctx.stage, first_number, ctx.study_key)
     text = dump_config(config)
     write_attrs(trial, {"run_dir": str(run_dir), "config": text, "seed": config.train.model_seed})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from psvae_opt.errors import DataError
 from psvae_opt.search import criteria, rules, trial_queue
+from psvae_opt.search.records import Stage1Recommendation, Stage2Recommendation, StoredPick
 from psvae_opt.search.rules import GROUPS, GUIDE, Pick, TrialRow, group_summary
 from psvae_opt.search.study import UNFINISHED, enqueue_points
-from psvae_opt.training.run_folder import load_latents, unsupervised_latents
 
 log = logging.getLogger(__name__)
 TABLE_FRAMES = "(zu_corr, leak and mig on training frames; pixel and label MSE on validation frames)"
@@ -42,31 +42,22 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def seed_summary(study: optuna.Study, stage: int | None = None) -> list[dict[str, Any]]:
-    """The stage's :func:`group_summary` (stage 2: by beta over healthy seeds; stage 1: by alpha, n_unsup).
-
-    ``stage`` defaults to the study's ``stage`` attribute.
-    """
-    stage = int(stage or study.user_attrs.get("stage", 2))
-    return group_summary(_complete(study), GROUPS[stage], skip_collapsed=stage == 2)
-
-
 def withdraw_recommendation(study: optuna.Study) -> None:
     """Clear a stored recommendation (one of an earlier, smaller grid) while the stage is incomplete."""
     if study.user_attrs.get("recommendation") is not None:
         study.set_user_attr("recommendation", None)
 
 
-def recommend_stage1(study: optuna.Study, store: bool = True) -> dict[str, Any] | None:
+def recommend_stage1(study: optuna.Study, store: bool = True) -> Stage1Recommendation | None:
     """The knee of the front of seed means of (pixel MSE, label MSE); stored on the study
     unless ``store`` is False (read-only commands)."""
     choice, summary = rules.choose_stage1(rows_of(_complete(study)))
     if choice is None:
         return None
-    rec = asdict(choice)
+    rec = Stage1Recommendation(**asdict(choice))
     if store:
         study.set_user_attr("seed_summary", summary)
-        study.set_user_attr("recommendation", rec)
+        study.set_user_attr("recommendation", rec.stored())
     return rec
 
 
@@ -90,6 +81,8 @@ def criterion_scoring(
     left out (it counts as a failure), with a warning."""
     if criterion == GUIDE:
         return rules.guide_scores(trials), None
+    from psvae_opt.training.run_folder import load_latents, unsupervised_latents
+
     views, positions = [], np.full(len(trials), -1)
     for i, t in enumerate(trials):
         try:
@@ -158,13 +151,10 @@ def choose(rows: Sequence[TrialRow], criterion: str, looks: int = 1) -> tuple[Pi
     return rules.choose_stage2(rows, scores, criterion, rescore, looks), None
 
 
-def _pick_dict(pick: Pick) -> dict[str, Any]:
-    out = asdict(pick)
-    out.update(betas=list(pick.betas), p_best=list(pick.p_best), means=list(pick.means))
-    out["n_collapsed"] = list(pick.n_collapsed)
-    out["p_value"] = None if math.isnan(pick.p_value) else pick.p_value
-    out["frames"] = frames_of(pick.criterion)
-    return out
+def _stored_pick(pick: Pick) -> StoredPick:
+    values = {f.name: getattr(pick, f.name) for f in fields(StoredPick) if f.name != "frames"}
+    values["p_value"] = None if math.isnan(pick.p_value) else pick.p_value
+    return StoredPick(**values, frames=frames_of(pick.criterion))
 
 
 def frames_of(criterion: str) -> dict[str, str]:
@@ -174,17 +164,19 @@ def frames_of(criterion: str) -> dict[str, str]:
     return {"score": score, "zu_corr": "training", "mig": "training"}
 
 
-def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | None = None) -> dict[str, Any] | None:
+def recommend_stage2(
+    study: optuna.Study, store: bool = True, criterion: str | None = None
+) -> Stage2Recommendation | None:
     """Stage 2's choice under the study's criterion (or ``criterion``), the guide's beside it,
     and the seed summary; stored on the study unless ``store`` is False.
 
-    The returned dict is the service's :class:`~psvae_opt.search.rules.Pick` (lists for tuples)
-    plus ``guide`` (the guide's Pick, or None when the criterion is the guide's), ``differs``
-    (the two choose different trials), ``warnings``, ``n_points``, ``n_trials``, the chosen
-    beta's seed means of ``zu_corr`` (``zu_corr_mean``, ``_low``, ``_high``), ``n_healthy``,
-    ``frames`` (which frames each figure comes from) and ``fallback`` (None, or why the
-    criterion chose nothing and the guide's rule chose instead). None when nothing can be chosen
-    (no trial, or neither criterion scores enough trials: logged).
+    The record holds the service's :class:`~psvae_opt.search.rules.Pick` (with ``frames``: which
+    frames each figure comes from) plus ``guide`` (the guide's Pick, or None when the criterion
+    is the guide's), ``differs`` (the two choose different trials), ``warnings``, ``n_points``,
+    ``n_trials``, the chosen beta's seed means of ``zu_corr`` (``zu_corr_mean``, ``_low``,
+    ``_high``), ``n_healthy`` and ``fallback`` (None, or why the criterion chose nothing and the
+    guide's rule chose instead). None when nothing can be chosen (no trial, or neither criterion
+    scores enough trials: logged).
     """
     rows = rows_of(_complete(study))
     criterion = criterion or study_criterion(study)
@@ -201,11 +193,12 @@ def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | N
         return None
     summary = group_summary(rows, GROUPS[2], skip_collapsed=True)
     chosen = next(r for r in summary if r["beta"] == pick.beta)
-    rec = _pick_dict(pick)
-    rec.update(
-        guide=None if guide is None or guide is pick else _pick_dict(guide),
+    chosen_pick = _stored_pick(pick)
+    rec = Stage2Recommendation(
+        **{f.name: getattr(chosen_pick, f.name) for f in fields(StoredPick)},
+        guide=None if guide is None or guide is pick else _stored_pick(guide),
         differs=guide is not None and guide.trial != pick.trial,
-        warnings=rules.collapse_warnings(summary),
+        warnings=tuple(rules.collapse_warnings(summary)),
         n_points=len(summary),
         n_trials=len(rows),
         n_healthy=chosen["n_seeds"] - chosen["n_collapsed"],
@@ -216,7 +209,7 @@ def recommend_stage2(study: optuna.Study, store: bool = True, criterion: str | N
     )
     if store:
         study.set_user_attr("seed_summary", summary)
-        study.set_user_attr("recommendation", rec)
+        study.set_user_attr("recommendation", rec.stored())
     return rec
 
 
@@ -246,51 +239,49 @@ def top_up(study: optuna.Study, max_seeds: int | None) -> int:
     return enqueue_points(study, plan_more_seeds(study, max_seeds))
 
 
-def describe_stage2(rec: dict[str, Any], run_dirs: bool = False) -> list[str]:
-    """Stage 2's stored recommendation in words: the service's choice, how sure it is, and the
+def describe_stage2(rec: Stage2Recommendation, run_dirs: bool = False) -> list[str]:
+    """Stage 2's recommendation in words: the service's choice, how sure it is, and the
     guide's beside it whenever the two differ (the printout, ``status``, the model card and the
     dashboard note all say it so)."""
-    where = (lambda pick: f", {pick.get('run_dir')}") if run_dirs else (lambda pick: "")
-    lines = [f"recommended beta = {rec['beta']:g} by {rec.get('criterion', GUIDE)}: {_certainty(rec)}"]
-    if rec.get("fallback"):
-        lines.append(f"  not by the study's criterion: {rec['fallback']}")
+    where = (lambda pick: f", {pick.run_dir}") if run_dirs else (lambda pick: "")
+    lines = [f"recommended beta = {rec.beta:g} by {rec.criterion}: {_certainty(rec)}"]
+    if rec.fallback:
+        lines.append(f"  not by the study's criterion: {rec.fallback}")
     lines.append(f"recommended model: {_model(rec)}{where(rec)}")
-    if len(rec.get("betas") or []) > 1 and not rec.get("resolved"):
+    if len(rec.betas) > 1 and not rec.resolved:
         lines.append("  more seeds would settle beta: run stage 2 again with --seeds auto (or more --seeds)")
-    guide = rec.get("guide")
-    if guide and rec.get("differs"):
+    guide = rec.guide
+    if guide and rec.differs:
         model = f"{_model(guide)}{where(guide)}"
-        lines.append(f"the guide's rule (zu_corr) chooses otherwise: beta {guide['beta']:g}, {model}")
+        lines.append(f"the guide's rule (zu_corr) chooses otherwise: beta {guide.beta:g}, {model}")
     elif guide:
         lines.append("the guide's rule (zu_corr) chooses the same model")
     return lines
 
 
-def _certainty(pick: dict[str, Any]) -> str:
-    if "p_best" not in pick:
+def _certainty(pick: StoredPick) -> str:
+    if pick.p_best is None:
         return "recorded by an earlier psvae-opt (no P(best)): run stage 2 again to update it"
-    if len(pick["betas"]) == 1:
+    if len(pick.betas) == 1:
         return "the only beta"
-    p = pick["p_best"][pick["betas"].index(pick["beta"])]
-    verdict = "resolved" if pick["resolved"] else "NOT resolved (another beta may be better)"
+    verdict = "resolved" if pick.resolved else "NOT resolved (another beta may be better)"
     test = ""
-    if pick.get("p_value") is not None:  # recorded since issue 27: the randomisation test
-        test = f", lead p = {pick['p_value']:.3f} (resolves at <= {pick['alpha']:.3g})"
-    return f"P(best) {p:.2f} over {pick['n_seeds']} paired seed(s){test}, {verdict}"
+    if pick.p_value is not None:  # recorded since issue 27: the randomisation test
+        test = f", lead p = {pick.p_value:.3f} (resolves at <= {pick.alpha:.3g})"
+    return f"P(best) {pick.p_best_of(pick.beta):.2f} over {pick.n_seeds} paired seed(s){test}, {verdict}"
 
 
-def _model(pick: dict[str, Any]) -> str:
-    criterion = pick.get("criterion", GUIDE)
-    frames = pick.get("frames") or {}
+def _model(pick: StoredPick) -> str:
+    frames = pick.frames or {}
 
     def named(figure: str, key: str) -> str:  # the frames a figure comes from, where recorded
         return f"{figure} ({frames[key]} frames)" if key in frames else figure
 
-    parts = [f"{named(f'{criterion} score', 'score')} {pick['score']:.3f}"] if criterion != GUIDE else []
-    if pick.get("zu_corr") is not None:
-        parts.append(f"{named('zu_corr', 'zu_corr')} {pick['zu_corr']:.3f}")
-    if pick.get("mig") is not None:
-        parts.append(f"{named('MIG', 'mig')} {pick['mig']:.3f}")
-    if pick.get("collapsed"):
+    parts = [f"{named(f'{pick.criterion} score', 'score')} {pick.score:.3f}"] if pick.criterion != GUIDE else []
+    if pick.zu_corr is not None:
+        parts.append(f"{named('zu_corr', 'zu_corr')} {pick.zu_corr:.3f}")
+    if pick.mig is not None:
+        parts.append(f"{named('MIG', 'mig')} {pick.mig:.3f}")
+    if pick.collapsed:
         parts.append("a collapsed dimension")
-    return f"trial {pick['trial']}, seed {pick['seed']} ({', '.join(parts)})"
+    return f"trial {pick.trial}, seed {pick.seed} ({', '.join(parts)})"

@@ -1,6 +1,6 @@
 """The ``mlflow`` extra: checking that it is installed (a stage refuses ``study.mlflow_uri``
 without it before anything starts) and the hook a worker calls on each complete trial.
-Both the launcher side (:mod:`psvae_opt.service.stages`) and the worker side
+Both the launcher side (:mod:`psvae_opt.service.stage_run`) and the worker side
 (:mod:`psvae_opt.service.worker`) use it; it depends on neither."""
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from psvae_opt.data import load_session, split_frames
 from psvae_opt.errors import ConfigError, StorageError
 from psvae_opt.reports.diagnostics import TrialUploader
 from psvae_opt.search.objective import TrialContext, TrialHooks, run_dir_of
+from psvae_opt.search.stages import STAGES
 from psvae_opt.search.storage import DEFAULT_HEARTBEAT, DEFAULT_PATIENCE, StudyDatabase, open_database
 from psvae_opt.search.study import load_stage
 from psvae_opt.service import gpu_slots
@@ -136,7 +137,7 @@ def context(
     session, frames = data
     run_dir_of(cfg, stage, 0, attrs.get("run_key"))  # a run key from the database is checked before any trial
     seeds = attrs.get("max_seeds") if attrs.get("seeds") == "auto" else attrs.get("seeds", 1)
-    seed_upper = (cfg.stage1.model_seed + seeds - 1) if stage == 1 else seeds - 1
+    seed_upper = STAGES[stage].first_seed(cfg) + seeds - 1
     uploader = db.retry(
         lambda: TrialUploader(db.storage, study, session, cfg, retry=db.retry, mounted_artifacts=artifacts),
         what="reading the study",

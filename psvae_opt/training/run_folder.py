@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 
-from psvae_opt.data import SPLITS
+from psvae_opt.data.splits import SPLITS
 from psvae_opt.errors import ConfigError, DataError, StorageError
 
 METRIC_NAMES = ("loss", "pixel_mse", "label_mse", "label_r2", "kl_s", "icmi", "tc", "dwkl", "zu_corr")
@@ -115,6 +114,8 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
 
 
 def save_atomic(obj: dict, path: Path, check: OwnerCheck = _no_check) -> None:
+    import torch  # here, so that reading a run folder's metrics and latents needs no torch
+
     write_atomic(path, lambda fh: torch.save(obj, fh), check)
 
 

@@ -1,6 +1,6 @@
-"""`psvae-opt stage1|stage2|worker|export|status`: the two-stage search service.
+"""`psvae-opt stage1|stage2|worker|export|status`: the commands of the two-stage search service.
 
-Arguments in, text out; what runs is :mod:`psvae_opt.service.stages`.
+Arguments in, text out; what runs is :mod:`psvae_opt.service.stage_run`.
 """
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from psvae_opt.commands import (
     Command,
@@ -23,8 +21,14 @@ from psvae_opt.commands import (
 )
 from psvae_opt.config import CRITERIA, SAMPLER_NAMES
 from psvae_opt.errors import ConfigError
-from psvae_opt.search import recommendation, space, trial_queue
-from psvae_opt.service import readonly, stages, worker
+from psvae_opt.search import space
+from psvae_opt.service.launcher import LAUNCHERS
+
+if TYPE_CHECKING:  # what runs a command is imported when it runs: the command line starts at once
+    import optuna
+
+    from psvae_opt.search.records import Stage1Recommendation, Stage2Recommendation
+    from psvae_opt.service import stage_run
 
 log = logging.getLogger(__name__)
 
@@ -52,44 +56,51 @@ def _add_stage(stage: int):
         p.add_argument(
             "--workers-per-gpu", type=int, default=1, metavar="K", help="workers sharing each GPU (default 1)"
         )
-        p.add_argument("--launcher", choices=stages.LAUNCHERS, default="local", help="local (default) or slurm")
+        p.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local", help="local (default) or slurm")
         p.add_argument(
             "--wait", action="store_true", help="with --workers 0: wait until other workers finish the stage"
         )
         p.add_argument("--no-wait", action="store_true", help="slurm: return once the job array is submitted")
         p.add_argument("--dry-run", action="store_true", help="slurm: print the batch script, submit nothing")
-        if stage == 1:
-            p.add_argument("--sampler", choices=SAMPLER_NAMES, help="grid (default, from the study file), tpe or nsga2")
-            p.add_argument(
-                "--n-trials", type=int, metavar="K", help="trial budget of tpe/nsga2 (default stage1.n_trials)"
-            )
-            p.add_argument("--seeds", type=int, metavar="S", help="model seeds per alpha (default stage1.seeds)")
-        else:
-            p.add_argument(
-                "--seeds", type=_seeds, metavar="S|auto", help="model seeds per beta, or auto (default stage2.seeds)"
-            )
-            p.add_argument(
-                "--initial-seeds", type=int, metavar="S", help="--seeds auto: seeds to start with (default 3)"
-            )
-            p.add_argument("--max-seeds", type=int, metavar="S", help="--seeds auto: most seeds per beta (default 10)")
-            p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
-            p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
-            p.add_argument(
-                "--criterion", choices=CRITERIA, metavar="NAME",
-                help="what chooses beta and the model (default stage2.criterion, udr: >= 3 seeds per beta; "
-                "zu_corr is the guide's rule)",
-            )  # fmt: skip
+        STAGE_OPTIONS[stage](p)
 
     return add
 
 
-def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
+def _add_alpha_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="grid (default, from the study file), tpe or nsga2")
+    p.add_argument("--n-trials", type=int, metavar="K", help="trial budget of tpe/nsga2 (default stage1.n_trials)")
+    p.add_argument("--seeds", type=int, metavar="S", help="model seeds per alpha (default stage1.seeds)")
+
+
+def _add_beta_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seeds", type=_seeds, metavar="S|auto", help="model seeds per beta, or auto (default stage2.seeds)"
+    )
+    p.add_argument("--initial-seeds", type=int, metavar="S", help="--seeds auto: seeds to start with (default 3)")
+    p.add_argument("--max-seeds", type=int, metavar="S", help="--seeds auto: most seeds per beta (default 10)")
+    p.add_argument("--alpha", type=float, help="label weight (default: the stage-1 recommendation)")
+    p.add_argument("--n-unsup", type=int, help="unsupervised latents (default: stage-1 recommendation)")
+    p.add_argument(
+        "--criterion", choices=CRITERIA, metavar="NAME",
+        help="what chooses beta and the model (default stage2.criterion, udr: >= 3 seeds per beta; "
+        "zu_corr is the guide's rule)",
+    )  # fmt: skip
+
+
+# each stage's own options (its record: psvae_opt.search.stages)
+STAGE_OPTIONS = {1: _add_alpha_options, 2: _add_beta_options}
+
+
+def _request(stage: int, args: argparse.Namespace) -> stage_run.StageRequest:
     """The stage's request: its options, and the environment (read here, at the edge)."""
+    from psvae_opt.service import stage_run
+
     gpus = tuple(g.strip() for g in (args.gpus or "").split(",") if g.strip())
     if args.gpus is not None and not (gpus == ("all",) or (gpus and all(g.isdigit() for g in gpus))):
         raise ConfigError(f"--gpus {args.gpus!r}: give GPU indices separated by commas, e.g. --gpus 0,1, or all")
     environment.heartbeat_interval()  # its workers would each die of a bad value: refused here
-    return stages.StageRequest(
+    return stage_run.StageRequest(
         stage=stage,
         config_path=args.config,
         overrides=tuple(args.overrides),
@@ -118,8 +129,10 @@ def _request(stage: int, args: argparse.Namespace) -> stages.StageRequest:
 
 def _run_stage(stage: int):
     def run(args: argparse.Namespace) -> int:
+        from psvae_opt.service import stage_run
+
         cfg = load_config_from(args)
-        outcome = stages.run(_request(stage, args), cfg)
+        outcome = stage_run.run(_request(stage, args), cfg)
         if outcome.study is None:  # --dry-run
             print(f"# {outcome.script_path} (not written; nothing submitted)\n{outcome.script}", end="")
             return 0
@@ -144,8 +157,9 @@ def _fmt(value: Any, width: int = 9, spec: str = ".4f") -> str:
 
 
 def _print_front(study: optuna.Study, front: list[optuna.trial.FrozenTrial], stage: int) -> None:
-    names = space.OBJECTIVES[stage]
-    params = ("alpha", "n_unsup", "seed") if stage == 1 else ("beta", "seed")
+    from psvae_opt.search.stages import STAGES
+
+    names, params = STAGES[stage].objectives, STAGES[stage].params
     print(f"\nPareto front of {study.study_name} ({names[0]} vs {names[1]}, both minimised):")
     head = "".join(f"{p:>9}" for p in params) + "".join(f"{n:>12}" for n in names)
     print(f"  trial{head}{'label_r2':>10}{'mig':>8}  collapsed")
@@ -168,9 +182,18 @@ def _interval(row: dict, key: str) -> str:
     return f"{mean:>8.3f} [{low:>6.3f}, {high:>6.3f}]".rjust(26)
 
 
-def _print_stage2(outcome: stages.StageOutcome) -> None:
+def _print_stage1(outcome: stage_run.StageOutcome) -> None:
     rec = outcome.recommendation
-    p_best = dict(zip(rec["betas"], rec["p_best"]))
+    seeds = f", means of {rec.n_seeds} seeds" if rec.n_seeds > 1 else ""
+    print(f"\nrecommended alpha = {rec.alpha:g} (n_unsup = {rec.n_unsup}{seeds}): "
+          f"trial {rec.trial}, the knee of the front")  # fmt: skip
+
+
+def _print_stage2(outcome: stage_run.StageOutcome) -> None:
+    from psvae_opt.search import recommendation
+
+    rec = outcome.recommendation
+    p_best = dict(zip(rec.betas, rec.p_best or ()))
     print(f"\n{'beta':>6} {'seeds':>6} {'collapsed':>9} {'zu_corr(train) [95% t]':>26} {'pixel_mse':>10} "
           f"{'label_mse':>10} {'leak':>6} {'mig':>6} {'P(best)':>8}")  # fmt: skip
     for row in outcome.summary:
@@ -181,14 +204,14 @@ def _print_stage2(outcome: stages.StageOutcome) -> None:
             f"{_fmt(p_best.get(row['beta']), 8, '.3f')}"
         )
     print(recommendation.TABLE_FRAMES)
-    if rec["warnings"]:
-        print("\n" + "\n".join(f"warning: {warning}" for warning in rec["warnings"]))
+    if rec.warnings:
+        print("\n" + "\n".join(f"warning: {warning}" for warning in rec.warnings))
     print()
     for line in recommendation.describe_stage2(rec):
         print(line)
 
 
-def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
+def _print_outcome(stage: int, outcome: stage_run.StageOutcome) -> int:
     study, rec = outcome.study, outcome.recommendation
     _print_front(study, outcome.front, stage)
     if outcome.unfinished or outcome.gave_up:
@@ -199,18 +222,28 @@ def _print_outcome(stage: int, outcome: stages.StageOutcome) -> int:
     if rec is None:
         print(f"\nno trial completed ({outcome.counts}); see the worker logs")
         return 1
-    if stage == 1:
-        seeds = f", means of {rec['n_seeds']} seeds" if rec["n_seeds"] > 1 else ""
-        print(f"\nrecommended alpha = {rec['alpha']:g} (n_unsup = {rec['n_unsup']}{seeds}): "
-              f"trial {rec['trial']}, the knee of the front")  # fmt: skip
-    else:
-        _print_stage2(outcome)
-    print(f"run folder {rec['run_dir']}")
-    print(f"(rests on {rec['n_points']} grid point(s), {rec['n_trials']} complete trial(s))")
+    CHOICE_PRINTERS[stage](outcome)
+    print(f"run folder {rec.run_dir}")
+    print(f"(rests on {rec.n_points} grid point(s), {rec.n_trials} complete trial(s))")
     fails = outcome.counts.get("FAIL", 0)
     if fails:
         print(f"note: {fails} failed attempts ({outcome.counts}); each keeps its error as a user attribute")
     return 1 if outcome.worker_failures and not outcome.counts.get("COMPLETE") else 0
+
+
+def _stage1_status(rec: Stage1Recommendation) -> list[str]:
+    return [f"recommended alpha = {rec.alpha:g}, n_unsup = {rec.n_unsup} (trial {rec.trial}, {rec.run_dir})"]
+
+
+def _stage2_status(rec: Stage2Recommendation) -> list[str]:
+    from psvae_opt.search import recommendation
+
+    return recommendation.describe_stage2(rec, run_dirs=True)
+
+
+# what the stage command prints of each stage's recommendation, and what status prints of it
+CHOICE_PRINTERS = {1: _print_stage1, 2: _print_stage2}
+STATUS_LINES = {1: _stage1_status, 2: _stage2_status}
 
 
 def _print_unfinished(trials: list) -> None:
@@ -225,6 +258,8 @@ def _print_unfinished(trials: list) -> None:
 def _print_gave_up(trials: list) -> None:
     if not trials:
         return
+    from psvae_opt.search import trial_queue
+
     print(f"\nERROR: {len(trials)} grid point(s) gave up after spending their crash budget:")
     for t in trials:
         print(f"  trial {t.number} {t.params or trial_queue.fixed_point(t)}: {t.user_attrs.get('error')}")
@@ -234,7 +269,9 @@ def _print_gave_up(trials: list) -> None:
 def _add_worker(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, nargs="+", choices=space.STAGES, required=True, help="stage(s), in order")
+    p.add_argument(
+        "--stage", type=int, nargs="+", choices=space.STAGE_NUMBERS, required=True, help="stage(s), in order"
+    )
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS", help="wait this long for a stage's study")
     p.add_argument("--progress", action="store_true", help="show a progress bar per trial")
     p.add_argument(
@@ -245,6 +282,8 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from psvae_opt.service import worker
+
     cfg = load_config_from(args)
     req = worker.WorkerRequest(
         stages=tuple(args.stage),
@@ -267,13 +306,15 @@ def _run_worker(args: argparse.Namespace) -> int:
 def _add_export(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_storage_argument(p)
-    p.add_argument("--stage", type=int, choices=space.STAGES, required=True)
+    p.add_argument("--stage", type=int, choices=space.STAGE_NUMBERS, required=True)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from psvae_opt.service import stage_status
+
     cfg = load_config_from(args)
-    for path in readonly.export(cfg, open_database_from(args, read_only=True), args.stage, args.out):
+    for path in stage_status.export(cfg, open_database_from(args, read_only=True), args.stage, args.out):
         print(path)
     return 0
 
@@ -284,10 +325,12 @@ def _add_status(p: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    from psvae_opt.service import stage_status
+
     cfg = load_config_from(args)
     db = open_database_from(args, read_only=True)
     print(f"storage {db.shown}")
-    for st in readonly.status(cfg, db, environment.heartbeat_interval()):
+    for st in stage_status.status(cfg, db, environment.heartbeat_interval()):
         if st.study is None:
             print(f"stage {st.stage}: not started ({st.name})")
             continue
@@ -299,14 +342,8 @@ def _run_status(args: argparse.Namespace) -> int:
                 f"  {st.gone} of {st.running} running trial(s) have no live worker (no heartbeat for over "
                 f"{st.grace:.0f} s): a worker re-queues them, or run the stage again"
             )
-        if rec and st.stage == 1:
-            print(
-                f"  recommended alpha = {rec['alpha']:g}, n_unsup = {rec['n_unsup']} "
-                f"(trial {rec['trial']}, {rec['run_dir']})"
-            )
-        elif rec:
-            for line in recommendation.describe_stage2(rec, run_dirs=True):
-                print(f"  {line}")
+        for line in STATUS_LINES[st.stage](rec) if rec else ():
+            print(f"  {line}")
         _print_gave_up(st.gave_up)
     return 0
 

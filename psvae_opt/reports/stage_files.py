@@ -1,4 +1,5 @@
-"""Exports of a stage: the Pareto front (CSV, JSON, HTML plot), the per-group summary over
+"""The files of `psvae-opt export` (not `psvae-opt model export`, which writes a model bundle:
+:mod:`psvae_opt.inference.bundle`): the Pareto front (CSV, JSON, HTML plot), the per-group summary over
 seeds, the trials that gave up and, for stage 2, the human ratings.
 
 Files (docs/design.md, "Exports"): ``pareto.csv`` / ``pareto.json`` (the front, with every
@@ -22,9 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 from psvae_opt.errors import ConfigError
 from psvae_opt.reports import study_charts
 from psvae_opt.reports.ratings import RATING_ATTRS, ratings_by_trial
-from psvae_opt.search import space, trial_queue
-from psvae_opt.search.recommendation import describe_stage2, pareto_front, seed_summary
+from psvae_opt.search import trial_queue
+from psvae_opt.search.recommendation import describe_stage2, pareto_front
 from psvae_opt.search.rules import BASE_METRICS, FACTOR_PREFIX
+from psvae_opt.search.stages import STAGES, seed_summary
 from psvae_opt.search.study import given_up
 
 HEALTH_COLUMNS = ("collapsed", "collapsed_dims", "zu_std", "zu_kl", "zu_label_corr", "zu_factor_corr")
@@ -94,17 +96,18 @@ def export_stage(
 ) -> list[Path]:
     """Write the stage's files (module docstring); ``storage`` holds the study and its rating study,
     ``recommendation`` the stage's current one (None: incomplete, or nothing complete)."""
+    record = STAGES[stage]
     out = prepare_folder(out_dir)
-    rated = ratings_by_trial(storage, study) if stage == 2 else {}
+    rated = ratings_by_trial(storage, study) if record.rated else {}
     front = [trial_row(t) for t in pareto_front(study)]
-    rows = with_ratings(rated, front) if stage == 2 else front
+    rows = with_ratings(rated, front) if record.rated else front
     failures = [failure_row(t) for t in given_up(study)]
     written = [_write_csv(out / "pareto.csv", rows)]
     payload = {
         "study": study.study_name,
         "stage": stage,
-        "objectives": list(space.OBJECTIVES[stage]),
-        "recommendation": recommendation,
+        "objectives": list(record.objectives),
+        "recommendation": None if recommendation is None else recommendation.stored(),
         "pareto_front": rows,
         "gave_up": failures,
     }
@@ -115,10 +118,10 @@ def export_stage(
     written.append(out / "pareto.html")
     written.append(_write_csv(out / "seeds_summary.csv", seed_summary(study, stage)))
     written.append(_write_csv(out / "failures.csv", failures))
-    if stage == 2:
+    if record.rated:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         written.append(_write_csv(out / "ratings.csv", with_ratings(rated, [trial_row(t) for t in complete])))
-        if recommendation:  # the service's choice and the guide's, side by side, in words
-            (out / "recommendation.txt").write_text("\n".join(describe_stage2(recommendation, run_dirs=True)) + "\n")
-            written.append(out / "recommendation.txt")
+    if record.explains_choice and recommendation:  # the service's choice and the guide's, side by side, in words
+        (out / "recommendation.txt").write_text("\n".join(describe_stage2(recommendation, run_dirs=True)) + "\n")
+        written.append(out / "recommendation.txt")
     return written

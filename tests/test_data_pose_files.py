@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from psvae_opt.data.poses import POSE_FORMATS, detect_format, read_poses
+from psvae_opt.data.pose_files import POSE_FORMATS, detect_format, read_poses
 from psvae_opt.errors import DataError, MissingExtraError
 from tests.test_data_pandas_h5 import dlc_columns, write_dlc_fixed, write_dlc_table
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from psvae_opt.config import Config
 from psvae_opt.errors import StorageError
-from psvae_opt.reports.export import export_stage
 from psvae_opt.search import space, trial_queue
-from psvae_opt.search.recommendation import recommend_stage1, recommend_stage2
+from psvae_opt.search.records import Recommendation, stored_recommendation
 from psvae_opt.search.storage import DEFAULT_HEARTBEAT, GRACE_BEATS, StudyDatabase
 from psvae_opt.search.study import NoStudy, counts, given_up, incomplete, load_stage
 
@@ -33,7 +31,7 @@ class StageStatus:
     name: str
     study: optuna.Study | None = None
     counts: dict[str, int] = field(default_factory=dict)
-    recommendation: dict[str, Any] | None = None
+    recommendation: Recommendation | None = None
     gave_up: list[FrozenTrial] = field(default_factory=list)
     running: int = 0
     gone: int = 0
@@ -45,13 +43,13 @@ def status(cfg: Config, db: StudyDatabase, heartbeat: int = DEFAULT_HEARTBEAT) -
     worker, of both stages; ``heartbeat``: the workers' seconds between heartbeats."""
     out = []
     grace = GRACE_BEATS * heartbeat
-    for stage in space.STAGES:
+    for stage in space.STAGE_NUMBERS:
         try:
             study = load_stage(db, cfg, stage)
         except NoStudy:
             out.append(StageStatus(stage, space.study_name(cfg, stage)))
             continue
-        rec = study.user_attrs.get("recommendation")
+        rec = stored_recommendation(study.user_attrs)
         ages = db.retry(lambda s=study: trial_queue.heartbeat_ages(s), what="reading heartbeats")
         gone = sum(age is None or age > grace for age in ages.values())
         out.append(
@@ -68,6 +66,9 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
     Export only reads the database: the recommendation is computed, not stored, and it is left
     out (None) while the stage is incomplete (trials waiting or running, points that gave up).
     """
+    from psvae_opt.reports.stage_files import export_stage  # plotly: only where files are written
+    from psvae_opt.search.stages import STAGES
+
     study = load_stage(db, cfg, stage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     unfinished, gave_up = incomplete(study)
@@ -75,7 +76,7 @@ def export(cfg: Config, db: StudyDatabase, stage: int, out: str | Path) -> list[
         raise StorageError(f"study {study.study_name!r} has no complete trial yet ({counts(study)}); nothing to export")
     rec = None
     if complete and not unfinished and not gave_up:  # (a stage whose only trials gave up still exports its failures)
-        rec = (recommend_stage1 if stage == 1 else recommend_stage2)(study, store=False)
+        rec = STAGES[stage].recommend(study, store=False)
     if unfinished:
         log.warning("study %s is incomplete (%s): exported without a recommendation", study.study_name, counts(study))
     return export_stage(db.storage, study, stage, out, recommendation=rec)
