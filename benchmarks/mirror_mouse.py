@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from psvae_opt.commands import add_config_arguments
 from psvae_opt.config import load_config
@@ -34,17 +34,6 @@ from psvae_opt.training.loop import fit
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "mirror-mouse-eks"
 VIDEO, LABELS = "180607_004.mp4", "180607_004.train_frames=75.rng=0.csv"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``lscpu``'s "Model name"), or what the platform module knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pooled_r2(y: np.ndarray, y_hat: np.ndarray, mask: np.ndarray) -> float:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from mirror_mouse import cpu_name
+from machine import cpu_name
 from selection_table import TRIAL_COLUMNS, SearchTrials, rescore
 
 from psvae_opt.config import load_config

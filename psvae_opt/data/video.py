@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from psvae_opt.errors import DataError
+from psvae_opt.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # PyAV and torch: imported where frames are decoded or resized
     import av
@@ -203,3 +203,24 @@ def read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); give PNG or JPEG frames") from None
     return resize_frames(gray[None], size)[0], (int(gray.shape[0]), int(gray.shape[1]))
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 30) -> Path:
+    """Write (T, H, W, 3) RGB or (T, H, W) gray uint8 frames (H, W even) as H.264 MP4 (yuv420p)
+    with PyAV; returns the path. The traversal movies and ``encode --movie`` both write with it."""
+    import av
+
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ConfigError(f"movie frames of {height}x{width}: H.264 with yuv420p needs even sizes")
+    source = "rgb24" if frames.ndim == 4 else "gray"
+    path = Path(path)
+    with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=source)
+            container.mux(stream.encode(video_frame.reformat(format="yuv420p")))
+        container.mux(stream.encode())
+    return path

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from psvae_opt.data.video import write_mp4
+
 MOVIE = "{}.recon.mp4"
 MAX_FRAMES = 10_000  # both sides held in memory: 64 x 64 frames take 80 MB at this many
 MIN_HEIGHT = 256
@@ -31,14 +33,5 @@ def side_by_side(frames: np.ndarray, recons: np.ndarray) -> np.ndarray:
 
 def write_movie(path: Path, frames: np.ndarray, recons: np.ndarray, fps: float) -> Path:
     """Write the side-by-side movie as H.264 MP4 (``fps`` NaN or 0: 30)."""
-    import av
-
-    movie = side_by_side(frames, recons)
-    rate = int(round(fps)) if fps and fps == fps and fps > 0 else 30
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate, options={"crf": "18"})
-        stream.width, stream.height, stream.pix_fmt = movie.shape[2], movie.shape[1], "yuv420p"
-        for frame in movie:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray").reformat(format="yuv420p")))
-        container.mux(stream.encode())
-    return path
+    rate = fps if fps and fps == fps and fps > 0 else 30
+    return write_mp4(side_by_side(frames, recons), path, rate)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from psvae_opt.data import Session
+from psvae_opt.data.video import write_mp4
 from psvae_opt.errors import ConfigError
 from psvae_opt.model.network import PSVAE
 from psvae_opt.reports.choices import FPS, GRID_STEPS, MOVIE_BASES, MOVIE_STEPS
@@ -222,24 +223,6 @@ def movie_frames(
                 frame[y : y + tile_h * scale, x : x + tile_w * scale] = _gray(_tile(frames[k, s]), scale)
             out.append(frame)
     return np.stack(out)
-
-
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int = FPS) -> Path:
-    """Write (T, H, W, 3) uint8 frames (H, W even) as H.264 MP4 with PyAV; returns the path."""
-    import av
-
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ConfigError(f"movie frames of {height}x{width}: H.264 with yuv420p needs even sizes")
-    path = Path(path)
-    with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 # -- from a run folder (read by psvae_opt.training.trained.load_run) ------------------------------
