@@ -202,7 +202,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         device = "cuda"
     model = load_model(args.model, device)
     inputs, failures = cohort.plan(model, args.sessions, args.video, options, args.keep_going)
-    if args.nwb_source and (len(inputs) + len(failures) != 1 or "nwb" not in names):
+    if args.nwb_source and len(inputs) + len(failures) != 1:  # --format with nwb: checked above
         raise ConfigError("--nwb-source: give exactly one session and --format with nwb")
 
     def report(session, encoding, paths) -> None:
