@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from psvae_opt.data import load_session, resolve_paths
+from psvae_opt.data import load_session
 from psvae_opt.data.layout import inspect_file, open_file
-from psvae_opt.data.sessions import session_names
 from psvae_opt.data.video import Crop, VideoInfo, iter_video, probe_video
 from psvae_opt.errors import DataError
 from psvae_opt.inference.model import PsvaeModel
@@ -119,16 +118,6 @@ def check_session_files(model: PsvaeModel, paths: Sequence[Path]) -> None:
                 f"{path}: labels {', '.join(info.label_names)}, but the model {model.folder} predicts "
                 f"{', '.join(model.label_names)}; import the session with the model's --keypoints"
             )
-
-
-def session_files(model: PsvaeModel, patterns: Sequence[str]) -> tuple[list[Path], tuple[str, ...]]:
-    """The files named by paths or globs, checked against the model, and their output names."""
-    paths = resolve_paths(list(patterns))
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path}: no such session file; check the path")
-    check_session_files(model, paths)
-    return paths, tuple(n.replace("/", "_") for n in session_names(paths))
 
 
 def read_session_file(path: Path, name: str, frame_rate: float | None = None) -> SessionFrames:

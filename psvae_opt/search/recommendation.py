@@ -66,11 +66,6 @@ def study_criterion(study: optuna.Study) -> str:
     return str(study.user_attrs.get("criterion") or GUIDE)
 
 
-def criterion_scores(trials: Sequence[TrialRow], criterion: str) -> dict[int, float]:
-    """Each trial's score under ``criterion`` (higher = preferred); see :func:`criterion_scoring`."""
-    return criterion_scoring(trials, criterion)[0]
-
-
 def criterion_scoring(
     trials: Sequence[TrialRow], criterion: str
 ) -> tuple[dict[int, float], criteria.Regroupable | None]:
